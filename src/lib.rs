@@ -1,0 +1,25 @@
+//! ftpgate: an FTP-aware NAT/ALG proxy.
+//!
+//! # Layout
+//! - [`protocol`]: pure wire codec — line framing, commands, replies, the address forms
+//!   of `227`/`229`/`PORT`/`EPRT`, and byte-preserving rewriting. No I/O.
+//! - [`session`]: one client session — pure reply accounting (`state`), the async
+//!   control-channel driver (`driver`) and passive data mappings (`passive`).
+//! - [`dataport`]: the data-port pool (random choice, RAII leases).
+//! - [`relay`]: byte relay for data connections, half-close aware.
+//! - [`balancer`]: backend selection and failover.
+//! - [`net`]: socket helpers at the I/O edge.
+//! - [`config`], [`cli`]: YAML configuration, flags that override it, validation.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`app`]: binds listeners and runs sessions until shutdown.
+
+pub mod app;
+pub mod balancer;
+pub mod cli;
+pub mod config;
+pub mod dataport;
+pub mod metrics;
+pub mod net;
+pub mod protocol;
+pub mod relay;
+pub mod session;
