@@ -44,8 +44,15 @@ impl Gateway {
                 .map_err(|source| AppError::Bind { addr, source })?;
             listeners.push(l);
         }
+        metrics.init_labels(&config.backends);
+        let pool = PortPool::new(config.data_ports, &metrics);
+        let active_pool = match config.active.ports {
+            Some(r) => PortPool::new(r, &metrics),
+            None => Arc::clone(&pool),
+        };
         let ctx = Arc::new(SessionContext {
-            pool: PortPool::new(config.data_ports),
+            pool,
+            active_pool,
             balancer: Balancer::new(config.backends.clone()),
             config: Arc::new(config),
             metrics,

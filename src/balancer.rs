@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::net::connect_timeout;
+use crate::metrics::Metrics;
+use crate::net::connect_from;
 
 #[derive(Debug)]
 pub struct Balancer {
@@ -36,11 +37,33 @@ impl Balancer {
     }
 
     /// Connects to the next backend in turn, falling through to the others on failure.
-    pub async fn connect(&self, timeout: Duration) -> Result<(TcpStream, SocketAddr), NoBackend> {
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        metrics: &Metrics,
+    ) -> Result<(TcpStream, SocketAddr), NoBackend> {
         for addr in self.order() {
-            match connect_timeout(addr, None, timeout).await {
-                Ok(s) => return Ok((s, addr)),
-                Err(e) => tracing::warn!(backend = %addr, error = %e, "backend connect failed"),
+            let label = addr.to_string();
+            let started = std::time::Instant::now();
+            match connect_from(addr, None, timeout).await {
+                Ok(s) => {
+                    metrics
+                        .backend_connect_duration_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    metrics.backend_up.with_label_values(&[&label]).set(1);
+                    return Ok((s, addr));
+                }
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        metrics.timeout("backend_connect");
+                    }
+                    metrics
+                        .backend_connect_errors_total
+                        .with_label_values(&[&label])
+                        .inc();
+                    metrics.backend_up.with_label_values(&[&label]).set(0);
+                    tracing::warn!(backend = %addr, error = %e, "backend connect failed");
+                }
             }
         }
         Err(NoBackend {
@@ -73,7 +96,10 @@ mod tests {
             l.local_addr().unwrap()
         };
         let b = Balancer::new(vec![dead, live.local_addr().unwrap()]);
-        let (_, chosen) = b.connect(Duration::from_secs(5)).await.unwrap();
+        let (_, chosen) = b
+            .connect(Duration::from_secs(5), &Metrics::new())
+            .await
+            .unwrap();
         assert_eq!(chosen, live.local_addr().unwrap());
     }
 
@@ -85,7 +111,10 @@ mod tests {
         };
         let b = Balancer::new(vec![dead, dead]);
         assert_eq!(
-            b.connect(Duration::from_secs(5)).await.unwrap_err().tried,
+            b.connect(Duration::from_secs(5), &Metrics::new())
+                .await
+                .unwrap_err()
+                .tried,
             2
         );
     }

@@ -124,6 +124,99 @@ impl FromStr for LogFormat {
     }
 }
 
+/// How ftpgate opens data connections towards the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendDataMode {
+    /// The mode the client chose (PASV/EPSV stay passive, PORT/EPRT stay active).
+    #[default]
+    Same,
+    /// Always PASV/EPSV towards the backend: backends need no outbound connections.
+    Passive,
+    /// Always PORT/EPRT towards the backend, for backends that only do active mode.
+    Active,
+}
+
+impl FromStr for BackendDataMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "same" => Ok(BackendDataMode::Same),
+            "passive" => Ok(BackendDataMode::Passive),
+            "active" => Ok(BackendDataMode::Active),
+            other => Err(format!(
+                "`{other}` is not a data mode (same, passive or active)"
+            )),
+        }
+    }
+}
+
+/// Active mode (PORT/EPRT) relaying.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveConfig {
+    /// Networks a client may name in PORT/EPRT besides its own address. Empty: only its
+    /// own (FTP bounce protection).
+    pub allow_foreign: Vec<ipnet::IpNet>,
+    /// Source port for data connections ftpgate opens to clients (20 for client
+    /// firewalls that insist on it; needs CAP_NET_BIND_SERVICE). 0: any port.
+    pub source_port: u16,
+    /// Ports ftpgate listens on for backends' active data connections. Unset: the
+    /// `data_ports` range is shared.
+    pub ports: Option<PortRange>,
+}
+
+/// TCP keepalive on control connections (both sides).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpKeepaliveConfig {
+    /// Idle time before the first probe; 0s disables TCP keepalive.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub count: u32,
+}
+
+impl Default for TcpKeepaliveConfig {
+    fn default() -> Self {
+        TcpKeepaliveConfig {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(15),
+            count: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeepaliveConfig {
+    /// NOOP on the idle backend control connection every this long while a transfer
+    /// runs; 0s disables.
+    #[serde(with = "humantime_serde")]
+    pub noop_interval: Duration,
+    pub tcp: TcpKeepaliveConfig,
+}
+
+impl Default for KeepaliveConfig {
+    fn default() -> Self {
+        KeepaliveConfig {
+            noop_interval: Duration::from_secs(60),
+            tcp: TcpKeepaliveConfig::default(),
+        }
+    }
+}
+
+impl KeepaliveConfig {
+    pub fn tcp_params(&self) -> Option<crate::net::KeepaliveParams> {
+        (!self.tcp.idle.is_zero()).then_some(crate::net::KeepaliveParams {
+            idle: self.tcp.idle,
+            interval: self.tcp.interval,
+            count: self.tcp.count,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
@@ -133,6 +226,13 @@ pub struct Timeouts {
     /// How long to wait for a TCP connection to a backend (control or data).
     #[serde(with = "humantime_serde")]
     pub backend_connect: Duration,
+    /// A session not logged in within this is closed with `421`.
+    #[serde(with = "humantime_serde")]
+    pub login: Duration,
+    /// A session with no client command and no transfer for this long is closed with
+    /// `421`; 0s disables.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -140,6 +240,8 @@ impl Default for Timeouts {
         Timeouts {
             data_connect: Duration::from_secs(30),
             backend_connect: Duration::from_secs(5),
+            login: Duration::from_secs(60),
+            idle: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -182,7 +284,13 @@ pub struct Config {
     pub max_line_length: usize,
     /// Commands a client may have outstanding before ftpgate stops reading from it.
     pub max_pipelined_commands: usize,
+    /// How data connections are opened towards the backend.
+    pub backend_data_mode: BackendDataMode,
+    pub active: ActiveConfig,
+    pub keepalive: KeepaliveConfig,
     pub timeouts: Timeouts,
+    /// Admin listener for `/metrics`, `/healthz`, `/readyz`; unset: none.
+    pub metrics: Option<SocketAddr>,
     pub log: LogConfig,
 }
 
@@ -200,7 +308,11 @@ impl Default for Config {
             passive_target: PassiveTarget::Reply,
             max_line_length: DEFAULT_MAX_LINE,
             max_pipelined_commands: 64,
+            backend_data_mode: BackendDataMode::Same,
+            active: ActiveConfig::default(),
+            keepalive: KeepaliveConfig::default(),
             timeouts: Timeouts::default(),
+            metrics: None,
             log: LogConfig::default(),
         }
     }
@@ -304,6 +416,7 @@ impl Config {
         for (key, d) in [
             ("timeouts.data_connect", self.timeouts.data_connect),
             ("timeouts.backend_connect", self.timeouts.backend_connect),
+            ("timeouts.login", self.timeouts.login),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than 0s"));

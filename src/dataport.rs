@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use rand::Rng;
 use tokio::net::TcpListener;
 
+use prometheus::IntGauge;
+
 use crate::config::PortRange;
+use crate::metrics::Metrics;
 
 /// How many random probes before falling back to a scan from a random start.
 const RANDOM_PROBES: usize = 16;
@@ -24,6 +27,9 @@ pub struct PortPool {
     range: PortRange,
     leased: Mutex<Vec<bool>>,
     in_use: AtomicUsize,
+    /// Pools add up in the shared gauges (one process may have two pools).
+    gauge_in_use: IntGauge,
+    gauge_free: IntGauge,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +41,14 @@ pub enum LeaseError {
 }
 
 impl PortPool {
-    pub fn new(range: PortRange) -> Arc<PortPool> {
+    pub fn new(range: PortRange, metrics: &Metrics) -> Arc<PortPool> {
+        metrics.data_ports_free.add(range.len() as i64);
         Arc::new(PortPool {
             range,
             leased: Mutex::new(vec![false; range.len()]),
             in_use: AtomicUsize::new(0),
+            gauge_in_use: metrics.data_ports_in_use.clone(),
+            gauge_free: metrics.data_ports_free.clone(),
         })
     }
 
@@ -65,6 +74,8 @@ impl PortPool {
             })?;
         leased[slot] = true;
         self.in_use.fetch_add(1, Ordering::Relaxed);
+        self.gauge_in_use.inc();
+        self.gauge_free.dec();
         let port = self.range.lo + u16::try_from(slot).ok()?;
         Some(PortLease {
             pool: Arc::clone(self),
@@ -79,6 +90,8 @@ impl PortPool {
             if *l {
                 *l = false;
                 self.in_use.fetch_sub(1, Ordering::Relaxed);
+                self.gauge_in_use.dec();
+                self.gauge_free.inc();
             }
         }
     }
@@ -139,7 +152,7 @@ mod tests {
     use std::collections::HashSet;
 
     fn pool(lo: u16, hi: u16) -> Arc<PortPool> {
-        PortPool::new(PortRange { lo, hi })
+        PortPool::new(PortRange { lo, hi }, &Metrics::new())
     }
 
     #[test]

@@ -1,39 +1,59 @@
 //! Prometheus metrics: one registry owned by the gateway, typed fields, bounded labels
-//! (never a client address, user name or path).
+//! (never a client address, user name or path). Backend labels are configured
+//! addresses, so bounded by the config.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub registry: Registry,
     pub sessions_active: IntGauge,
-    /// By outcome: `closed`, `backend_unavailable`, `client_error`, `backend_error`, `shutdown`.
+    /// By outcome: `closed`, `backend_unavailable`, `client_error`, `backend_error`,
+    /// `timeout`, `shutdown`.
     pub sessions_total: IntCounterVec,
-    /// By kind: `227`, `229`.
-    pub rewrites_total: IntCounterVec,
-    /// By reason: `foreign_data_peer`, `lprt_lpsv`, `active_mode`, `line_too_long`, ...
-    pub refusals_total: IntCounterVec,
-    pub data_ports_in_use: IntGauge,
-    pub data_port_exhausted_total: IntCounter,
-    /// By kind: `data_connect`, `backend_connect`.
-    pub timeouts_total: IntCounterVec,
+    /// By verb: the verbs ftpgate knows, else `OTHER`.
+    pub commands_total: IntCounterVec,
+    /// By reply code as sent to the client (swallowed replies are not counted).
+    pub replies_total: IntCounterVec,
+    /// By mode (`passive`, `active`) and direction (`download`, `upload`, `listing`).
+    pub data_connections_total: IntCounterVec,
     /// By direction: `client_to_backend`, `backend_to_client`.
     pub data_bytes_total: IntCounterVec,
+    pub data_ports_in_use: IntGauge,
+    pub data_ports_free: IntGauge,
+    pub data_port_exhausted_total: IntCounter,
+    /// By kind: `227`, `229`, `port`, `eprt`.
+    pub rewrites_total: IntCounterVec,
+    pub keepalive_noops_total: IntCounter,
+    /// By reason: `foreign_data_peer`, `bounce`, `lprt_lpsv`, `line_too_long`, ...
+    pub refusals_total: IntCounterVec,
+    /// By kind: `data_connect`, `backend_connect`, `login`, `idle`.
+    pub timeouts_total: IntCounterVec,
+    /// By backend: 1 when its last health check connected.
+    pub backend_up: IntGaugeVec,
+    pub backend_sessions_active: IntGaugeVec,
+    pub backend_connect_errors_total: IntCounterVec,
+    /// By direction (`download`, `upload`, `listing`).
+    pub transfer_duration_seconds: HistogramVec,
+    pub backend_connect_duration_seconds: Histogram,
+    /// Time from a backend reply's bytes arriving to their write to the client finishing.
+    pub reply_added_latency_seconds: Histogram,
 }
 
-fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| unreachable!("metric {name} is statically valid: {e}"));
-    register(reg, c.clone());
+fn register<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
+    // Names are constants of this module; a clash is a programming error that every
+    // test would show, so it is not propagated.
+    if let Err(e) = reg.register(Box::new(c.clone())) {
+        unreachable!("metric registration: {e}");
+    }
     c
 }
 
-fn register<C: prometheus::core::Collector + 'static>(reg: &Registry, c: C) {
-    // Names are unique constants of this module; a clash is a programming error that
-    // would show in every test, so it is not propagated.
-    if let Err(e) = reg.register(Box::new(c)) {
-        unreachable!("duplicate metric registration: {e}");
-    }
+fn valid<T>(r: prometheus::Result<T>) -> T {
+    r.unwrap_or_else(|e| unreachable!("metric definitions are static and valid: {e}"))
 }
 
 impl Default for Metrics {
@@ -44,64 +64,152 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help)
-                .unwrap_or_else(|e| unreachable!("metric {name} is statically valid: {e}"));
-            register(&registry, g.clone());
-            g
+        let r = Registry::new();
+        let gauge = |n: &str, h: &str| register(&r, valid(IntGauge::new(n, h)));
+        let counter = |n: &str, h: &str| register(&r, valid(IntCounter::new(n, h)));
+        let counters = |n: &str, h: &str, l: &[&str]| {
+            register(&r, valid(IntCounterVec::new(Opts::new(n, h), l)))
         };
-        let sessions_active = gauge("ftpgate_sessions_active", "Client sessions open now.");
-        let data_ports_in_use = gauge(
-            "ftpgate_data_ports_in_use",
-            "Data ports leased for passive mappings now.",
-        );
-        let data_port_exhausted_total = IntCounter::new(
-            "ftpgate_data_port_exhausted_total",
-            "Passive replies answered 425 because every data port was in use.",
-        )
-        .unwrap_or_else(|e| unreachable!("{e}"));
-        register(&registry, data_port_exhausted_total.clone());
+        let gauges = |n: &str, h: &str, l: &[&str]| {
+            register(&r, valid(IntGaugeVec::new(Opts::new(n, h), l)))
+        };
+        // Transfers run from milliseconds (a listing) to hours (a multi-gigabyte file).
+        let transfer_buckets = vec![
+            0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+        ];
+        let fast_buckets = vec![
+            0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01,
+            0.05, 0.25, 1.0,
+        ];
+        let connect_buckets = vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
         Metrics {
-            sessions_active,
-            sessions_total: counter_vec(
-                &registry,
+            sessions_active: gauge("ftpgate_sessions_active", "Client sessions open now."),
+            sessions_total: counters(
                 "ftpgate_sessions_total",
                 "Client sessions ended, by outcome.",
                 &["outcome"],
             ),
-            rewrites_total: counter_vec(
-                &registry,
-                "ftpgate_rewrites_total",
-                "Control-channel addresses rewritten, by kind.",
-                &["kind"],
+            commands_total: counters(
+                "ftpgate_commands_total",
+                "Client commands received, by verb.",
+                &["verb"],
             ),
-            refusals_total: counter_vec(
-                &registry,
-                "ftpgate_refusals_total",
-                "Connections or commands refused, by reason.",
-                &["reason"],
+            replies_total: counters(
+                "ftpgate_replies_total",
+                "Replies sent to clients, by code.",
+                &["code"],
             ),
-            data_ports_in_use,
-            data_port_exhausted_total,
-            timeouts_total: counter_vec(
-                &registry,
-                "ftpgate_timeouts_total",
-                "Timeouts that fired, by kind.",
-                &["kind"],
+            data_connections_total: counters(
+                "ftpgate_data_connections_total",
+                "Data connections relayed, by mode and direction.",
+                &["mode", "direction"],
             ),
-            data_bytes_total: counter_vec(
-                &registry,
+            data_bytes_total: counters(
                 "ftpgate_data_bytes_total",
                 "Bytes relayed on data connections, by direction.",
                 &["direction"],
             ),
-            registry,
+            data_ports_in_use: gauge(
+                "ftpgate_data_ports_in_use",
+                "Data ports leased now.",
+            ),
+            data_ports_free: gauge("ftpgate_data_ports_free", "Data ports free now."),
+            data_port_exhausted_total: counter(
+                "ftpgate_data_port_exhausted_total",
+                "Data-port requests refused because every port was in use.",
+            ),
+            rewrites_total: counters(
+                "ftpgate_rewrites_total",
+                "Control-channel addresses rewritten, by kind.",
+                &["kind"],
+            ),
+            keepalive_noops_total: counter(
+                "ftpgate_keepalive_noops_total",
+                "NOOPs sent to backends to keep idle control connections alive.",
+            ),
+            refusals_total: counters(
+                "ftpgate_refusals_total",
+                "Connections or commands refused, by reason.",
+                &["reason"],
+            ),
+            timeouts_total: counters(
+                "ftpgate_timeouts_total",
+                "Timeouts that fired, by kind.",
+                &["kind"],
+            ),
+            backend_up: gauges(
+                "ftpgate_backend_up",
+                "1 when the backend accepted the last connection attempt, else 0.",
+                &["backend"],
+            ),
+            backend_sessions_active: gauges(
+                "ftpgate_backend_sessions_active",
+                "Sessions open now, by backend.",
+                &["backend"],
+            ),
+            backend_connect_errors_total: counters(
+                "ftpgate_backend_connect_errors_total",
+                "Failed control connections to a backend.",
+                &["backend"],
+            ),
+            transfer_duration_seconds: register(
+                &r,
+                valid(HistogramVec::new(
+                    HistogramOpts::new(
+                        "ftpgate_transfer_duration_seconds",
+                        "Data transfer duration, by direction.",
+                    )
+                    .buckets(transfer_buckets),
+                    &["direction"],
+                )),
+            ),
+            backend_connect_duration_seconds: register(
+                &r,
+                valid(Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ftpgate_backend_connect_duration_seconds",
+                        "Time to establish a control connection to a backend.",
+                    )
+                    .buckets(connect_buckets),
+                )),
+            ),
+            reply_added_latency_seconds: register(
+                &r,
+                valid(Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ftpgate_reply_added_latency_seconds",
+                        "Latency ftpgate adds to control replies (read from backend to written to client).",
+                    )
+                    .buckets(fast_buckets),
+                )),
+            ),
+            registry: r,
         }
     }
 
     pub fn refuse(&self, reason: &'static str) {
         self.refusals_total.with_label_values(&[reason]).inc();
+    }
+
+    pub fn timeout(&self, kind: &'static str) {
+        self.timeouts_total.with_label_values(&[kind]).inc();
+    }
+
+    /// Pre-creates every label value the dashboards expect, so series exist (at 0)
+    /// before the first event.
+    pub fn init_labels(&self, backends: &[std::net::SocketAddr]) {
+        for b in backends {
+            let b = b.to_string();
+            self.backend_up.with_label_values(&[&b]);
+            self.backend_sessions_active.with_label_values(&[&b]);
+            self.backend_connect_errors_total.with_label_values(&[&b]);
+        }
+        for d in ["client_to_backend", "backend_to_client"] {
+            self.data_bytes_total.with_label_values(&[d]);
+        }
+        for k in ["227", "229", "port", "eprt"] {
+            self.rewrites_total.with_label_values(&[k]);
+        }
     }
 
     /// The registry in Prometheus text exposition format.

@@ -1,29 +1,76 @@
 //! Socket helpers at the I/O edge.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Connects to `addr` within `timeout`, optionally from a given local IP (so a backend
-/// sees data connections from the same address as the control connection, which
-/// servers such as vsftpd require unless `pasv_promiscuous` is set).
-pub async fn connect_timeout(
+/// Connects to `addr` within `timeout`, optionally from a given local address. A local
+/// IP keeps data connections coming from the same address as the control connection
+/// (vsftpd refuses others unless `pasv_promiscuous`); a local port serves clients whose
+/// firewalls insist that active-mode data comes from port 20.
+pub async fn connect_from(
     addr: SocketAddr,
-    local: Option<IpAddr>,
+    local: Option<SocketAddr>,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
-    if let Some(ip) = local.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
-        socket.bind(SocketAddr::new(ip, 0))?;
+    if let Some(local) = local.filter(|l| l.is_ipv4() == addr.is_ipv4()) {
+        if local.port() != 0 {
+            // Several data connections may leave from port 20 at once, to different peers.
+            socket.set_reuseaddr(true)?;
+        }
+        socket.bind(local)?;
     }
     let stream = tokio::time::timeout(timeout, socket.connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// TCP keepalive settings for control connections; `None` disables.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepaliveParams {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+/// Prepares a control socket: no Nagle delay (replies are small and latency-bound),
+/// TCP keepalive so middleboxes keep the flow while it is idle, and urgent data kept
+/// inline so a Telnet Synch (RFC 959 §4.1.3) does not remove a byte from the command
+/// stream — Python's ftplib sends `ABOR\r\n` with MSG_OOB, making `\n` the urgent byte.
+pub fn prepare_control_socket(s: &TcpStream, keepalive: Option<KeepaliveParams>) {
+    let sock = SockRef::from(s);
+    let _ = s.set_nodelay(true);
+    let _ = sock.set_out_of_band_inline(true);
+    if let Some(k) = keepalive {
+        let ka = TcpKeepalive::new()
+            .with_time(k.idle)
+            .with_interval(k.interval)
+            .with_retries(k.count);
+        if let Err(e) = sock.set_tcp_keepalive(&ka) {
+            tracing::debug!(error = %e, "cannot enable TCP keepalive");
+        }
+    }
+}
+
+/// Sends one byte as TCP urgent data (the Telnet Synch's `IAC`), waiting for room.
+pub async fn send_urgent(s: &TcpStream, byte: u8) -> io::Result<()> {
+    loop {
+        s.writable().await?;
+        match s.try_io(tokio::io::Interest::WRITABLE, || {
+            SockRef::from(s).send_out_of_band(&[byte])
+        }) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -416,11 +416,11 @@ async fn binary_garbage_gets_replies_not_a_crash() {
 }
 
 #[tokio::test]
-async fn long_address_and_active_commands_are_refused_in_order() {
+async fn long_address_commands_are_refused_in_order() {
     let mock = MockFtp::start(MockOptions::default()).await;
     let proxy = start_proxy(vec![mock.addr], |_| {}).await;
     let mut c = Client::login(proxy.addr).await;
-    c.send(b"NOOP\r\nLPSV\r\nPORT 127,0,0,1,4,1\r\nNOOP\r\n")
+    c.send(b"NOOP\r\nLPSV\r\nLPRT 4,4,127,0,0,1,2,4,1\r\nNOOP\r\n")
         .await;
     assert!(c.reply().await.starts_with("200"));
     assert!(c.reply().await.starts_with("502"));
@@ -431,7 +431,399 @@ async fn long_address_and_active_commands_are_refused_in_order() {
         .into_iter()
         .map(|l| l[..4].to_vec())
         .collect();
-    assert!(!forwarded.iter().any(|v| v == b"LPSV" || v == b"PORT"));
+    assert!(!forwarded.iter().any(|v| v == b"LPSV" || v == b"LPRT"));
+    assert_eq!(
+        proxy
+            .metrics
+            .refusals_total
+            .with_label_values(&["lprt_lpsv"])
+            .get(),
+        2
+    );
+}
+
+fn port_arg(a: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = a else {
+        panic!("v4 expected")
+    };
+    let o = v4.ip().octets();
+    format!(
+        "{},{},{},{},{},{}",
+        o[0],
+        o[1],
+        o[2],
+        o[3],
+        v4.port() >> 8,
+        v4.port() & 0xff
+    )
+}
+
+#[tokio::test]
+async fn bounce_port_to_another_host_is_refused_and_nothing_connects() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    mock.put_file("f", b"x".to_vec());
+    let proxy = start_proxy(vec![mock.addr], |_| {}).await;
+    let victim = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    victim.set_nonblocking(true).unwrap();
+    let mut c = Client::login(proxy.addr).await;
+    let r = c
+        .cmd(&format!("PORT {}", port_arg(victim.local_addr().unwrap())))
+        .await;
+    assert!(r.starts_with("500 "), "{r}");
+    let r = c
+        .cmd(&format!(
+            "EPRT |1|127.0.0.2|{}|",
+            victim.local_addr().unwrap().port()
+        ))
+        .await;
+    assert!(r.starts_with("500 "), "{r}");
+    let r = c.cmd("RETR f").await;
+    assert!(r.starts_with("425"), "backend got no PORT: {r}");
+    assert!(c.cmd("NOOP").await.starts_with("200"));
+    assert!(victim.accept().is_err(), "victim received a connection");
+    assert!(!mock
+        .received()
+        .iter()
+        .any(|l| l.starts_with(b"PORT") || l.starts_with(b"EPRT")));
+    assert_eq!(
+        proxy
+            .metrics
+            .refusals_total
+            .with_label_values(&["bounce"])
+            .get(),
+        2
+    );
+    // Malformed or unsupported forms get syntax replies, not a crash.
+    assert!(c.cmd("PORT 127,0,0,1,256,1").await.starts_with("501"));
+    assert!(c.cmd("EPRT |3|x|1|").await.starts_with("522"));
+}
+
+#[tokio::test]
+async fn active_mode_is_relayed_through_ftpgate() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    mock.put_file("a.bin", pattern(500_001));
+    let proxy = start_proxy(vec![mock.addr], |c| {
+        c.active.ports = Some("42000-42099".parse().unwrap());
+    })
+    .await;
+    let mut c = Client::login(proxy.addr).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let me = listener.local_addr().unwrap();
+    assert!(c
+        .cmd(&format!("PORT {}", port_arg(me)))
+        .await
+        .starts_with("200"));
+    c.send(b"RETR a.bin\r\n").await;
+    let (data, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(c.reply().await.starts_with("150"));
+    assert!(read_all(data).await == pattern(500_001));
+    assert!(c.reply().await.starts_with("226"));
+    // The backend was told to connect to ftpgate, never to the client.
+    let targets = mock.state.lock().unwrap().active_targets.clone();
+    assert_eq!(targets.len(), 1);
+    assert_ne!(targets[0], me);
+    assert!((42000..=42099).contains(&targets[0].port()), "{targets:?}");
+    assert_eq!(
+        proxy
+            .metrics
+            .rewrites_total
+            .with_label_values(&["port"])
+            .get(),
+        1
+    );
+
+    // EPRT upload, same session.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(c
+        .cmd(&format!("EPRT |1|127.0.0.1|{port}|"))
+        .await
+        .starts_with("200"));
+    c.send(b"STOR up.bin\r\n").await;
+    let (mut data, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(c.reply().await.starts_with("150"));
+    data.write_all(&pattern(77_777)).await.unwrap();
+    data.shutdown().await.unwrap();
+    assert!(c.reply().await.starts_with("226"));
+    assert!(mock.file("up.bin").unwrap() == pattern(77_777));
+    assert_eq!(
+        proxy
+            .metrics
+            .rewrites_total
+            .with_label_values(&["eprt"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn foreign_host_on_active_backend_side_port_gets_nothing() {
+    // In active mode the mapped port faces the backend: only the backend may connect.
+    let mock = MockFtp::start(MockOptions::default()).await;
+    mock.put_file("a", pattern(10_000));
+    let proxy = start_proxy(vec![mock.addr], |c| {
+        c.active.ports = Some("42100-42100".parse().unwrap());
+    })
+    .await;
+    let mut c = Client::login(proxy.addr).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let me = listener.local_addr().unwrap();
+    assert!(c
+        .cmd(&format!("PORT {}", port_arg(me)))
+        .await
+        .starts_with("200"));
+    let thief = connect_from(
+        "127.0.0.2".parse().unwrap(),
+        "127.0.0.1:42100".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(read_all(thief).await.is_empty());
+    c.send(b"RETR a\r\n").await;
+    let (data, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(c.reply().await.starts_with("150"));
+    assert!(read_all(data).await == pattern(10_000));
+    assert!(c.reply().await.starts_with("226"));
+    assert_eq!(
+        proxy
+            .metrics
+            .refusals_total
+            .with_label_values(&["foreign_data_peer"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn passive_translation_client_port_backend_epsv() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    mock.put_file("t.bin", pattern(300_003));
+    let proxy = start_proxy(vec![mock.addr], |c| {
+        c.backend_data_mode = ftpgate::config::BackendDataMode::Passive;
+    })
+    .await;
+    let mut c = Client::login(proxy.addr).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let me = listener.local_addr().unwrap();
+    // Pipelined: the RETR must wait for ftpgate's own EPSV without losing order.
+    c.send(format!("PORT {}\r\nRETR t.bin\r\nNOOP\r\n", port_arg(me)).as_bytes())
+        .await;
+    assert!(c.reply().await.starts_with("200"));
+    let (data, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(c.reply().await.starts_with("150"));
+    assert!(read_all(data).await == pattern(300_003));
+    assert!(c.reply().await.starts_with("226"));
+    assert!(c.reply().await.starts_with("200"));
+    let got = mock.received();
+    assert!(got.iter().any(|l| l == b"EPSV\r\n"));
+    assert!(
+        !got.iter().any(|l| l.starts_with(b"PORT")),
+        "backend never sees PORT"
+    );
+}
+
+#[tokio::test]
+async fn active_translation_client_epsv_backend_port() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    mock.put_file("t.bin", pattern(123_457));
+    let proxy = start_proxy(vec![mock.addr], |c| {
+        c.backend_data_mode = ftpgate::config::BackendDataMode::Active;
+    })
+    .await;
+    let mut c = Client::login(proxy.addr).await;
+    for verb in ["EPSV", "PASV"] {
+        let r = c.cmd(verb).await;
+        let target: SocketAddr = if verb == "EPSV" {
+            SocketAddr::from((
+                [127, 0, 0, 1],
+                find_epsv_port(r.trim_end().as_bytes()).unwrap().port,
+            ))
+        } else {
+            find_pasv_tuple(r.trim_end().as_bytes())
+                .unwrap()
+                .addr
+                .into()
+        };
+        let data = TcpStream::connect(target).await.unwrap();
+        c.send(b"RETR t.bin\r\n").await;
+        assert!(c.reply().await.starts_with("150"));
+        assert!(read_all(data).await == pattern(123_457));
+        assert!(c.reply().await.starts_with("226"));
+    }
+    let got = mock.received();
+    assert!(!got
+        .iter()
+        .any(|l| l.starts_with(b"EPSV") || l.starts_with(b"PASV")));
+    assert_eq!(got.iter().filter(|l| l.starts_with(b"PORT")).count(), 2);
+    // EPSV ALL is honoured towards the client and not sent to the backend.
+    assert!(c.cmd("EPSV ALL").await.starts_with("200"));
+    assert!(c.cmd("PASV").await.starts_with("500"));
+    assert!(c.cmd("EPSV").await.starts_with("229"));
+    assert!(!mock.received().iter().any(|l| l.starts_with(b"EPSV")));
+}
+
+async fn keepalive_transcript(noop_during_transfer: bool) {
+    let mock = MockFtp::start(MockOptions {
+        noop_during_transfer,
+        ..MockOptions::default()
+    })
+    .await;
+    let proxy = start_proxy(vec![mock.addr], |c| {
+        c.keepalive.noop_interval = Duration::from_millis(30);
+    })
+    .await;
+    let mut c = Client::login(proxy.addr).await;
+    let r = c.cmd("EPSV").await;
+    let port = find_epsv_port(r.trim_end().as_bytes()).unwrap().port;
+    let data = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    c.send(b"RETR slow:25\r\n").await;
+    assert!(c.reply().await.starts_with("150"));
+    assert_eq!(read_all(data).await.len(), 25 * 1024);
+    assert_eq!(c.reply().await, "226 slow transfer complete\r\n");
+    // The next reply the client sees is the answer to its own command, not a NOOP's.
+    assert_eq!(c.cmd("SYST").await, "500 unknown command\r\n");
+    let noops = mock.received().iter().filter(|l| *l == b"NOOP\r\n").count();
+    assert!(noops >= 1, "no keepalive NOOP reached the server");
+    assert_eq!(proxy.metrics.keepalive_noops_total.get() as usize, noops);
+    // The client's own NOOP is answered to the client.
+    assert_eq!(c.cmd("NOOP").await, "200 NOOP ok\r\n");
+}
+
+#[tokio::test]
+async fn keepalive_noop_replies_after_226_are_swallowed() {
+    keepalive_transcript(false).await;
+}
+
+#[tokio::test]
+async fn keepalive_noop_replies_during_transfer_are_swallowed() {
+    keepalive_transcript(true).await;
+}
+
+#[tokio::test]
+async fn login_timeout_sends_421_and_closes() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    let proxy = start_proxy(vec![mock.addr], |c| {
+        c.timeouts.login = Duration::from_millis(100);
+    })
+    .await;
+    let mut c = Client::connect(proxy.addr).await;
+    assert!(c.reply().await.starts_with("220"));
+    assert!(c.cmd("USER u").await.starts_with("331"));
+    let r = c.reply().await;
+    assert!(r.starts_with("421 Login timeout"), "{r}");
+    assert_eq!(c.reply().await, "");
+    assert_eq!(
+        proxy
+            .metrics
+            .timeouts_total
+            .with_label_values(&["login"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn idle_timeout_sends_421_but_not_during_a_transfer() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    let proxy = start_proxy(vec![mock.addr], |c| {
+        c.timeouts.idle = Duration::from_millis(150);
+        c.keepalive.noop_interval = Duration::ZERO;
+    })
+    .await;
+    let mut c = Client::login(proxy.addr).await;
+    // A transfer far longer than the idle timeout survives it.
+    let r = c.cmd("EPSV").await;
+    let port = find_epsv_port(r.trim_end().as_bytes()).unwrap().port;
+    let data = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    c.send(b"RETR slow:20\r\n").await;
+    assert!(c.reply().await.starts_with("150"));
+    assert_eq!(read_all(data).await.len(), 20 * 1024);
+    assert!(c.reply().await.starts_with("226"));
+    let r = c.reply().await;
+    assert!(r.starts_with("421 Idle timeout"), "{r}");
+    assert_eq!(c.reply().await, "");
+    assert_eq!(
+        proxy
+            .metrics
+            .timeouts_total
+            .with_label_values(&["idle"])
+            .get(),
+        1
+    );
+}
+
+/// A backend on a plain blocking socket, as C servers read theirs, recording the
+/// inline byte stream (urgent data is not inline: SO_OOBINLINE is off).
+fn synch_checking_backend() -> (SocketAddr, std::thread::JoinHandle<Vec<u8>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(b"220 hi\r\n").unwrap();
+        let mut inline = Vec::new();
+        let mut buf = [0u8; 512];
+        let mut answered = 0;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early");
+            inline.extend_from_slice(&buf[..n]);
+            let lines = inline.iter().filter(|&&b| b == b'\n').count();
+            while answered < lines {
+                let reply: &[u8] = match answered {
+                    0 => b"331 pw\r\n",
+                    1 => b"230 in\r\n",
+                    _ => b"226 ABOR ok\r\n",
+                };
+                s.write_all(reply).unwrap();
+                answered += 1;
+            }
+            if inline.ends_with(b"ABOR\r\n") {
+                break;
+            }
+        }
+        inline
+    });
+    (addr, handle)
+}
+
+#[tokio::test]
+async fn abor_with_telnet_synch_is_relayed_with_urgent_iac() {
+    let (backend, checked) = synch_checking_backend();
+    let proxy = start_proxy(vec![backend], |_| {}).await;
+    let c = Client::login(proxy.addr).await;
+    // Python ftplib sends the whole line as urgent data: the urgent byte is the final
+    // \n, and the read stops at the urgent mark before it.
+    let raw = c.w.as_ref();
+    raw.writable().await.unwrap();
+    socket2::SockRef::from(raw)
+        .send_out_of_band(b"\xff\xf4\xff\xf2ABOR\r\n")
+        .unwrap();
+    let mut c = c;
+    assert_eq!(c.reply().await, "226 ABOR ok\r\n");
+    let inline = tokio::task::spawn_blocking(move || checked.join().unwrap())
+        .await
+        .unwrap();
+    // `IAC IP` inline, then the Synch's `IAC` as urgent data (so missing from the
+    // inline stream), then `DM ABOR`: what servers watching SIGURG expect.
+    assert!(
+        inline.ends_with(b"PASS secret\r\n\xff\xf4\xf2ABOR\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&inline)
+    );
 }
 
 #[tokio::test]

@@ -7,6 +7,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
 
+use nom::combinator::all_consuming;
+use nom::Parser;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {
     #[error("no host-port tuple found")]
@@ -43,65 +46,28 @@ pub fn find_pasv_tuple(line: &[u8]) -> Result<PasvTuple, AddrError> {
     const CODE_LEN: usize = 3;
     let haystack = line.get(CODE_LEN..).unwrap_or_default();
     let mut pos = 0;
+    // Candidates start at a digit not preceded by a digit or `digit,` (those belong to
+    // the run just skipped); each candidate run is consumed whole, so a seven-number run
+    // is never re-read from its second number as a six-number one.
     while let Some(offset) = haystack
         .get(pos..)
         .and_then(|rest| rest.iter().position(u8::is_ascii_digit))
     {
         let start = pos + offset;
-        let run = NumberRun::scan(haystack, start);
-        if let Some(fields) = run.six_fields() {
+        let candidate = haystack.get(start..).unwrap_or_default();
+        let Ok((_, run)) = grammar::number_run.parse(candidate) else {
+            // Unreachable: `candidate` starts with a digit, so a run is always found.
+            break;
+        };
+        if let Some(fields) = run.host_port {
             return Ok(PasvTuple {
-                span: CODE_LEN + start..CODE_LEN + run.end,
+                span: CODE_LEN + start..CODE_LEN + start + run.text.len(),
                 addr: tuple_from_fields(fields)?,
             });
         }
-        pos = run.end;
+        pos = start + run.text.len();
     }
     Err(AddrError::Missing)
-}
-
-/// A maximal run `n,n,...,n` of comma-separated digit strings (no spaces).
-struct NumberRun<'a> {
-    /// The first six fields; only meaningful when `count == 6`.
-    fields: [&'a [u8]; 6],
-    /// Number of fields, saturating at 7 ("more than six").
-    count: usize,
-    /// Index just past the last digit of the run.
-    end: usize,
-}
-
-impl<'a> NumberRun<'a> {
-    /// Scans the run whose first digit is at `start`.
-    fn scan(bytes: &'a [u8], start: usize) -> Self {
-        let mut run = NumberRun {
-            fields: [&[]; 6],
-            count: 0,
-            end: start,
-        };
-        let mut pos = start;
-        loop {
-            let rest = bytes.get(pos..).unwrap_or_default();
-            let len = rest
-                .iter()
-                .position(|b| !b.is_ascii_digit())
-                .unwrap_or(rest.len());
-            let (digits, after) = rest.split_at(len);
-            if let Some(slot) = run.fields.get_mut(run.count) {
-                *slot = digits;
-            }
-            run.count = (run.count + 1).min(7);
-            run.end = pos + len;
-            // Continue only through `,<digit>`: `1,2,3,4,5,6,)` ends at `6`.
-            match after {
-                [b',', d, ..] if d.is_ascii_digit() => pos = run.end + 1,
-                _ => return run,
-            }
-        }
-    }
-
-    fn six_fields(&self) -> Option<[&'a [u8]; 6]> {
-        (self.count == 6).then_some(self.fields)
-    }
 }
 
 /// Builds `h1.h2.h3.h4:p1*256+p2` from six digit strings, each checked to 0..=255.
@@ -164,6 +130,9 @@ pub struct EpsvPort {
 /// skipped; no group of this shape at all is `Missing`, a port of 0 or above 65535
 /// in the last such group is `OutOfRange`.
 pub fn find_epsv_port(line: &[u8]) -> Result<EpsvPort, AddrError> {
+    // Try the group grammar at every `(`, last first. A delimiter may itself be `(`
+    // (`((((21()`), so candidates overlap and each one is tried, not just the
+    // outermost.
     let opens = line
         .iter()
         .enumerate()
@@ -171,28 +140,15 @@ pub fn find_epsv_port(line: &[u8]) -> Result<EpsvPort, AddrError> {
         .filter(|&(_, &b)| b == b'(')
         .map(|(i, _)| i);
     for open in opens {
-        let Some(group) = line.get(open + 1..) else {
+        let candidate = line.get(open..).unwrap_or_default();
+        let Ok((_, group)) = grammar::epsv_group.parse(candidate) else {
             continue;
         };
-        let [d, d2, d3, rest @ ..] = group else {
-            continue;
-        };
-        if !(is_delimiter(*d) && d2 == d && d3 == d) {
-            continue;
-        }
-        let len = rest
-            .iter()
-            .position(|b| !b.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let (digits, after) = rest.split_at(len);
-        if digits.is_empty() || !matches!(after, [d4, b')', ..] if d4 == d) {
-            continue;
-        }
-        let start = open + 4;
+        let start = open + group.port_offset;
         return Ok(EpsvPort {
-            span: start..start + len,
-            port: tcp_port(digits)?,
-            delimiter: *d,
+            span: start..start + group.port.len(),
+            port: tcp_port(group.port)?,
+            delimiter: group.delimiter,
         });
     }
     Err(AddrError::Missing)
@@ -209,17 +165,10 @@ pub fn parse_port_arg(arg: &[u8]) -> Result<SocketAddrV4, AddrError> {
     if arg.is_empty() {
         return Err(AddrError::Missing);
     }
-    let mut parts = arg.split(|&b| b == b',');
-    let mut fields: [&[u8]; 6] = [&[]; 6];
-    for field in &mut fields {
-        *field = parts.next().ok_or(AddrError::Malformed)?;
-    }
-    if parts.next().is_some() {
-        return Err(AddrError::Malformed);
-    }
-    if fields.iter().any(|f| decimal(f).is_none()) {
-        return Err(AddrError::Malformed);
-    }
+    // Shape first, values second: `10,0,1,2,256,x` is `Malformed`, not `OutOfRange`.
+    let (_, fields) = all_consuming(grammar::host_port)
+        .parse(arg)
+        .map_err(|_| AddrError::Malformed)?;
     tuple_from_fields(fields)
 }
 
@@ -236,32 +185,133 @@ pub fn parse_port_arg(arg: &[u8]) -> Result<SocketAddrV4, AddrError> {
 /// (`fe80::1%eth0`) are refused as `Malformed`.
 pub fn parse_eprt_arg(arg: &[u8]) -> Result<SocketAddr, AddrError> {
     let arg = arg.trim_ascii();
-    let [d, body @ ..] = arg else {
+    if arg.is_empty() {
         return Err(AddrError::Missing);
-    };
-    if !is_delimiter(*d) {
-        return Err(AddrError::Malformed);
     }
-    // `body` is `<proto>d<addr>d<port>d`: splitting yields exactly four pieces, the
-    // last empty; a missing or extra delimiter shows up as a different shape.
-    let mut parts = body.split(|b| b == d);
-    let (Some(proto), Some(addr), Some(port), Some([]), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return Err(AddrError::Malformed);
-    };
-    let addr = std::str::from_utf8(addr).map_err(|_| AddrError::Malformed)?;
-    let ip = match proto {
+    let (_, eprt) = all_consuming(grammar::eprt)
+        .parse(arg)
+        .map_err(|_| AddrError::Malformed)?;
+    // Checked in this order: address before port, so `|3|x|0|` is
+    // `UnsupportedProtocol` and `|1|x|0|` is `Malformed`.
+    let addr = std::str::from_utf8(eprt.addr).map_err(|_| AddrError::Malformed)?;
+    let ip = match eprt.proto {
         b"1" => IpAddr::V4(addr.parse::<Ipv4Addr>().map_err(|_| AddrError::Malformed)?),
         b"2" => IpAddr::V6(addr.parse::<Ipv6Addr>().map_err(|_| AddrError::Malformed)?),
-        p if decimal(p).is_some() => return Err(AddrError::UnsupportedProtocol),
-        _ => return Err(AddrError::Malformed),
+        // The grammar only lets digits through as a protocol number.
+        _ => return Err(AddrError::UnsupportedProtocol),
     };
-    Ok(SocketAddr::new(ip, tcp_port(port)?))
+    Ok(SocketAddr::new(ip, tcp_port(eprt.port)?))
+}
+
+/// nom grammars of the address forms. They only recognise shapes and hand back the
+/// raw fields; value checks (0..=255, 1..=65535, address literals) stay with the
+/// callers, which decide between `Malformed`, `OutOfRange` and `UnsupportedProtocol`.
+/// The error type is `()`: a failed parse means "not this shape", nothing more.
+mod grammar {
+    use nom::bytes::complete::{tag, take_till};
+    use nom::character::complete::{char, digit1};
+    use nom::combinator::{not, recognize, verify};
+    use nom::multi::many0_count;
+    use nom::number::complete::u8 as byte;
+    use nom::sequence::{preceded, terminated};
+    use nom::{IResult, Offset, Parser};
+
+    use super::is_delimiter;
+
+    type PResult<'a, O> = IResult<&'a [u8], O, ()>;
+
+    /// `,<digits>`: the next field of a comma-separated number run. On `,` without a
+    /// digit it fails without consuming, so a run `1,2,3,4,5,6,)` ends at `6`.
+    fn next_number(i: &[u8]) -> PResult<'_, &[u8]> {
+        preceded(char(','), digit1).parse(i)
+    }
+
+    /// The six raw fields of a host-port, in order.
+    pub(super) type HostPort<'a> = [&'a [u8]; 6];
+
+    /// RFC 959 host-port `h1,h2,h3,h4,p1,p2`: six digit strings of any length (their
+    /// values are checked by the caller), no spaces.
+    pub(super) fn host_port(i: &[u8]) -> PResult<'_, HostPort<'_>> {
+        (
+            digit1,
+            next_number,
+            next_number,
+            next_number,
+            next_number,
+            next_number,
+        )
+            .map(|(h1, h2, h3, h4, p1, p2)| [h1, h2, h3, h4, p1, p2])
+            .parse(i)
+    }
+
+    /// A maximal comma-separated number run `n,n,...,n`.
+    pub(super) struct NumberRun<'a> {
+        /// The run itself: its length gives the span, and lets the caller skip runs of
+        /// any other length whole.
+        pub text: &'a [u8],
+        /// Its fields when it has exactly six numbers.
+        pub host_port: Option<HostPort<'a>>,
+    }
+
+    /// The number run at the start of `i` (which must be a digit). RFC 1123 §4.1.2.6:
+    /// the `227` tuple is recognised by shape alone, as the run of exactly six numbers.
+    pub(super) fn number_run(i: &[u8]) -> PResult<'_, NumberRun<'_>> {
+        let (rest, text) = recognize(preceded(digit1, many0_count(next_number))).parse(i)?;
+        // `digit1` is greedy, so after six fields only `,<digit>` could extend the run.
+        let host_port = terminated(host_port, not(next_number))
+            .parse(text)
+            .ok()
+            .map(|(_, fields)| fields);
+        Ok((rest, NumberRun { text, host_port }))
+    }
+
+    /// RFC 2428 §2 delimiter byte.
+    fn delimiter(i: &[u8]) -> PResult<'_, u8> {
+        verify(byte, |&d| is_delimiter(d)).parse(i)
+    }
+
+    /// The bytes up to the next `d`, then that `d`.
+    fn field_before(d: u8) -> impl FnMut(&[u8]) -> PResult<'_, &[u8]> {
+        move |i| terminated(take_till(|b| b == d), tag(&[d][..])).parse(i)
+    }
+
+    /// A `229` group `(<d><d><d><port><d>)` (RFC 2428 §3).
+    pub(super) struct EpsvGroup<'a> {
+        pub delimiter: u8,
+        /// Offset of the port digits from the `(`.
+        pub port_offset: usize,
+        pub port: &'a [u8],
+    }
+
+    /// RFC 2428 §3 `229` group at the start of `i`, the same delimiter four times.
+    pub(super) fn epsv_group(i: &[u8]) -> PResult<'_, EpsvGroup<'_>> {
+        let (after_open, d) = preceded(char('('), delimiter).parse(i)?;
+        let (digits, _) = tag(&[d, d][..]).parse(after_open)?;
+        let (rest, port) = terminated(digit1, tag(&[d, b')'][..])).parse(digits)?;
+        let group = EpsvGroup {
+            delimiter: d,
+            port_offset: i.offset(digits),
+            port,
+        };
+        Ok((rest, group))
+    }
+
+    /// The raw fields of an `EPRT` argument.
+    pub(super) struct Eprt<'a> {
+        pub proto: &'a [u8],
+        pub addr: &'a [u8],
+        pub port: &'a [u8],
+    }
+
+    /// RFC 2428 §2 `<d><net-prt><d><net-addr><d><tcp-port><d>`. The protocol must be
+    /// digits; address and port are any bytes but `d` (checked by the caller, address
+    /// first). Trailing bytes are left for `all_consuming` to refuse.
+    pub(super) fn eprt(i: &[u8]) -> PResult<'_, Eprt<'_>> {
+        let (i, d) = delimiter(i)?;
+        let (i, proto) = terminated(digit1, tag(&[d][..])).parse(i)?;
+        let (i, (addr, port)) = (field_before(d), field_before(d)).parse(i)?;
+        Ok((i, Eprt { proto, addr, port }))
+    }
 }
 
 /// Formats `h1,h2,h3,h4,p1,p2`.
@@ -590,6 +640,13 @@ mod tests {
         assert_eq!(parse_port_arg(b"   "), Err(AddrError::Missing));
     }
 
+    #[test]
+    fn port_argument_shape_is_checked_before_values() {
+        // The grammar runs first: a bad shape is `Malformed` even with a field > 255.
+        assert_eq!(parse_port_arg(b"10,0,1,2,256,x"), Err(AddrError::Malformed));
+        assert_eq!(parse_port_arg(b"256,0,1,2,4"), Err(AddrError::Malformed));
+    }
+
     // ---- EPRT ----
 
     #[test]
@@ -716,6 +773,20 @@ mod tests {
         }
         assert_eq!(parse_eprt_arg(b""), Err(AddrError::Missing));
         assert_eq!(parse_eprt_arg(b"  "), Err(AddrError::Missing));
+    }
+
+    #[test]
+    fn eprt_fields_are_judged_protocol_then_address_then_port() {
+        assert_eq!(
+            parse_eprt_arg(b"|3|x|abc|"),
+            Err(AddrError::UnsupportedProtocol)
+        );
+        assert_eq!(parse_eprt_arg(b"|1|x|0|"), Err(AddrError::Malformed));
+        assert_eq!(
+            parse_eprt_arg(b"|1|192.0.2.7|abc|"),
+            Err(AddrError::Malformed)
+        );
+        assert_eq!(parse_eprt_arg(b"|x|x|0|"), Err(AddrError::Malformed));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 use std::fmt::Write as _;
 
+use nom::Parser;
+
 use super::line::trim_eol;
 
 /// Telnet "Interpret As Command" (RFC 854).
@@ -131,19 +133,15 @@ pub enum CommandError {
 /// part of the verb token. A line made only of IAC bytes (after the skipped pairs,
 /// e.g. `IAC IP IAC` or `IAC IAC`) carries no command and is `Empty`.
 pub fn parse_command(line: &[u8]) -> Result<Command<'_>, CommandError> {
-    let rest = skip_telnet_commands(trim_eol(line));
+    let Ok((rest, _)) = grammar::telnet_prefix.parse(trim_eol(line)) else {
+        return Err(CommandError::Empty);
+    };
     if rest.iter().all(|&b| b == IAC) {
         return Err(CommandError::Empty);
     }
-    // RFC 959 §5.3: `<verb> <SP> <arg>`; only the first space separates.
-    let (verb_token, arg) = match rest.iter().position(|&b| b == b' ') {
-        Some(i) => rest.split_at(i),
-        None => (rest, &b""[..]),
-    };
-    if verb_token.is_empty() {
-        return Err(CommandError::Empty);
-    }
-    let arg = arg.get(1..).unwrap_or_default();
+    let (_, (verb_token, arg)) = grammar::verb_and_arg
+        .parse(rest)
+        .map_err(|_| CommandError::Empty)?;
     Ok(Command {
         verb: Verb::from_token(verb_token),
         verb_token,
@@ -151,16 +149,39 @@ pub fn parse_command(line: &[u8]) -> Result<Command<'_>, CommandError> {
     })
 }
 
-/// Skips leading Telnet `IAC x` pairs with `x != IAC` (RFC 959 §4.1.3: `IAC IP`,
-/// `IAC DM` before `ABOR`/`STAT`). A trailing lone IAC is left in place.
-fn skip_telnet_commands(mut line: &[u8]) -> &[u8] {
-    while let [IAC, x, rest @ ..] = line {
-        if *x == IAC {
-            break;
-        }
-        line = rest;
+/// nom grammar of a command line (RFC 959 §4.1.3, §5.3), terminator already stripped.
+/// The error type is `()`: a failed parse only means "no command here".
+mod grammar {
+    use nom::branch::alt;
+    use nom::bytes::complete::{tag, take_till1};
+    use nom::combinator::{eof, recognize, rest, verify};
+    use nom::multi::many0_count;
+    use nom::number::complete::u8 as byte;
+    use nom::sequence::preceded;
+    use nom::{IResult, Parser};
+
+    use super::IAC;
+
+    type PResult<'a, O> = IResult<&'a [u8], O, ()>;
+
+    /// Leading Telnet `IAC x` pairs with `x != IAC` (RFC 959 §4.1.3: `IAC IP`, `IAC DM`
+    /// before `ABOR`/`STAT`). `IAC IAC` is an escaped data byte (RFC 854) and a trailing
+    /// lone IAC is not a pair; both are left in place. Always succeeds.
+    pub(super) fn telnet_prefix(i: &[u8]) -> PResult<'_, &[u8]> {
+        recognize(many0_count((
+            tag(&[IAC][..]),
+            verify(byte, |&x: &u8| x != IAC),
+        )))
+        .parse(i)
     }
-    line
+
+    /// RFC 959 §5.3 `<verb> [<SP> <arg>]`: the verb is every byte up to the first space
+    /// (at least one), the argument everything after that one space, kept as is.
+    pub(super) fn verb_and_arg(i: &[u8]) -> PResult<'_, (&[u8], &[u8])> {
+        let verb = take_till1(|b| b == b' ');
+        let arg = alt((preceded(tag(&b" "[..]), rest), eof));
+        (verb, arg).parse(i)
+    }
 }
 
 /// Renders a command for logs: verb plus argument (lossy UTF-8, control bytes escaped),

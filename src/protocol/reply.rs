@@ -5,6 +5,8 @@
 //! may begin with anything, including other codes such as `227 ` (servers are meant
 //! to pad them, many don't).
 
+use nom::Parser;
+
 use super::line::trim_eol;
 
 /// A three-digit reply code, 100..=599.
@@ -93,15 +95,7 @@ impl ReplyFramer {
 /// Exactly three digits: a fourth digit (`2201 x`) means the line has no code.
 /// What follows the code is not checked here; see [`ReplyFramer::classify`].
 pub fn parse_code(line: &[u8]) -> Option<ReplyCode> {
-    let (&[a, b, c], rest) = line.split_first_chunk::<3>()?;
-    if !(a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit()) {
-        return None;
-    }
-    if rest.first().is_some_and(u8::is_ascii_digit) {
-        return None;
-    }
-    let value = u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0');
-    (100..=599).contains(&value).then_some(ReplyCode(value))
+    grammar::reply_code.parse(line).ok().map(|(_, code)| code)
 }
 
 /// What follows a reply code.
@@ -116,14 +110,54 @@ enum Separator {
 /// after it; `None` when the line has no valid code or the code is followed by
 /// anything other than a space, a `-` or the end of the line.
 fn code_and_separator(line: &[u8]) -> Option<(ReplyCode, Separator)> {
-    let code = parse_code(line)?;
-    let sep = match line.get(3) {
-        None => Separator::End,
-        Some(b' ') => Separator::Space,
-        Some(b'-') => Separator::Hyphen,
-        Some(_) => return None,
-    };
-    Some((code, sep))
+    grammar::code_and_separator
+        .parse(line)
+        .ok()
+        .map(|(_, found)| found)
+}
+
+/// nom grammar of the start of a reply line (RFC 959 §4.2). The error type is `()`:
+/// a failed parse only means "no code here".
+mod grammar {
+    use nom::branch::alt;
+    use nom::bytes::complete::{tag, take_while_m_n};
+    use nom::character::complete::digit1;
+    use nom::combinator::{eof, map_opt, not, value};
+    use nom::sequence::terminated;
+    use nom::{IResult, Parser};
+
+    use super::{ReplyCode, Separator};
+
+    type PResult<'a, O> = IResult<&'a [u8], O, ()>;
+
+    /// Exactly three digits with a value in 100..=599; a fourth digit (`2201`) is not
+    /// a code.
+    pub(super) fn reply_code(i: &[u8]) -> PResult<'_, ReplyCode> {
+        map_opt(
+            terminated(
+                take_while_m_n(3, 3, |b: u8| b.is_ascii_digit()),
+                not(digit1),
+            ),
+            |digits: &[u8]| {
+                let value = digits
+                    .iter()
+                    .fold(0u16, |acc, &d| acc * 10 + u16::from(d - b'0'));
+                (100..=599).contains(&value).then_some(ReplyCode(value))
+            },
+        )
+        .parse(i)
+    }
+
+    /// `xyz` followed by a space, a `-` or the end of the line; the text after the
+    /// separator is not examined.
+    pub(super) fn code_and_separator(i: &[u8]) -> PResult<'_, (ReplyCode, Separator)> {
+        let separator = alt((
+            value(Separator::Space, tag(&b" "[..])),
+            value(Separator::Hyphen, tag(&b"-"[..])),
+            value(Separator::End, eof),
+        ));
+        (reply_code, separator).parse(i)
+    }
 }
 
 #[cfg(test)]

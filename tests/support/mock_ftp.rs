@@ -16,6 +16,8 @@ pub struct MockOptions {
     pub epsv_reply: String,
     /// Address named in 227 (the mock really listens on 127.0.0.1).
     pub pasv_ip: [u8; 4],
+    /// Answer NOOP while a transfer runs (as proftpd does) instead of after it (vsftpd).
+    pub noop_during_transfer: bool,
 }
 
 impl Default for MockOptions {
@@ -24,6 +26,7 @@ impl Default for MockOptions {
             pasv_reply: "227 Entering Passive Mode ({tuple}).".into(),
             epsv_reply: "229 Entering Extended Passive Mode (|||{port}|)".into(),
             pasv_ip: [127, 0, 0, 1],
+            noop_during_transfer: false,
         }
     }
 }
@@ -35,6 +38,8 @@ pub struct MockState {
     pub files: HashMap<String, Vec<u8>>,
     /// Peer addresses of data connections the mock accepted.
     pub data_peers: Vec<SocketAddr>,
+    /// Addresses the mock connected to for active-mode transfers.
+    pub active_targets: Vec<SocketAddr>,
 }
 
 pub struct MockFtp {
@@ -73,7 +78,7 @@ async fn control(stream: TcpStream, state: Arc<Mutex<MockState>>, opts: MockOpti
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     w.write_all(b"220 mock ready\r\n").await.unwrap();
-    let mut data: Option<TcpListener> = None;
+    let mut data: Option<DataSource> = None;
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -97,7 +102,7 @@ async fn control(stream: TcpStream, state: Arc<Mutex<MockState>>, opts: MockOpti
             "PASV" => {
                 let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let p = l.local_addr().unwrap().port();
-                data = Some(l);
+                data = Some(DataSource::Listen(l));
                 let [a, b, c, d] = opts.pasv_ip;
                 let tuple = format!("{a},{b},{c},{d},{},{}", p >> 8, p & 0xff);
                 opts.pasv_reply.replace("{tuple}", &tuple)
@@ -105,20 +110,58 @@ async fn control(stream: TcpStream, state: Arc<Mutex<MockState>>, opts: MockOpti
             "EPSV" => {
                 let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let p = l.local_addr().unwrap().port();
-                data = Some(l);
+                data = Some(DataSource::Listen(l));
                 opts.epsv_reply.replace("{port}", &p.to_string())
             }
+            "PORT" | "EPRT" => match parse_active(verb, arg) {
+                Some(t) => {
+                    data = Some(DataSource::Connect(t));
+                    format!("200 {} command successful", verb.to_ascii_uppercase())
+                }
+                None => "501 bad address".to_string(),
+            },
             "RETR" | "STOR" | "LIST" => {
-                let Some(l) = data.take() else {
+                let Some(source) = data.take() else {
                     w.write_all(b"425 use PASV first\r\n").await.unwrap();
                     continue;
                 };
                 w.write_all(b"150 opening data connection\r\n")
                     .await
                     .unwrap();
-                let (mut d, peer) = l.accept().await.unwrap();
-                state.lock().unwrap().data_peers.push(peer);
+                let mut d = match source {
+                    DataSource::Listen(l) => {
+                        let (d, peer) = l.accept().await.unwrap();
+                        state.lock().unwrap().data_peers.push(peer);
+                        d
+                    }
+                    DataSource::Connect(t) => {
+                        state.lock().unwrap().active_targets.push(t);
+                        match TcpStream::connect(t).await {
+                            Ok(d) => d,
+                            Err(_) => {
+                                w.write_all(b"425 cannot connect\r\n").await.unwrap();
+                                continue;
+                            }
+                        }
+                    }
+                };
                 match verb.to_ascii_uppercase().as_str() {
+                    "RETR" if arg.starts_with("slow:") => {
+                        // slow:<chunks>: 1 KiB every 20 ms, answering NOOPs meanwhile if asked.
+                        let chunks: usize = arg[5..].parse().unwrap_or(10);
+                        for i in 0..chunks {
+                            let chunk = vec![(i % 251) as u8; 1024];
+                            if d.write_all(&chunk).await.is_err() {
+                                break;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                            if opts.noop_during_transfer {
+                                answer_noops_now(&mut r, &mut w, &state).await;
+                            }
+                        }
+                        drop(d);
+                        "226 slow transfer complete".to_string()
+                    }
                     "RETR" => {
                         let body = state.lock().unwrap().files.get(arg).cloned();
                         match body {
@@ -155,6 +198,61 @@ async fn control(stream: TcpStream, state: Arc<Mutex<MockState>>, opts: MockOpti
             .is_err()
         {
             return;
+        }
+    }
+}
+
+enum DataSource {
+    Listen(TcpListener),
+    Connect(SocketAddr),
+}
+
+fn parse_active(verb: &str, arg: &str) -> Option<SocketAddr> {
+    if verb.eq_ignore_ascii_case("PORT") {
+        let n: Vec<u16> = arg
+            .split(',')
+            .map(|x| x.trim().parse().ok())
+            .collect::<Option<_>>()?;
+        if n.len() != 6 {
+            return None;
+        }
+        let ip = std::net::Ipv4Addr::new(n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8);
+        Some(SocketAddr::from((ip, n[4] * 256 + n[5])))
+    } else {
+        let d = arg.chars().next()?;
+        let parts: Vec<&str> = arg.split(d).collect();
+        let ip: std::net::IpAddr = parts.get(2)?.parse().ok()?;
+        let port: u16 = parts.get(3)?.parse().ok()?;
+        Some(SocketAddr::new(ip, port))
+    }
+}
+
+/// Reads whatever complete NOOP lines are already buffered on the control connection
+/// and answers them at once, as proftpd does during a transfer.
+async fn answer_noops_now(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    state: &Arc<Mutex<MockState>>,
+) -> usize {
+    let mut answered = 0;
+    loop {
+        let mut line = Vec::new();
+        let got = tokio::time::timeout(
+            std::time::Duration::from_millis(1),
+            r.read_until(b'\n', &mut line),
+        )
+        .await;
+        match got {
+            Ok(Ok(n)) if n > 0 => {
+                state.lock().unwrap().received.push(line.clone());
+                if line.starts_with(b"NOOP") {
+                    w.write_all(b"200 NOOP during transfer\r\n").await.unwrap();
+                    answered += 1;
+                } else {
+                    w.write_all(b"500 not during a transfer\r\n").await.unwrap();
+                }
+            }
+            _ => return answered,
         }
     }
 }

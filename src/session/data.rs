@@ -1,0 +1,254 @@
+//! One data connection, relayed between the client and the backend.
+//!
+//! Each side is an [`Endpoint`]: ftpgate either *accepts* it on a leased port (only from
+//! one peer IP: ARCHITECTURE invariant 4) or *connects* out to it. The four FTP
+//! combinations are all the same task:
+//!
+//! | client mode | backend mode | client side | backend side |
+//! |---|---|---|---|
+//! | PASV/EPSV | passive (same) | Accept | Connect |
+//! | PORT/EPRT | active (same) | Connect | Accept |
+//! | PORT/EPRT | passive (translated) | Connect | Connect |
+//! | PASV/EPSV | active (translated) | Accept | Accept |
+//!
+//! ```text
+//!   Accepting (all Accept sides; foreign peers closed, counted, ignored)
+//!       │ every accept done            └ timeout / withdrawn ──▶ done
+//!   Connecting (all Connect sides)  ── fail ──▶ done (both sides closed)
+//!       │
+//!   Relaying ── both directions EOF ──▶ done: leases dropped, ports back in the pool
+//! ```
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::dataport::PortLease;
+use crate::metrics::Metrics;
+use crate::net::connect_from;
+use crate::protocol::addr::canonical_ip;
+use crate::relay::relay;
+
+/// How one side of a data connection is obtained.
+#[derive(Debug)]
+pub enum Endpoint {
+    Accept {
+        listener: TcpListener,
+        lease: PortLease,
+        /// The only peer IP accepted.
+        expect: IpAddr,
+    },
+    Connect {
+        target: SocketAddr,
+        /// Local address to connect from (port 0: any).
+        local: Option<SocketAddr>,
+    },
+}
+
+/// The mode a data connection uses on the client side; a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataMode {
+    Passive,
+    Active,
+}
+
+impl DataMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            DataMode::Passive => "passive",
+            DataMode::Active => "active",
+        }
+    }
+}
+
+/// What the session hears back about its data connections.
+#[derive(Debug, Clone, Copy)]
+pub enum DataEvent {
+    Started { id: u64 },
+    Finished(Finished),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    pub id: u64,
+    pub mode: DataMode,
+    pub client_to_backend: u64,
+    pub backend_to_client: u64,
+    pub duration: Duration,
+    /// False when the connection was never established (timeout, refused connect).
+    pub established: bool,
+}
+
+#[derive(Debug)]
+pub struct DataPlan {
+    pub id: u64,
+    pub mode: DataMode,
+    pub client: Endpoint,
+    pub backend: Endpoint,
+    pub accept_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl DataPlan {
+    /// Runs the data connection to its end. `cancel` only stops it before the relay
+    /// starts: a transfer in progress always finishes.
+    pub async fn run(
+        self,
+        cancel: CancellationToken,
+        metrics: Arc<Metrics>,
+        events: mpsc::UnboundedSender<DataEvent>,
+    ) {
+        let DataPlan {
+            id,
+            mode,
+            client,
+            backend,
+            accept_timeout,
+            connect_timeout,
+        } = self;
+        let mut finished = Finished {
+            id,
+            mode,
+            client_to_backend: 0,
+            backend_to_client: 0,
+            duration: Duration::ZERO,
+            established: false,
+        };
+        let opened = tokio::select! {
+            r = open_both(client, backend, accept_timeout, connect_timeout, &metrics) => r,
+            () = cancel.cancelled() => {
+                debug!(id, "data mapping withdrawn before use");
+                Err(Unopened::Withdrawn)
+            }
+        };
+        let (mut c, mut b, leases) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                if let Unopened::Failed(reason) = e {
+                    info!(id, reason = %reason, "data connection not established");
+                }
+                let _ = events.send(DataEvent::Finished(finished));
+                return;
+            }
+        };
+        let _ = events.send(DataEvent::Started { id });
+        let started = Instant::now();
+        match relay(&mut c, &mut b).await {
+            Ok(r) => {
+                finished.client_to_backend = r.a_to_b;
+                finished.backend_to_client = r.b_to_a;
+            }
+            Err(e) => debug!(id, error = %e, "data relay ended with error"),
+        }
+        drop(leases);
+        finished.duration = started.elapsed();
+        finished.established = true;
+        metrics
+            .data_bytes_total
+            .with_label_values(&["client_to_backend"])
+            .inc_by(finished.client_to_backend);
+        metrics
+            .data_bytes_total
+            .with_label_values(&["backend_to_client"])
+            .inc_by(finished.backend_to_client);
+        let _ = events.send(DataEvent::Finished(finished));
+    }
+}
+
+enum Unopened {
+    Withdrawn,
+    Failed(String),
+}
+
+type Opened = (TcpStream, TcpStream, Vec<PortLease>);
+
+/// Accept sides first (a connection out is made only once the peers we wait for have
+/// shown up, so an absent client never ties up a backend data connection), then
+/// connect sides.
+async fn open_both(
+    client: Endpoint,
+    backend: Endpoint,
+    accept_timeout: Duration,
+    connect_timeout: Duration,
+    metrics: &Metrics,
+) -> Result<Opened, Unopened> {
+    let mut leases = Vec::new();
+    let deadline = tokio::time::Instant::now() + accept_timeout;
+    let (c, b) = tokio::join!(
+        accept_side(client, deadline, metrics, "client"),
+        accept_side(backend, deadline, metrics, "backend")
+    );
+    let (c, b) = (c?, b?);
+    let (c, b) = tokio::join!(
+        connect_side(c, connect_timeout),
+        connect_side(b, connect_timeout)
+    );
+    let (c, lc) = c.map_err(|e| Unopened::Failed(format!("connect to client: {e}")))?;
+    let (b, lb) = b.map_err(|e| Unopened::Failed(format!("connect to backend: {e}")))?;
+    leases.extend(lc);
+    leases.extend(lb);
+    Ok((c, b, leases))
+}
+
+/// A side after its accept phase: a stream (with its lease), or still to connect.
+enum Half {
+    Accepted(TcpStream, PortLease),
+    ToConnect(SocketAddr, Option<SocketAddr>),
+}
+
+async fn accept_side(
+    ep: Endpoint,
+    deadline: tokio::time::Instant,
+    metrics: &Metrics,
+    side: &'static str,
+) -> Result<Half, Unopened> {
+    match ep {
+        Endpoint::Connect { target, local } => Ok(Half::ToConnect(target, local)),
+        Endpoint::Accept {
+            listener,
+            lease,
+            expect,
+        } => {
+            let port = lease.port();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) if canonical_ip(peer.ip()) == expect => {
+                            // One connection per mapping: closing the listener now means
+                            // nobody else can reach this port while it relays.
+                            drop(listener);
+                            return Ok(Half::Accepted(stream, lease));
+                        }
+                        Ok((stream, peer)) => {
+                            // Hijack attempt or a confused host: close before a byte moves.
+                            drop(stream);
+                            metrics.refuse("foreign_data_peer");
+                            warn!(port, side, peer = %peer, "data connection from foreign address refused");
+                        }
+                        Err(e) => return Err(Unopened::Failed(format!("accept on port {port}: {e}"))),
+                    },
+                    () = tokio::time::sleep_until(deadline) => {
+                        metrics.timeout("data_connect");
+                        return Err(Unopened::Failed(format!("no {side} data connection on port {port} within timeout; port released")));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn connect_side(half: Half, timeout: Duration) -> io::Result<(TcpStream, Option<PortLease>)> {
+    match half {
+        Half::Accepted(s, lease) => Ok((s, Some(lease))),
+        Half::ToConnect(target, local) => {
+            let s = connect_from(target, local, timeout).await?;
+            Ok((s, None))
+        }
+    }
+}
