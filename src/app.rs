@@ -14,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::admin::{self, AdminState};
 use crate::balancer::Balancer;
-use crate::config::Config;
+use crate::config::{Config, ListenerMode};
 use crate::dataport::PortPool;
+use crate::health::{self, HEALTH_CHECK_INTERVAL};
 use crate::metrics::Metrics;
 use crate::session::{run_session, SessionContext};
 
@@ -27,23 +29,46 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub enum AppError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on {addr} for the admin endpoint (metrics): {source}")]
+    AdminBind { addr: SocketAddr, source: io::Error },
 }
 
 pub struct Gateway {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, ListenerMode)>,
     ctx: Arc<SessionContext>,
+    /// The `/metrics` `/healthz` `/readyz` listener, when `metrics:` is set.
+    admin: Option<TcpListener>,
+    admin_state: Arc<AdminState>,
 }
 
 impl Gateway {
     /// Binds every listener. The config must have been validated.
     pub async fn bind(config: Config, metrics: Arc<Metrics>) -> Result<Gateway, AppError> {
-        let mut listeners = Vec::with_capacity(config.listen.len());
-        for &addr in &config.listen {
-            let l = TcpListener::bind(addr)
-                .await
+        let wanted = config.all_listeners();
+        let mut listeners = Vec::with_capacity(wanted.len());
+        for l in &wanted {
+            let addr = l.listen;
+            let bound = crate::net::bind_listener(addr, l.tproxy)
                 .map_err(|source| AppError::Bind { addr, source })?;
-            listeners.push(l);
+            listeners.push((bound, l.mode));
         }
+        let listen_addrs = listeners
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect();
+        // Bound with the FTP listeners so a taken admin port fails startup too.
+        let admin = match config.metrics {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::AdminBind { addr, source })?,
+            ),
+            None => None,
+        };
+        let admin_state = Arc::new(AdminState::new(
+            Arc::clone(&metrics),
+            config.backends.clone(),
+        ));
         metrics.init_labels(&config.backends);
         let pool = PortPool::new(config.data_ports, &metrics);
         let active_pool = match config.active.ports {
@@ -54,33 +79,64 @@ impl Gateway {
             pool,
             active_pool,
             balancer: Balancer::new(config.backends.clone()),
+            listen_addrs,
             config: Arc::new(config),
             metrics,
         });
-        Ok(Gateway { listeners, ctx })
+        Ok(Gateway {
+            listeners,
+            ctx,
+            admin,
+            admin_state,
+        })
     }
 
     /// The bound listener addresses (with real ports when `:0` was asked for).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The bound admin address (with the real port when `:0` was asked for), if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` fires, then waits (bounded) for sessions to end.
     pub async fn serve(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
+        tracker.spawn(health::run(
+            self.ctx.config.backends.clone(),
+            self.ctx.config.timeouts.backend_connect,
+            HEALTH_CHECK_INTERVAL,
+            Arc::clone(&self.ctx.metrics),
+            shutdown.clone(),
+        ));
         info!(listeners = ?self.local_addrs(), backends = ?self.ctx.config.backends, data_ports = %self.ctx.config.data_ports, "ftpgate ready");
-        for listener in self.listeners {
+        if let Some(admin) = self.admin {
+            if let Ok(addr) = admin.local_addr() {
+                info!(%addr, "admin endpoint serving /metrics, /healthz, /readyz");
+            }
+            tracker.spawn(admin::run(
+                admin,
+                Arc::clone(&self.admin_state),
+                shutdown.clone(),
+            ));
+        }
+        for (listener, mode) in self.listeners {
             tracker.spawn(accept_loop(
                 listener,
+                mode,
                 Arc::clone(&self.ctx),
                 shutdown.clone(),
                 tracker.clone(),
             ));
         }
+        self.admin_state.set_serving(true);
         shutdown.cancelled().await;
+        self.admin_state.set_serving(false);
         tracker.close();
         if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
             warn!("sessions still open after drain period; exiting anyway");
@@ -91,6 +147,7 @@ impl Gateway {
 
 async fn accept_loop(
     listener: TcpListener,
+    mode: ListenerMode,
     ctx: Arc<SessionContext>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -99,7 +156,7 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tracker.spawn(run_session(stream, peer, Arc::clone(&ctx), shutdown.clone()));
+                    tracker.spawn(run_session(stream, peer, mode, Arc::clone(&ctx), shutdown.clone()));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.

@@ -6,7 +6,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, LogFormat, PortRange};
+use std::time::Duration;
+
+use crate::config::{BackendDataMode, Config, ConfigError, ListenerMode, LogFormat, PortRange};
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 5m)"))
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "ftpgate", version, about = "FTP-aware NAT/ALG proxy")]
@@ -18,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a configuration file and exit (status 2 when invalid).
     Check {
         #[arg(long, value_name = "FILE")]
@@ -34,6 +40,17 @@ pub struct RunArgs {
     /// Address to accept FTP clients on (repeatable). YAML: listen.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
+    /// Mode of the --listen addresses: reverse (in front of servers) or transparent
+    /// (on a gateway, for redirected connections). YAML: mode, or per listener in listeners.
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<ListenerMode>,
+    /// Transparent listeners accept TPROXY-diverted connections (IP_TRANSPARENT).
+    /// YAML: listeners[].tproxy.
+    #[arg(long)]
+    pub tproxy: bool,
+    /// Map passive replies through ftpgate in transparent mode. YAML: transparent.map_passive.
+    #[arg(long)]
+    pub map_passive: bool,
     /// FTP server to relay to (repeatable, round robin). YAML: backends.
     #[arg(long, value_name = "ADDR:PORT")]
     pub backend: Vec<SocketAddr>,
@@ -46,6 +63,40 @@ pub struct RunArgs {
     /// Relay 227/229 unchanged (diagnostics only). YAML: rewrite_passive: false.
     #[arg(long)]
     pub no_rewrite_passive: bool,
+    /// Data mode towards backends: same, passive or active. YAML: backend_data_mode.
+    #[arg(long, value_name = "MODE")]
+    pub backend_data_mode: Option<BackendDataMode>,
+    /// Network a client may name in PORT/EPRT besides its own address (repeatable).
+    /// YAML: active.allow_foreign.
+    #[arg(long, value_name = "CIDR")]
+    pub allow_foreign: Vec<ipnet::IpNet>,
+    /// Source port of active-mode data connections to clients (e.g. 20). YAML: active.source_port.
+    #[arg(long, value_name = "PORT")]
+    pub active_source_port: Option<u16>,
+    /// Ports ftpgate listens on for backends' active data connections. YAML: active.ports.
+    #[arg(long, value_name = "LO-HI")]
+    pub active_ports: Option<PortRange>,
+    /// NOOP keepalive interval during transfers, 0 disables. YAML: keepalive.noop_interval.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub noop_interval: Option<Duration>,
+    /// TCP keepalive idle time on control connections, 0 disables. YAML: keepalive.tcp.idle.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub tcp_keepalive: Option<Duration>,
+    /// Close sessions not logged in within this. YAML: timeouts.login.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub login_timeout: Option<Duration>,
+    /// Close sessions idle (no command, no transfer) this long, 0 disables. YAML: timeouts.idle.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// How long a data port waits for its connection. YAML: timeouts.data_connect.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub data_connect_timeout: Option<Duration>,
+    /// TCP connect timeout towards backends. YAML: timeouts.backend_connect.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub backend_connect_timeout: Option<Duration>,
+    /// Admin listener for /metrics, /healthz, /readyz. YAML: metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
     /// Log filter, e.g. info or ftpgate=debug (RUST_LOG wins). YAML: log.level.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -61,8 +112,29 @@ impl RunArgs {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
+        if let Some(m) = self.mode {
+            cfg.mode = m;
+        }
         if !self.listen.is_empty() {
-            cfg.listen = self.listen.clone();
+            if self.tproxy {
+                // tproxy is a per-listener property: the flag's listeners carry it.
+                cfg.listen.clear();
+                cfg.listeners = self
+                    .listen
+                    .iter()
+                    .map(|&listen| crate::config::ListenerConfig {
+                        listen,
+                        mode: cfg.mode,
+                        tproxy: true,
+                    })
+                    .collect();
+            } else {
+                cfg.listen = self.listen.clone();
+                cfg.listeners.clear();
+            }
+        }
+        if self.map_passive {
+            cfg.transparent.map_passive = true;
         }
         if !self.backend.is_empty() {
             cfg.backends = self.backend.clone();
@@ -75,6 +147,39 @@ impl RunArgs {
         }
         if self.no_rewrite_passive {
             cfg.rewrite_passive = false;
+        }
+        if let Some(m) = self.backend_data_mode {
+            cfg.backend_data_mode = m;
+        }
+        if !self.allow_foreign.is_empty() {
+            cfg.active.allow_foreign = self.allow_foreign.clone();
+        }
+        if let Some(p) = self.active_source_port {
+            cfg.active.source_port = p;
+        }
+        if let Some(r) = self.active_ports {
+            cfg.active.ports = Some(r);
+        }
+        if let Some(d) = self.noop_interval {
+            cfg.keepalive.noop_interval = d;
+        }
+        if let Some(d) = self.tcp_keepalive {
+            cfg.keepalive.tcp.idle = d;
+        }
+        if let Some(d) = self.login_timeout {
+            cfg.timeouts.login = d;
+        }
+        if let Some(d) = self.idle_timeout {
+            cfg.timeouts.idle = d;
+        }
+        if let Some(d) = self.data_connect_timeout {
+            cfg.timeouts.data_connect = d;
+        }
+        if let Some(d) = self.backend_connect_timeout {
+            cfg.timeouts.backend_connect = d;
+        }
+        if let Some(m) = self.metrics {
+            cfg.metrics = Some(m);
         }
         if let Some(l) = &self.log_level {
             cfg.log.level = l.clone();
@@ -109,6 +214,12 @@ mod tests {
             "--backend",
             "10.0.0.4:21",
             "--no-rewrite-passive",
+            "--noop-interval",
+            "250ms",
+            "--backend-data-mode",
+            "passive",
+            "--allow-foreign",
+            "192.0.2.0/24",
         ]);
         let Command::Run(args) = cli.command else {
             panic!("run expected")
@@ -118,6 +229,9 @@ mod tests {
         assert_eq!(cfg.backends.len(), 2);
         assert_eq!(cfg.data_ports.to_string(), "50000-50010");
         assert!(!cfg.rewrite_passive);
+        assert_eq!(cfg.keepalive.noop_interval, Duration::from_millis(250));
+        assert_eq!(cfg.backend_data_mode, BackendDataMode::Passive);
+        assert_eq!(cfg.active.allow_foreign.len(), 1);
     }
 
     #[test]

@@ -151,6 +151,62 @@ impl FromStr for BackendDataMode {
     }
 }
 
+/// What a listener does with the connections it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerMode {
+    /// In front of FTP servers: sessions go to `backends`.
+    #[default]
+    Reverse,
+    /// On a gateway: connections redirected by iptables/nftables (REDIRECT or TPROXY)
+    /// go to their original destination.
+    Transparent,
+}
+
+impl FromStr for ListenerMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reverse" => Ok(ListenerMode::Reverse),
+            "transparent" => Ok(ListenerMode::Transparent),
+            other => Err(format!("`{other}` is not a mode (reverse or transparent)")),
+        }
+    }
+}
+
+/// One listener, for configurations that mix modes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub mode: ListenerMode,
+    /// Accept TPROXY-diverted connections (sets IP_TRANSPARENT; needs CAP_NET_ADMIN).
+    #[serde(default)]
+    pub tproxy: bool,
+}
+
+/// Transparent (gateway) mode behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransparentConfig {
+    /// Map passive replies through ftpgate too (for gateways that block outbound high
+    /// ports). Off: 227/229 pass through and clients connect out through NAT.
+    pub map_passive: bool,
+    /// Replace a private address in a server's 227 (a misconfigured server behind its
+    /// own NAT) by the server's control address.
+    pub fix_private_pasv: bool,
+}
+
+impl Default for TransparentConfig {
+    fn default() -> Self {
+        TransparentConfig {
+            map_passive: false,
+            fix_private_pasv: true,
+        }
+    }
+}
+
 /// Active mode (PORT/EPRT) relaying.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -267,8 +323,14 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Addresses accepting FTP clients.
+    /// Addresses accepting FTP clients, all in `mode`.
     pub listen: Vec<SocketAddr>,
+    /// The mode of the `listen` addresses.
+    pub mode: ListenerMode,
+    /// Listeners with a mode each (one process can serve reverse and transparent
+    /// listeners side by side); added to `listen`.
+    pub listeners: Vec<ListenerConfig>,
+    pub transparent: TransparentConfig,
     /// FTP servers, chosen round robin; on connect failure the next is tried.
     pub backends: Vec<SocketAddr>,
     /// Addresses announced to clients in rewritten passive replies: at most one IPv4
@@ -298,6 +360,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: Vec::new(),
+            mode: ListenerMode::Reverse,
+            listeners: Vec::new(),
+            transparent: TransparentConfig::default(),
             backends: Vec::new(),
             public_address: Vec::new(),
             data_ports: PortRange {
@@ -354,16 +419,42 @@ impl Config {
 
     /// Checks what types alone cannot, naming the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.listen.is_empty() {
+        let listeners = self.all_listeners();
+        if listeners.is_empty() {
             return Err(ConfigError::invalid(
                 "listen",
-                "at least one listen address is required",
+                "at least one listen address (listen or listeners) is required",
             ));
         }
-        if self.backends.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(l) = listeners.iter().find(|l| !seen.insert(l.listen)) {
+            return Err(ConfigError::invalid(
+                "listeners",
+                format!("{} is listed twice", l.listen),
+            ));
+        }
+        if let Some(l) = listeners
+            .iter()
+            .find(|l| l.tproxy && l.mode != ListenerMode::Transparent)
+        {
+            return Err(ConfigError::invalid(
+                "listeners",
+                format!("{}: tproxy needs mode transparent", l.listen),
+            ));
+        }
+        if self.transparent.map_passive && listeners.iter().any(|l| l.tproxy) {
+            // A TPROXY session's local address is the server's; there is no gateway
+            // address of ours to announce to the client.
+            return Err(ConfigError::invalid(
+                "transparent.map_passive",
+                "not supported with tproxy listeners (use REDIRECT)",
+            ));
+        }
+        let any_reverse = listeners.iter().any(|l| l.mode == ListenerMode::Reverse);
+        if any_reverse && self.backends.is_empty() {
             return Err(ConfigError::invalid(
                 "backends",
-                "at least one backend is required",
+                "at least one backend is required for a reverse listener",
             ));
         }
         if let Some(b) = self.backends.iter().find(|b| b.port() == 0) {
@@ -423,6 +514,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Every listener: the `listen` shorthand (in `mode`) followed by `listeners`.
+    pub fn all_listeners(&self) -> Vec<ListenerConfig> {
+        self.listen
+            .iter()
+            .map(|&listen| ListenerConfig {
+                listen,
+                mode: self.mode,
+                tproxy: false,
+            })
+            .chain(self.listeners.iter().cloned())
+            .collect()
     }
 
     /// The public IPv4 address to name in `227`, if configured.
@@ -497,6 +601,33 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("backends:"));
+    }
+
+    #[test]
+    fn transparent_listeners_need_no_backends_but_reverse_ones_do() {
+        let cfg = Config::from_yaml(
+            "listeners:\n  - listen: '10.0.0.1:2121'\n    mode: transparent\n    tproxy: true\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let cfg = Config::from_yaml(
+            "listen: ['0.0.0.0:21']\nlisteners:\n  - listen: '10.0.0.1:2121'\n    mode: transparent\n",
+        )
+        .unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("backends:"));
+        let cfg = Config::from_yaml(
+            "listeners:\n  - listen: '10.0.0.1:2121'\n    tproxy: true\nbackends: ['10.0.0.2:21']\n",
+        )
+        .unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("listeners:"));
     }
 
     #[test]

@@ -11,13 +11,17 @@
 //! - [`net`]: socket helpers at the I/O edge.
 //! - [`config`], [`cli`]: YAML configuration, flags that override it, validation.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`health`]: periodic backend health checks feeding `ftpgate_backend_up`.
 //! - [`app`]: binds listeners and runs sessions until shutdown.
 
+pub mod admin;
 pub mod app;
 pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod dataport;
+pub mod health;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

@@ -139,7 +139,7 @@ impl Metrics {
             ),
             backend_up: gauges(
                 "ftpgate_backend_up",
-                "1 when the backend accepted the last connection attempt, else 0.",
+                "1 when the backend accepted the last connection attempt (health check or session), else 0.",
                 &["backend"],
             ),
             backend_sessions_active: gauges(
@@ -209,6 +209,42 @@ impl Metrics {
         }
         for k in ["227", "229", "port", "eprt"] {
             self.rewrites_total.with_label_values(&[k]);
+        }
+        // The label values the session code uses today; a new one still works, it just
+        // appears on its first event. Series at 0 make `rate()` and `increase()` right
+        // from the first scrape, and make every family visible in `/metrics` at once.
+        for o in [
+            "closed",
+            "backend_unavailable",
+            "client_error",
+            "backend_error",
+            "timeout",
+            "shutdown",
+        ] {
+            self.sessions_total.with_label_values(&[o]);
+        }
+        for mode in ["passive", "active"] {
+            for d in ["download", "upload", "listing"] {
+                self.data_connections_total.with_label_values(&[mode, d]);
+            }
+        }
+        for d in ["download", "upload", "listing"] {
+            self.transfer_duration_seconds.with_label_values(&[d]);
+        }
+        for r in [
+            "foreign_data_peer",
+            "bounce",
+            "lprt_lpsv",
+            "line_too_long",
+            "epsv_all",
+            "bad_address",
+            "data_port",
+            "no_ipv4",
+        ] {
+            self.refusals_total.with_label_values(&[r]);
+        }
+        for k in ["data_connect", "backend_connect", "login", "idle"] {
+            self.timeouts_total.with_label_values(&[k]);
         }
     }
 

@@ -74,3 +74,45 @@ pub async fn send_urgent(s: &TcpStream, byte: u8) -> io::Result<()> {
         }
     }
 }
+
+/// Where a transparently intercepted connection was going. With REDIRECT the kernel
+/// rewrote the destination and conntrack remembers the original (`SO_ORIGINAL_DST`);
+/// with TPROXY the socket's local address already is the original destination, which is
+/// also what conntrack reports — so the local address is the fallback when conntrack
+/// knows nothing of the flow.
+pub fn original_destination(s: &TcpStream) -> io::Result<SocketAddr> {
+    let sock = SockRef::from(s);
+    let local = s.local_addr()?;
+    let original = match local {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    };
+    match original.ok().and_then(|a| a.as_socket()) {
+        Some(dst) => Ok(dst),
+        None => Ok(local),
+    }
+}
+
+/// Whether `ip` is an address of this host: binding to it succeeds only then (without
+/// IP_FREEBIND/IP_TRANSPARENT, which plain sockets do not have).
+pub fn is_local_ip(ip: std::net::IpAddr) -> bool {
+    std::net::TcpListener::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// Binds a listener; `transparent` sets IP_TRANSPARENT so TPROXY can deliver
+/// connections addressed to other hosts to it.
+pub fn bind_listener(addr: SocketAddr, transparent: bool) -> io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if transparent {
+        match addr {
+            SocketAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+            SocketAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+        }
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}

@@ -878,3 +878,24 @@ async fn client_quit_ends_session_and_gauge_returns_to_zero() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test]
+async fn transparent_listener_refuses_to_connect_to_itself() {
+    // Without a REDIRECT rule the "original destination" is the listener itself.
+    let proxy = start_proxy(vec![], |c| {
+        c.mode = ftpgate::config::ListenerMode::Transparent;
+    })
+    .await;
+    let mut c = Client::connect(proxy.addr).await;
+    let r = c.reply().await;
+    assert!(r.starts_with("421 "), "{r}");
+    assert_eq!(c.reply().await, "");
+    assert_eq!(
+        proxy
+            .metrics
+            .refusals_total
+            .with_label_values(&["loop"])
+            .get(),
+        1
+    );
+}

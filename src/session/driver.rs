@@ -21,10 +21,12 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::data::{DataEvent, DataMode, DataPlan, Endpoint, Finished};
 use super::state::{ControlState, Disposition, Injected, Origin};
 use crate::balancer::Balancer;
-use crate::config::{BackendDataMode, Config, PassiveTarget};
+use crate::config::{BackendDataMode, Config, ListenerMode, PassiveTarget};
 use crate::dataport::{LeaseError, PortPool};
 use crate::metrics::Metrics;
-use crate::net::{prepare_control_socket, send_urgent};
+use crate::net::{
+    connect_from, is_local_ip, original_destination, prepare_control_socket, send_urgent,
+};
 use crate::protocol::addr::{
     canonical_ip, find_epsv_port, find_pasv_tuple, format_eprt_arg, format_pasv_tuple,
     parse_eprt_arg, parse_port_arg, AddrError,
@@ -55,6 +57,8 @@ pub struct SessionContext {
     /// Ports for backend-facing data listeners (active mode); may be `pool` itself.
     pub active_pool: Arc<PortPool>,
     pub balancer: Balancer,
+    /// Every bound listener, for loop protection in transparent mode.
+    pub listen_addrs: Vec<SocketAddr>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -86,6 +90,7 @@ impl Outcome {
 pub async fn run_session(
     client: TcpStream,
     peer: SocketAddr,
+    mode: ListenerMode,
     ctx: Arc<SessionContext>,
     shutdown: CancellationToken,
 ) {
@@ -93,7 +98,9 @@ pub async fn run_session(
     let span = info_span!("session", id, client = %peer, backend = tracing::field::Empty);
     let metrics = Arc::clone(&ctx.metrics);
     metrics.sessions_active.inc();
-    let outcome = serve(client, peer, ctx, shutdown).instrument(span).await;
+    let outcome = serve(client, peer, mode, ctx, shutdown)
+        .instrument(span)
+        .await;
     metrics.sessions_active.dec();
     metrics
         .sessions_total
@@ -101,27 +108,70 @@ pub async fn run_session(
         .inc();
 }
 
+/// Connects the session's server side: a backend from the pool (reverse), or the
+/// destination the client was going to before the gateway redirected it (transparent).
+async fn connect_upstream(
+    client: &TcpStream,
+    mode: ListenerMode,
+    ctx: &SessionContext,
+) -> Result<(TcpStream, SocketAddr), &'static [u8]> {
+    let timeout = ctx.config.timeouts.backend_connect;
+    if mode == ListenerMode::Reverse {
+        return ctx
+            .balancer
+            .connect(timeout, &ctx.metrics)
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "no backend for session");
+                &b"421 Service not available: no backend reachable.\r\n"[..]
+            });
+    }
+    let dst = original_destination(client).map_err(|e| {
+        warn!(error = %e, "cannot recover the original destination");
+        &b"421 Service not available: unknown destination.\r\n"[..]
+    })?;
+    let dst = canon_sockaddr(dst);
+    // A connection made straight to a transparent listener, or redirected back to one,
+    // would otherwise connect to ftpgate itself, again and again.
+    let own_port = ctx.listen_addrs.iter().any(|l| l.port() == dst.port());
+    if own_port && is_local_ip(dst.ip()) {
+        ctx.metrics.refuse("loop");
+        warn!(destination = %dst, "refusing to connect to one of ftpgate's own listeners");
+        return Err(b"421 Service not available: destination is this gateway.\r\n");
+    }
+    let started = Instant::now();
+    match connect_from(dst, None, timeout).await {
+        Ok(s) => {
+            ctx.metrics
+                .backend_connect_duration_seconds
+                .observe(started.elapsed().as_secs_f64());
+            Ok((s, dst))
+        }
+        Err(e) => {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                ctx.metrics.timeout("backend_connect");
+            }
+            warn!(destination = %dst, error = %e, "original destination unreachable");
+            Err(b"421 Service not available: destination unreachable.\r\n")
+        }
+    }
+}
+
 async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
+    mode: ListenerMode,
     ctx: Arc<SessionContext>,
     shutdown: CancellationToken,
 ) -> Outcome {
     let started = Instant::now();
     let keepalive = ctx.config.keepalive.tcp_params();
     prepare_control_socket(&client, keepalive);
-    let (backend, backend_addr) = match ctx
-        .balancer
-        .connect(ctx.config.timeouts.backend_connect, &ctx.metrics)
-        .await
-    {
+    let (backend, backend_addr) = match connect_upstream(&client, mode, &ctx).await {
         Ok(b) => b,
-        Err(e) => {
-            warn!(error = %e, "no backend for session");
+        Err(reply) => {
             ctx.metrics.replies_total.with_label_values(&["421"]).inc();
-            let _ = client
-                .write_all(b"421 Service not available: no backend reachable.\r\n")
-                .await;
+            let _ = client.write_all(reply).await;
             let _ = client.shutdown().await;
             return Outcome::BackendUnavailable;
         }
@@ -139,6 +189,7 @@ async fn serve(
     let fallback = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
     let mut session = Session {
         ctx: &ctx,
+        mode,
         state: ControlState::new(ctx.config.rewrite_passive),
         client_ip: canonical_ip(peer.ip()),
         client_local: client.local_addr().map(canon_sockaddr).unwrap_or(fallback),
@@ -210,6 +261,7 @@ enum Setup {
 
 struct Session<'a> {
     ctx: &'a SessionContext,
+    mode: ListenerMode,
     state: ControlState,
     client_ip: IpAddr,
     /// Local address of the client control connection: where clients reach us.
@@ -688,7 +740,7 @@ impl Session<'_> {
             connect_timeout: self.ctx.config.timeouts.backend_connect,
         };
         self.spawn_plan(plan);
-        let (cmd, kind) = active_command(verb, ours);
+        let (cmd, kind) = active_command(verb, self.backend_announce(ours));
         debug!(original = %redact_for_log(line), rewritten = %cmd.trim_end(), "active command rewritten");
         self.ctx
             .metrics
@@ -719,12 +771,31 @@ impl Session<'_> {
         ))
     }
 
+    /// What ftpgate names in PORT/EPRT for a backend-side listener at `ours`. On a
+    /// gateway the server is on the internet: name the public address when one is
+    /// configured (ftpgate itself may sit behind NAT); in reverse mode the backend
+    /// reaches ftpgate on the private side, at the listener's own address.
+    fn backend_announce(&self, ours: SocketAddr) -> SocketAddr {
+        match (self.mode, self.ctx.config.public_v4(), ours) {
+            (ListenerMode::Transparent, Some(public), SocketAddr::V4(_)) => {
+                SocketAddr::new(IpAddr::V4(public), ours.port())
+            }
+            _ => ours,
+        }
+    }
+
     fn client_connect_endpoint(&self, target: SocketAddr) -> Endpoint {
         let port = self.ctx.config.active.source_port;
-        Endpoint::Connect {
-            target,
-            local: Some(SocketAddr::new(self.client_local.ip(), port)),
-        }
+        // Reverse: data comes from the address the client connected to. Transparent: that
+        // address may be the server's (TPROXY), so the kernel picks the LAN address.
+        let ip = match self.mode {
+            ListenerMode::Reverse => self.client_local.ip(),
+            ListenerMode::Transparent if target.is_ipv4() => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ListenerMode::Transparent => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        let local =
+            (port != 0 || self.mode == ListenerMode::Reverse).then_some(SocketAddr::new(ip, port));
+        Endpoint::Connect { target, local }
     }
 
     fn lease_error(&self, e: LeaseError) -> String {
@@ -1024,6 +1095,11 @@ impl Session<'_> {
     /// a multi-line reply) passes through; a line whose address cannot be mapped never
     /// reaches the client with the backend's address in it.
     fn rewrite_passive(&mut self, line: &[u8], kind: Disposition, single: bool) {
+        if self.mode == ListenerMode::Transparent && !self.ctx.config.transparent.map_passive {
+            // Passive data goes straight out through NAT; only a server that names its
+            // own private address needs help.
+            return self.fix_private_pasv(line, kind);
+        }
         let mapped = if kind == Disposition::RewritePasv {
             match find_pasv_tuple(line) {
                 Ok(t) => self.map_passive(line, Verb::Pasv, self.passive_target(t.addr)),
@@ -1054,6 +1130,37 @@ impl Session<'_> {
                 // In a multi-line reply the line is dropped: the code cannot change
                 // mid-reply, and the backend's address must not leak.
             }
+        }
+    }
+
+    /// A `227` naming a private address, from a server whose control address is
+    /// public, is unusable from anywhere else: name the control address instead.
+    fn fix_private_pasv(&mut self, line: &[u8], kind: Disposition) {
+        let fixable =
+            kind == Disposition::RewritePasv && self.ctx.config.transparent.fix_private_pasv;
+        let tuple = if fixable {
+            find_pasv_tuple(line).ok()
+        } else {
+            None
+        };
+        let (Some(t), IpAddr::V4(server)) = (tuple, self.backend_addr.ip()) else {
+            return self.push_reply_line(line);
+        };
+        let named = *t.addr.ip();
+        if named == server || !is_private_v4(named) || is_private_v4(server) {
+            return self.push_reply_line(line);
+        }
+        match rewrite_227(line, SocketAddrV4::new(server, t.addr.port())) {
+            Ok(fixed) => {
+                self.ctx
+                    .metrics
+                    .rewrites_total
+                    .with_label_values(&["227"])
+                    .inc();
+                info!(named = %named, server = %server, "server named a private address in 227; using its control address");
+                self.push_reply_line(&fixed);
+            }
+            Err(_) => self.push_reply_line(line),
         }
     }
 
@@ -1174,6 +1281,17 @@ fn active_command(client_verb: Verb, ours: SocketAddr) -> (String, &'static str)
     }
 }
 
+/// Addresses that cannot be reached across the internet (RFC 1918, loopback,
+/// link-local, CGNAT RFC 6598, unspecified).
+fn is_private_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || (a == 100 && (64..128).contains(&b))
+}
+
 /// Offset of the `IAC` of a Telnet Synch (`IAC DM`) in the Telnet prefix of a line.
 fn find_synch(line: &[u8]) -> Option<usize> {
     let mut i = 0;
@@ -1205,6 +1323,24 @@ mod tests {
         assert_eq!(find_synch(b"\xff\xf2ABOR\r\n"), Some(0));
         assert_eq!(find_synch(b"ABOR\r\n"), None);
         assert_eq!(find_synch(b"\xff\xf4ABOR\r\n"), None);
+    }
+
+    #[test]
+    fn private_v4_ranges() {
+        for p in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(is_private_v4(p.parse().unwrap()), "{p}");
+        }
+        for p in ["203.0.113.10", "198.51.100.1", "100.128.0.1", "172.32.0.1"] {
+            assert!(!is_private_v4(p.parse().unwrap()), "{p}");
+        }
     }
 
     #[test]
