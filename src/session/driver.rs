@@ -554,8 +554,7 @@ impl Session<'_> {
                 Ok(Some(n)) => {
                     let range = used..used + n;
                     used += n;
-                    let line = buf[range].to_vec();
-                    self.on_client_line(&line);
+                    self.on_client_line(&buf[range]);
                 }
                 Ok(None) => break Ok(()),
                 Err(LineError::TooLong { max }) => {
@@ -1027,8 +1026,7 @@ impl Session<'_> {
                 Ok(Some(n)) => {
                     let range = used..used + n;
                     used += n;
-                    let line = buf[range].to_vec();
-                    if let Err(stop) = self.on_backend_line(&line) {
+                    if let Err(stop) = self.on_backend_line(&buf[range]) {
                         break Err(stop);
                     }
                 }
