@@ -29,6 +29,8 @@ TEST_PASS=ftpgate-test-pw
 PACKAGES=(
     ca-certificates curl lftp tnftp vsftpd python3 python3-pyftpdlib
     iproute2 iptables conntrack nftables procps coreutils util-linux passwd
+    # promtool and the prometheus server, for tests/metrics_admin.rs
+    prometheus
     # proftpd-core's shared libraries (the package itself is unpacked below)
     libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
     libacl1 libcap2 libcrypt1 libidn2-0 libncursesw6 libpam0g libssl3
