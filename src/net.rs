@@ -83,9 +83,11 @@ pub async fn send_urgent(s: &TcpStream, byte: u8) -> io::Result<()> {
 pub fn original_destination(s: &TcpStream) -> io::Result<SocketAddr> {
     let sock = SockRef::from(s);
     let local = s.local_addr()?;
+    // An IPv4 flow accepted on a dual-stack [::] listener has a v4-mapped local address,
+    // but conntrack knows it as IPv4.
     let original = match local {
-        SocketAddr::V4(_) => sock.original_dst_v4(),
-        SocketAddr::V6(_) => sock.original_dst_v6(),
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none() => sock.original_dst_v6(),
+        _ => sock.original_dst_v4(),
     };
     match original.ok().and_then(|a| a.as_socket()) {
         Some(dst) => Ok(dst),

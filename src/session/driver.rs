@@ -863,15 +863,18 @@ impl Session<'_> {
         self.state.answer_locally(reply.into_bytes());
     }
 
-    /// The IPv4 address clients are told to connect to in a `227`.
+    /// The IPv4 address clients are told to connect to in a `227`. In reverse mode
+    /// clients come from the internet: the public address. On a gateway they are on the
+    /// LAN and reach ftpgate where their control connection did.
     fn announce_v4(&self) -> Option<Ipv4Addr> {
-        self.ctx
-            .config
-            .public_v4()
-            .or(match self.client_local.ip() {
-                IpAddr::V4(v4) => Some(v4),
-                IpAddr::V6(_) => None,
-            })
+        let local = match self.client_local.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        };
+        match self.mode {
+            ListenerMode::Reverse => self.ctx.config.public_v4().or(local),
+            ListenerMode::Transparent => local,
+        }
     }
 
     /// A client-facing listener for a passive data connection, accepting only the

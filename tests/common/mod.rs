@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod gateway;
 pub mod netns;
 pub mod proxy;
 pub mod servers;

@@ -291,7 +291,7 @@ dual_log_enable=YES
 xferlog_file={conf}/xfer.log
 log_ftp_protocol=YES
 ",
-        v6 = if addr.is_ipv6() { "_ipv6" } else { "" },
+        v6 = if addr.is_ipv6() { "6" } else { "" },
         ip = addr.ip(),
         port = addr.port(),
         root = root.display(),
