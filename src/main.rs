@@ -64,7 +64,27 @@ fn init_logs(log: &LogConfig) {
     }
 }
 
+/// Each session holds two control sockets plus data sockets and splice pipes; the
+/// usual soft limit of 1024 descriptors would cap ftpgate at a few hundred sessions.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    if ok && lim.rlim_cur < lim.rlim_max {
+        let old = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+            tracing::debug!(from = old, to = lim.rlim_max, "raised open-file limit");
+        }
+    }
+}
+
 fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,11 +2,32 @@
 //!
 //! Every byte is forwarded; EOF on one side becomes `shutdown(Write)` on the other
 //! (half-close), and the relay ends only when both directions are done
-//! (ARCHITECTURE invariant 5).
+//! (ARCHITECTURE invariant 5). An error in either direction ends the relay with that
+//! error.
+//!
+//! Two implementations with the same semantics:
+//! - [`relay`]: any `AsyncRead + AsyncWrite` pair, through a user-space buffer per
+//!   direction (`tokio::io::copy_bidirectional_with_sizes`).
+//! - [`relay_tcp`]: two plain TCP sockets. On Linux the bytes never enter user space:
+//!   each direction `splice(2)`s socket → pipe → socket, driven by tokio's readiness
+//!   (`readable()`/`writable()` + `try_io`). Elsewhere, or when no pipe can be made
+//!   (file-descriptor limit), it is [`relay`].
+//!
+//! ```text
+//!   per direction (splice):
+//!   ┌──────────────┐ readable  ┌──────────────┐ writable  ┌──────────────┐
+//!   │ pipe empty:  │──────────▶│ pipe holds n │──────────▶│ n == 0       │──┐
+//!   │ splice in    │           │ splice out   │  (loop)   │              │  │
+//!   └──────────────┘           └──────────────┘           └──────────────┘  │
+//!     ▲    │ 0 bytes (EOF)                                                   │
+//!     │    └──▶ shutdown(Write) on the other socket ──▶ direction done       │
+//!     └──────────────────────────────────────────────────────────────────────┘
+//! ```
 
 use std::io;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 /// Buffer per direction: large enough that a multi-gigabyte transfer costs few syscalls.
 const BUF: usize = 256 * 1024;
@@ -27,6 +48,144 @@ where
 {
     let (a_to_b, b_to_a) = tokio::io::copy_bidirectional_with_sizes(a, b, BUF, BUF).await?;
     Ok(Relayed { a_to_b, b_to_a })
+}
+
+/// [`relay`] for two TCP sockets: zero-copy `splice(2)` on Linux, same semantics.
+pub async fn relay_tcp(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<Relayed> {
+    #[cfg(target_os = "linux")]
+    if splice_enabled() {
+        // Pipes cost two descriptors each; at the descriptor limit, relay through
+        // buffers rather than fail the transfer.
+        if let (Ok(ab), Ok(ba)) = (splice::Pipe::new(), splice::Pipe::new()) {
+            return splice::relay(a, b, ab, ba).await;
+        }
+    }
+    relay(a, b).await
+}
+
+/// `FTPGATE_RELAY=copy` in the environment turns splice off (benchmarks, and an escape
+/// hatch should a kernel misbehave). Read once.
+#[cfg(target_os = "linux")]
+fn splice_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var_os("FTPGATE_RELAY").is_none_or(|v| v != "copy"))
+}
+
+#[cfg(target_os = "linux")]
+mod splice {
+    //! The only `unsafe` in ftpgate: three libc calls on descriptors we own.
+
+    use std::io;
+    use std::net::Shutdown;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    use super::Relayed;
+
+    /// Pipe capacity asked for. The kernel default is 64 KiB; larger moves more per
+    /// wake-up. Best effort: above `/proc/sys/fs/pipe-max-size` or the per-user pipe
+    /// budget it stays at the default, which is correct, just more syscalls.
+    const PIPE_SIZE: libc::c_int = 1024 * 1024;
+    /// Upper bound for one splice call (bytes).
+    const CHUNK: usize = PIPE_SIZE as usize;
+
+    /// A non-blocking pipe; both ends close on drop.
+    pub(super) struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+        /// Bytes spliced in and not yet out.
+        held: usize,
+    }
+
+    impl Pipe {
+        pub(super) fn new() -> io::Result<Pipe> {
+            let mut fds = [-1 as libc::c_int; 2];
+            // SAFETY: `fds` is a valid, writable array of two c_ints, as pipe2 requires.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody
+            // else; each is wrapped exactly once.
+            let (read, write) =
+                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            // SAFETY: fcntl on a descriptor we own; F_SETPIPE_SZ takes an int and
+            // touches no memory of ours. Failure only leaves the default size.
+            let _ = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+            Ok(Pipe {
+                read,
+                write,
+                held: 0,
+            })
+        }
+    }
+
+    /// One non-blocking splice; `WouldBlock` when either end is not ready.
+    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+        // SAFETY: splice reads and writes no user memory when both offsets are null;
+        // the descriptors are open for the duration of the call (borrowed from live
+        // sockets and pipes).
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    /// Moves `from` → `to` until EOF on `from`, then half-closes `to`.
+    async fn one_way(from: &TcpStream, to: &TcpStream, mut pipe: Pipe) -> io::Result<u64> {
+        let mut total: u64 = 0;
+        loop {
+            // Fill: only when the pipe is empty, so `WouldBlock` means the socket has
+            // nothing (not that the pipe is full).
+            let n = loop {
+                from.readable().await?;
+                match from.try_io(Interest::READABLE, || {
+                    splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)
+                }) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                socket2::SockRef::from(to).shutdown(Shutdown::Write)?;
+                return Ok(total);
+            }
+            pipe.held = n;
+            // Drain everything before reading again.
+            while pipe.held > 0 {
+                to.writable().await?;
+                match to.try_io(Interest::WRITABLE, || {
+                    splice(pipe.read.as_raw_fd(), to.as_raw_fd(), pipe.held)
+                }) {
+                    Ok(m) => {
+                        pipe.held -= m;
+                        total += m as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    pub(super) async fn relay(
+        a: &TcpStream,
+        b: &TcpStream,
+        ab: Pipe,
+        ba: Pipe,
+    ) -> io::Result<Relayed> {
+        let (a_to_b, b_to_a) = tokio::try_join!(one_way(a, b, ab), one_way(b, a, ba))?;
+        Ok(Relayed { a_to_b, b_to_a })
+    }
 }
 
 #[cfg(test)]

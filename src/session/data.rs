@@ -33,7 +33,7 @@ use crate::dataport::PortLease;
 use crate::metrics::Metrics;
 use crate::net::connect_from;
 use crate::protocol::addr::canonical_ip;
-use crate::relay::relay;
+use crate::relay::relay_tcp;
 
 /// How one side of a data connection is obtained.
 #[derive(Debug)]
@@ -139,7 +139,7 @@ impl DataPlan {
         };
         let _ = events.send(DataEvent::Started { id });
         let started = Instant::now();
-        match relay(&mut c, &mut b).await {
+        match relay_tcp(&mut c, &mut b).await {
             Ok(r) => {
                 finished.client_to_backend = r.a_to_b;
                 finished.backend_to_client = r.b_to_a;

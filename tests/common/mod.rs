@@ -13,6 +13,7 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
 
+pub mod active;
 pub mod clients;
 pub mod gateway;
 pub mod netns;

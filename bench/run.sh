@@ -1,0 +1,294 @@
+#!/usr/bin/env bash
+# ftpgate benchmark (issue 7): a real vsftpd on loopback, reached directly, through
+# ftpgate (release build) and, when installed, through haproxy in TCP mode; every
+# measure runs the paths interleaved (direct, ftpgate, haproxy, direct, ...) and the
+# table shows medians with min–max and the ratio to direct, plus ftpgate's CPU time
+# (/proc/<pid>/stat utime+stime) and memory per idle session (smaps_rollup).
+#
+#   sudo bash bench/run.sh               # full: 2 GiB transfers, 2000 sessions, 9000 idle, 5 rounds
+#   sudo bash bench/run.sh --quick       # 256 MiB, 300 sessions, 1000 idle, 3 rounds
+#   options: --rounds N  --no-build  --compare-copy (adds ftpgate with FTPGATE_RELAY=copy)
+#            --only "download upload sessions noop idle"
+#
+# Not part of the test suite. Needs root (tmpfs for uploads, vsftpd), vsftpd
+# (scripts/install-test-deps.sh installs it) and python3; haproxy is optional.
+# The 2 GiB file is made once from /dev/urandom and cached in /var/tmp/ftpgate-bench.
+# Ports (override via environment): VS_PORT, FG_PORT, ...; see below.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+QUICK=0 ROUNDS= BUILD=1 COPY=0 ONLY="download upload sessions noop idle"
+while (($#)); do
+    case $1 in
+        --quick) QUICK=1 ;;
+        --rounds) ROUNDS=$2; shift ;;
+        --no-build) BUILD=0 ;;
+        --compare-copy) COPY=1 ;;
+        --only) ONLY=$2; shift ;;
+        *) echo "usage: $0 [--quick] [--rounds N] [--no-build] [--compare-copy] [--only MEASURES]" >&2; exit 2 ;;
+    esac
+    shift
+done
+if ((QUICK)); then
+    : "${ROUNDS:=3}" ; BIG=256M SESSIONS=300 IDLE=1000 NOOPS=2000
+else
+    : "${ROUNDS:=5}" ; BIG=2G SESSIONS=2000 IDLE=9000 NOOPS=20000
+fi
+CONCURRENCY=32
+
+VS_PORT=${VS_PORT:-22121}         # vsftpd control (127.0.0.1); haproxy on 127.0.0.2, same port
+FG_PORT=${FG_PORT:-22122}         # ftpgate (splice relay unless FTPGATE_RELAY=copy)
+FG_COPY_PORT=${FG_COPY_PORT:-22123}
+FG_IDLE_PORT=${FG_IDLE_PORT:-22124}
+STUB_PORT=${STUB_PORT:-22125}     # control-only stub backend for the idle measure
+PASV_LO=${PASV_LO:-31000} PASV_HI=${PASV_HI:-31999}
+
+[[ $(id -u) -eq 0 ]] || { echo "bench/run.sh: run as root" >&2; exit 1; }
+command -v /usr/sbin/vsftpd >/dev/null || { echo "vsftpd missing: sudo bash scripts/install-test-deps.sh" >&2; exit 1; }
+# Two descriptors per proxied session: 9000 idle sessions need the hard limit.
+ulimit -n "$(ulimit -Hn)"
+
+log() { printf '[bench %(%T)T] %s\n' -1 "$*" >&2; }
+
+# ---- files --------------------------------------------------------------------------
+CACHE=/var/tmp/ftpgate-bench
+ROOT=$CACHE/root
+mkdir -p "$ROOT"
+chmod 755 "$CACHE" "$ROOT"
+BIGFILE=data-$BIG.bin
+if [[ ! -s $ROOT/$BIGFILE ]]; then
+    log "making $ROOT/$BIGFILE from /dev/urandom (once)"
+    head -c "$BIG" /dev/urandom >"$ROOT/$BIGFILE.tmp" && mv "$ROOT/$BIGFILE.tmp" "$ROOT/$BIGFILE"
+fi
+[[ -s $ROOT/1m.bin ]] || head -c 1M /dev/urandom >"$ROOT/1m.bin"
+chmod 644 "$ROOT"/*.bin
+BIG_BYTES=$(stat -c %s "$ROOT/$BIGFILE")
+
+RUN=$(mktemp -d /tmp/ftpgate-bench.XXXXXX)
+RES=$RUN/results
+mkdir -p "$RES" "$RUN/empty"
+chmod 555 "$RUN/empty"
+chmod 755 "$RUN"
+PIDS=()
+UP=$ROOT/up
+mkdir -p "$UP"
+UP_MOUNTED=0
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    ((UP_MOUNTED)) && umount "$UP" 2>/dev/null || true
+    log "logs and raw results kept in $RUN"
+}
+trap cleanup EXIT
+# Uploads land in tmpfs so the disk does not set the pace.
+if mount -t tmpfs -o "size=$((BIG_BYTES / 1048576 + 512))m,mode=1777" ftpgate-bench-up "$UP"; then
+    UP_MOUNTED=1
+else
+    log "cannot mount tmpfs on $UP; uploads go to disk"
+fi
+chmod 1777 "$UP"
+
+# ---- binaries -----------------------------------------------------------------------
+if ((BUILD)); then
+    log "building ftpgate and ftpload (release)"
+    cargo build --release --quiet --bin ftpgate --example ftpload
+fi
+TARGET=${CARGO_TARGET_DIR:-target}
+FTPGATE=${FTPGATE_BIN:-$TARGET/release/ftpgate}
+LOAD=${FTPLOAD_BIN:-$TARGET/release/examples/ftpload}
+
+wait_port() { # host port
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listens on $1:$2; see $RUN/*.log" >&2
+    exit 1
+}
+fill() { # template → stdout
+    sed -e "s|@PORT@|$2|g; s|@VS_PORT@|$VS_PORT|g; s|@ROOT@|$ROOT|g; s|@EMPTY@|$RUN/empty|g" \
+        -e "s|@PASV_LO@|$PASV_LO|g; s|@PASV_HI@|$PASV_HI|g" "$1"
+}
+
+# ---- servers ------------------------------------------------------------------------
+fill bench/vsftpd.conf.in "$VS_PORT" >"$RUN/vsftpd.conf"
+/usr/sbin/vsftpd "$RUN/vsftpd.conf" >"$RUN/vsftpd.log" 2>&1 &
+PIDS+=($!)
+wait_port 127.0.0.1 "$VS_PORT"
+
+declare -A ADDR PID
+PATHS=(direct)
+ADDR[direct]=127.0.0.1:$VS_PORT
+
+start_ftpgate() { # name port data-ports backend relay-mode
+    FTPGATE_RELAY=$5 "$FTPGATE" run --listen "127.0.0.1:$2" --backend "$4" \
+        --public-address 127.0.0.1 --data-ports "$3" --log-level warn >"$RUN/$1.log" 2>&1 &
+    PIDS+=($!)
+    PID[$1]=$!
+    ADDR[$1]=127.0.0.1:$2
+    wait_port 127.0.0.1 "$2"
+}
+start_ftpgate ftpgate "$FG_PORT" 40000-40999 "127.0.0.1:$VS_PORT" splice
+PATHS+=(ftpgate)
+if ((COPY)); then
+    start_ftpgate ftpgate-copy "$FG_COPY_PORT" 42000-42999 "127.0.0.1:$VS_PORT" copy
+    PATHS+=(ftpgate-copy)
+fi
+if command -v haproxy >/dev/null; then
+    fill bench/haproxy.cfg.in "$VS_PORT" >"$RUN/haproxy.cfg"
+    haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy.log" 2>&1 &
+    PIDS+=($!)
+    PID[haproxy]=$!
+    ADDR[haproxy]=127.0.0.2:$VS_PORT
+    wait_port 127.0.0.2 "$VS_PORT"
+    PATHS+=(haproxy)
+else
+    log "haproxy not installed (apt-get install haproxy): its column is N/A"
+fi
+# ProFTPD mod_proxy: only if the unpacked proftpd tree carries it.
+if ! find /opt/ftpgate-test/proftpd -name 'mod_proxy.so' 2>/dev/null | grep -q .; then
+    log "ProFTPD mod_proxy not in /opt/ftpgate-test/proftpd: N/A"
+fi
+log "paths: ${PATHS[*]}; rounds: $ROUNDS; big file: $BIG"
+
+HZ=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }
+
+# run_load path measure args... : runs ftpload, records the RESULT line and CPU ticks
+# of the path's proxy process (if any) during the run.
+run_load() {
+    local path=$1 measure=$2
+    shift 2
+    local pid=${PID[$path]:-} before=0 out
+    [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+    if ! out=$("$LOAD" --addr "${ADDR[$path]}" --timeout 120s "$@" 2>>"$RUN/ftpload.log" | grep '^RESULT'); then
+        log "$measure via $path FAILED (see $RUN/ftpload.log)"
+        echo "FAILED" >>"$RES/$measure.$path.fail"
+        return 0
+    fi
+    echo "$out" >>"$RES/$measure.$path"
+    [[ -n $pid ]] && echo "$(($(cpu_ticks "$pid") - before))" >>"$RES/$measure.$path.ticks"
+    log "$measure via $path: ${out#RESULT }"
+}
+
+for measure in $ONLY; do
+    [[ $measure == idle ]] && continue
+    for r in $(seq "$ROUNDS"); do
+        for path in "${PATHS[@]}"; do
+            case $measure in
+                download) run_load "$path" download download "$BIG_BYTES" --file "$BIGFILE" ;;
+                upload)
+                    run_load "$path" upload upload "$BIG_BYTES" --file "up/u-$path-$r.bin"
+                    rm -f "$UP/u-$path-$r.bin"
+                    ;;
+                sessions) run_load "$path" sessions sessions "$SESSIONS" "$CONCURRENCY" --file 1m.bin ;;
+                noop) run_load "$path" noop noop-latency "$NOOPS" ;;
+                *) echo "unknown measure $measure" >&2; exit 2 ;;
+            esac
+        done
+    done
+done
+
+# ---- idle sessions: memory per logged-in session, sessions held -------------------
+if [[ " $ONLY " == *" idle "* ]]; then
+    "$LOAD" serve "127.0.0.1:$STUB_PORT" >"$RUN/stub.log" 2>&1 &
+    PIDS+=($!)
+    wait_port 127.0.0.1 "$STUB_PORT"
+    start_ftpgate ftpgate-idle "$FG_IDLE_PORT" 43000-43099 "127.0.0.1:$STUB_PORT" splice
+    kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/smaps_rollup"; }
+    pid=${PID[ftpgate-idle]}
+    # Warm up allocator and runtime with a few sessions first.
+    "$LOAD" --addr "127.0.0.1:$FG_IDLE_PORT" idle 50 --hold 0 >/dev/null 2>>"$RUN/ftpload.log"
+    sleep 1
+    pss0=$(kib "$pid" Pss) rss0=$(kib "$pid" Rss)
+    "$LOAD" --addr "127.0.0.1:$FG_IDLE_PORT" idle "$IDLE" --hold 5 >"$RUN/idle.out" 2>>"$RUN/ftpload.log" &
+    idle_pid=$!
+    for _ in $(seq 1200); do grep -q '^READY' "$RUN/idle.out" && break; sleep 0.1; done
+    sleep 2
+    pss1=$(kib "$pid" Pss) rss1=$(kib "$pid" Rss)
+    fds=$(find "/proc/$pid/fd" -mindepth 1 | wc -l)
+    wait "$idle_pid" || true
+    log "idle: $(cat "$RUN/idle.out" | tr '\n' ' ')"
+    echo "idle=$IDLE pss0=$pss0 pss1=$pss1 rss0=$rss0 rss1=$rss1 fds=$fds $(grep '^RESULT' "$RUN/idle.out" | cut -d' ' -f2-) $(grep '^READY' "$RUN/idle.out" | cut -d' ' -f2-)" >"$RES/idle"
+fi
+
+# ---- table ---------------------------------------------------------------------------
+python3 - "$RES" "$HZ" "$BIG_BYTES" "$SESSIONS" "$ROUNDS" "${PATHS[@]}" <<'PY'
+import os, statistics, sys
+res, hz, big, sessions, rounds, paths = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6:]
+
+def rows(measure, path):
+    p = os.path.join(res, f"{measure}.{path}")
+    if not os.path.exists(p):
+        return []
+    return [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in open(p)]
+
+def ticks(measure, path):
+    p = os.path.join(res, f"{measure}.{path}.ticks")
+    return [int(x) / hz for x in open(p)] if os.path.exists(p) else []
+
+def fails(measure, path):
+    p = os.path.join(res, f"{measure}.{path}.fail")
+    return sum(1 for _ in open(p)) if os.path.exists(p) else 0
+
+def cell(vals, fmt, base=None):
+    if not vals:
+        return "N/A", None
+    m = statistics.median(vals)
+    s = f"{fmt(m)} ({fmt(min(vals))}–{fmt(max(vals))})"
+    if base:
+        s += f" ×{m / base:.3f}"
+    return s, m
+
+specs = [
+    ("download", "bytes_per_sec", "download MB/s", lambda v: f"{v / 1e6:.0f}", big),
+    ("upload", "bytes_per_sec", "upload MB/s", lambda v: f"{v / 1e6:.0f}", big),
+    ("sessions", "sessions_per_sec", "short sessions/s", lambda v: f"{v:.0f}", sessions),
+    ("noop", "p50_us", "NOOP p50 µs", lambda v: f"{v:.1f}", None),
+    ("noop", "p99_us", "NOOP p99 µs", lambda v: f"{v:.1f}", None),
+]
+print(f"\n## ftpgate benchmark — medians (min–max) over {rounds} interleaved rounds; ×ratio to direct\n")
+print("| measure | " + " | ".join(paths) + " |")
+print("|---|" + "---|" * len(paths))
+cpu_lines = []
+for measure, key, label, fmt, per in specs:
+    if not any(rows(measure, p) for p in paths):
+        continue
+    base = None
+    cells = []
+    for p in paths:
+        vals = [float(r[key]) for r in rows(measure, p)]
+        s, m = cell(vals, fmt, base if p != "direct" else None)
+        if p == "direct":
+            base = m
+        if measure in ("noop",) and p != "direct" and m is not None and base is not None:
+            s = f"{fmt(m)} ({fmt(min(vals))}–{fmt(max(vals))}) +{m - base:.1f}"
+        if measure == "sessions":
+            f = sum(int(r["failures"]) for r in rows(measure, p))
+            s += f", {f} failed"
+        if fails(measure, p):
+            s += f", {fails(measure, p)} runs FAILED"
+        cells.append(s)
+    print(f"| {label} | " + " | ".join(cells) + " |")
+    if key != "p99_us":
+        for p in paths:
+            t = ticks(measure, p)
+            if t and p.startswith("ftpgate"):
+                unit = "s per transfer" if measure in ("download", "upload") else ("ms per session" if measure == "sessions" else "s per run")
+                scale = 1000 / per if measure == "sessions" else 1
+                med = statistics.median(t) * scale
+                cpu_lines.append(f"| {p} CPU, {measure} | {med:.3f} {unit} ({min(t) * scale:.3f}–{max(t) * scale:.3f}) |")
+if cpu_lines:
+    print("\n| ftpgate CPU (utime+stime, 1/%d s ticks) | median (min–max) |\n|---|---|" % hz)
+    print("\n".join(cpu_lines))
+idle = os.path.join(res, "idle")
+if os.path.exists(idle):
+    d = dict(kv.split("=", 1) for kv in open(idle).read().split())
+    n = int(d["idle"])
+    print(f"\n| idle sessions through ftpgate | value |\n|---|---|")
+    print(f"| sessions opened / alive after hold / failures | {d.get('sessions', '?')} / {d.get('alive', '?')} / {d.get('failures', '?')} |")
+    print(f"| PSS growth per session | {(int(d['pss1']) - int(d['pss0'])) / n:.2f} KiB ({d['pss0']} → {d['pss1']} KiB) |")
+    print(f"| RSS growth per session | {(int(d['rss1']) - int(d['rss0'])) / n:.2f} KiB |")
+    print(f"| open descriptors while held | {d['fds']} |")
+PY
