@@ -15,6 +15,7 @@
 
 pub mod active;
 pub mod clients;
+pub mod firewall;
 pub mod gateway;
 pub mod netns;
 pub mod proxy;
