@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// How long a data port waits for its connection. YAML: timeouts.data_connect.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub data_connect_timeout: Option<Duration>,
+    /// Close data connections idle (no byte either way) this long, 0 disables.
+    /// YAML: timeouts.data_idle.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub data_idle_timeout: Option<Duration>,
     /// TCP connect timeout towards backends. YAML: timeouts.backend_connect.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub backend_connect_timeout: Option<Duration>,
@@ -174,6 +178,9 @@ impl RunArgs {
         }
         if let Some(d) = self.data_connect_timeout {
             cfg.timeouts.data_connect = d;
+        }
+        if let Some(d) = self.data_idle_timeout {
+            cfg.timeouts.data_idle = d;
         }
         if let Some(d) = self.backend_connect_timeout {
             cfg.timeouts.backend_connect = d;

@@ -289,6 +289,10 @@ pub struct Timeouts {
     /// `421`; 0s disables.
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
+    /// A data connection on which no byte moved either way for this long is closed
+    /// (a peer that neither sends nor closes); 0s disables.
+    #[serde(with = "humantime_serde")]
+    pub data_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -298,6 +302,7 @@ impl Default for Timeouts {
             backend_connect: Duration::from_secs(5),
             login: Duration::from_secs(60),
             idle: Duration::from_secs(15 * 60),
+            data_idle: Duration::from_secs(5 * 60),
         }
     }
 }

@@ -30,7 +30,7 @@ pub struct Metrics {
     pub keepalive_noops_total: IntCounter,
     /// By reason: `foreign_data_peer`, `bounce`, `lprt_lpsv`, `line_too_long`, ...
     pub refusals_total: IntCounterVec,
-    /// By kind: `data_connect`, `backend_connect`, `login`, `idle`.
+    /// By kind: `data_connect`, `backend_connect`, `login`, `idle`, `data_idle`.
     pub timeouts_total: IntCounterVec,
     /// By backend: 1 when its last health check connected.
     pub backend_up: IntGaugeVec,
@@ -243,7 +243,13 @@ impl Metrics {
         ] {
             self.refusals_total.with_label_values(&[r]);
         }
-        for k in ["data_connect", "backend_connect", "login", "idle"] {
+        for k in [
+            "data_connect",
+            "backend_connect",
+            "login",
+            "idle",
+            "data_idle",
+        ] {
             self.timeouts_total.with_label_values(&[k]);
         }
     }

@@ -52,15 +52,133 @@ where
 
 /// [`relay`] for two TCP sockets: zero-copy `splice(2)` on Linux, same semantics.
 pub async fn relay_tcp(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<Relayed> {
-    #[cfg(target_os = "linux")]
-    if splice_enabled() {
-        // Pipes cost two descriptors each; at the descriptor limit, relay through
-        // buffers rather than fail the transfer.
-        if let (Ok(ab), Ok(ba)) = (splice::Pipe::new(), splice::Pipe::new()) {
-            return splice::relay(a, b, ab, ba).await;
+    relay_tcp_with_idle(a, b, None).await
+}
+
+/// [`relay_tcp`] that gives up with `TimedOut` when no byte moved in either direction
+/// for `idle`: a peer that neither sends nor closes would otherwise hold the
+/// connection, its data port and its session forever.
+pub async fn relay_tcp_with_idle(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    idle: Option<std::time::Duration>,
+) -> io::Result<Relayed> {
+    let progress = Progress::default();
+    let work = async {
+        #[cfg(target_os = "linux")]
+        if splice_enabled() {
+            // Pipes cost two descriptors each; at the descriptor limit, relay through
+            // buffers rather than fail the transfer.
+            if let (Ok(ab), Ok(ba)) = (splice::Pipe::new(), splice::Pipe::new()) {
+                return splice::relay(a, b, ab, ba, &progress).await;
+            }
+        }
+        let mut ta = Tracked {
+            inner: &mut *a,
+            progress: &progress,
+        };
+        relay(&mut ta, b).await
+    };
+    match idle {
+        None => work.await,
+        Some(idle) => tokio::select! {
+            r = work => r,
+            () = progress.stalled_for(idle) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no data moved within the data idle timeout",
+            )),
+        },
+    }
+}
+
+/// When the relay last moved a byte, as nanoseconds since the relay started (an atomic
+/// so the relay future stays `Send`; both directions run in one task, so relaxed order).
+struct Progress {
+    start: tokio::time::Instant,
+    last_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            start: tokio::time::Instant::now(),
+            last_nanos: std::sync::atomic::AtomicU64::new(0),
         }
     }
-    relay(a, b).await
+}
+
+impl Progress {
+    fn moved(&self) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_nanos
+            .store(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        let nanos = self.last_nanos.load(std::sync::atomic::Ordering::Relaxed);
+        self.start + std::time::Duration::from_nanos(nanos)
+    }
+
+    /// Resolves once nothing has moved for `idle`.
+    async fn stalled_for(&self, idle: std::time::Duration) {
+        loop {
+            let due = self.last() + idle;
+            if tokio::time::Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+/// A stream that records progress whenever bytes are read from it or written to it
+/// (the buffered relay reads from and writes to each side).
+struct Tracked<'a, S: ?Sized> {
+    inner: &'a mut S,
+    progress: &'a Progress,
+}
+
+impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Tracked<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.progress.moved();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Tracked<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut *self.inner).poll_write(cx, data);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.progress.moved();
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
 }
 
 /// `FTPGATE_RELAY=copy` in the environment turns splice off (benchmarks, and an escape
@@ -82,7 +200,7 @@ mod splice {
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::Relayed;
+    use super::{Progress, Relayed};
 
     /// Pipe capacity asked for. The kernel default is 64 KiB; larger moves more per
     /// wake-up. Best effort: above `/proc/sys/fs/pipe-max-size` or the per-user pipe
@@ -140,7 +258,12 @@ mod splice {
     }
 
     /// Moves `from` → `to` until EOF on `from`, then half-closes `to`.
-    async fn one_way(from: &TcpStream, to: &TcpStream, mut pipe: Pipe) -> io::Result<u64> {
+    async fn one_way(
+        from: &TcpStream,
+        to: &TcpStream,
+        mut pipe: Pipe,
+        progress: &Progress,
+    ) -> io::Result<u64> {
         let mut total: u64 = 0;
         loop {
             // Fill: only when the pipe is empty, so `WouldBlock` means the socket has
@@ -160,6 +283,7 @@ mod splice {
                 return Ok(total);
             }
             pipe.held = n;
+            progress.moved();
             // Drain everything before reading again.
             while pipe.held > 0 {
                 to.writable().await?;
@@ -169,6 +293,7 @@ mod splice {
                     Ok(m) => {
                         pipe.held -= m;
                         total += m as u64;
+                        progress.moved();
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
@@ -182,8 +307,10 @@ mod splice {
         b: &TcpStream,
         ab: Pipe,
         ba: Pipe,
+        progress: &Progress,
     ) -> io::Result<Relayed> {
-        let (a_to_b, b_to_a) = tokio::try_join!(one_way(a, b, ab), one_way(b, a, ba))?;
+        let (a_to_b, b_to_a) =
+            tokio::try_join!(one_way(a, b, ab, progress), one_way(b, a, ba, progress))?;
         Ok(Relayed { a_to_b, b_to_a })
     }
 }

@@ -899,3 +899,39 @@ async fn transparent_listener_refuses_to_connect_to_itself() {
         1
     );
 }
+
+#[tokio::test]
+async fn silent_data_connection_is_closed_after_data_idle_timeout() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    let proxy = start_proxy(vec![mock.addr], |c| {
+        c.timeouts.data_idle = Duration::from_millis(200);
+        c.data_ports = "41700-41700".parse().unwrap();
+    })
+    .await;
+    let mut c = Client::login(proxy.addr).await;
+    let r = c.cmd("EPSV").await;
+    let port = find_epsv_port(r.trim_end().as_bytes()).unwrap().port;
+    let data = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    c.send(b"RETR hold\r\n").await;
+    assert!(c.reply().await.starts_with("150"));
+    // ftpgate closes both sides: the client sees EOF, the server its 426.
+    assert!(read_all(data).await.is_empty());
+    assert!(c.reply().await.starts_with("426"));
+    assert_eq!(
+        proxy
+            .metrics
+            .timeouts_total
+            .with_label_values(&["data_idle"])
+            .get(),
+        1
+    );
+    // The port is back in the (one-port) pool.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !c.cmd("EPSV").await.starts_with("229") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "port never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

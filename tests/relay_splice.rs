@@ -296,3 +296,38 @@ async fn server_reset_is_an_error_not_a_hang() {
         drop(client);
     }
 }
+
+/// A peer that neither sends nor closes must not hold a data connection forever.
+#[tokio::test]
+async fn stalled_relay_times_out_and_steady_trickle_does_not() {
+    use ftpgate::relay::relay_tcp_with_idle;
+    let idle = Some(Duration::from_millis(200));
+
+    // Nobody sends: TimedOut, and both of the relay's sockets are closed.
+    let (mut client, mut a) = pair().await;
+    let (mut server, mut b) = pair().await;
+    let r = tokio::time::timeout(HANG_GUARD, relay_tcp_with_idle(&mut a, &mut b, idle))
+        .await
+        .expect("watchdog fires");
+    assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    drop((a, b));
+    let mut sink = Vec::new();
+    assert_eq!(client.read_to_end(&mut sink).await.unwrap(), 0);
+    assert_eq!(server.read_to_end(&mut sink).await.unwrap(), 0);
+
+    // Bytes every 50 ms for a second (five times the idle limit): never idle.
+    let (mut client, mut a) = pair().await;
+    let (mut server, mut b) = pair().await;
+    let relay = tokio::spawn(async move { relay_tcp_with_idle(&mut a, &mut b, idle).await });
+    for i in 0..20u8 {
+        server.write_all(&[i]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, (0..20u8).collect::<Vec<_>>());
+    let r = finish(relay).await.unwrap();
+    assert_eq!(r.b_to_a, 20);
+}

@@ -33,7 +33,7 @@ use crate::dataport::PortLease;
 use crate::metrics::Metrics;
 use crate::net::connect_from;
 use crate::protocol::addr::canonical_ip;
-use crate::relay::relay_tcp;
+use crate::relay::relay_tcp_with_idle;
 
 /// How one side of a data connection is obtained.
 #[derive(Debug)]
@@ -93,6 +93,8 @@ pub struct DataPlan {
     pub backend: Endpoint,
     pub accept_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Close the connection when no byte moved for this long.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl DataPlan {
@@ -111,6 +113,7 @@ impl DataPlan {
             backend,
             accept_timeout,
             connect_timeout,
+            idle_timeout,
         } = self;
         let mut finished = Finished {
             id,
@@ -139,10 +142,14 @@ impl DataPlan {
         };
         let _ = events.send(DataEvent::Started { id });
         let started = Instant::now();
-        match relay_tcp(&mut c, &mut b).await {
+        match relay_tcp_with_idle(&mut c, &mut b, idle_timeout).await {
             Ok(r) => {
                 finished.client_to_backend = r.a_to_b;
                 finished.backend_to_client = r.b_to_a;
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                metrics.timeout("data_idle");
+                info!(id, timeout = ?idle_timeout, "data connection idle; closed");
             }
             Err(e) => debug!(id, error = %e, "data relay ended with error"),
         }

@@ -311,6 +311,10 @@ impl Session<'_> {
         let mut last_activity = session_start;
         let mut active_data: usize = 0;
         let mut next_noop: Option<tokio::time::Instant> = None;
+        // Two timers for the whole session, re-armed only when their deadline moves:
+        // creating a timer per loop turn showed in profiles of the control path.
+        let mut noop_timer = Timer::new();
+        let mut deadline_timer = Timer::new();
         let mut cbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
         let mut sbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
         let (mut cr, mut cw) = client.split();
@@ -324,6 +328,8 @@ impl Session<'_> {
             sbuf.reserve(READ_CHUNK);
             let (deadline, deadline_kind) =
                 self.next_deadline(session_start, last_activity, active_data);
+            noop_timer.arm(next_noop);
+            deadline_timer.arm(deadline);
             let mut backend_read_at = None;
             tokio::select! {
                 r = cr.read_buf(&mut cbuf), if read_client => match r {
@@ -373,11 +379,11 @@ impl Session<'_> {
                         last_activity = tokio::time::Instant::now();
                     }
                 },
-                () = sleep_opt(next_noop) => {
+                () = noop_timer.fired() => {
                     next_noop = None;
                     self.inject_keepalive();
                 },
-                () = sleep_opt(deadline) => {
+                () = deadline_timer.fired() => {
                     let (kind, text): (&'static str, &[u8]) = match deadline_kind {
                         Deadline::Login => ("login", b"421 Login timeout; closing control connection.\r\n"),
                         Deadline::Idle => ("idle", b"421 Idle timeout; closing control connection.\r\n"),
@@ -737,6 +743,7 @@ impl Session<'_> {
             backend: backend_side,
             accept_timeout: self.ctx.config.timeouts.data_connect,
             connect_timeout: self.ctx.config.timeouts.backend_connect,
+            idle_timeout: self.data_idle(),
         };
         self.spawn_plan(plan);
         let (cmd, kind) = active_command(verb, self.backend_announce(ours));
@@ -803,6 +810,11 @@ impl Session<'_> {
             warn!(ports = n, "data-port range exhausted");
         }
         e.to_string()
+    }
+
+    fn data_idle(&self) -> Option<std::time::Duration> {
+        let d = self.ctx.config.timeouts.data_idle;
+        (!d.is_zero()).then_some(d)
     }
 
     fn data_id(&mut self) -> u64 {
@@ -1002,6 +1014,7 @@ impl Session<'_> {
                     backend,
                     accept_timeout: self.ctx.config.timeouts.data_connect,
                     connect_timeout: self.ctx.config.timeouts.backend_connect,
+                    idle_timeout: self.data_idle(),
                 };
                 self.spawn_plan(plan);
                 self.forward(&held_line, verb);
@@ -1206,6 +1219,7 @@ impl Session<'_> {
             backend: self.backend_connect(target),
             accept_timeout: self.ctx.config.timeouts.data_connect,
             connect_timeout: self.ctx.config.timeouts.backend_connect,
+            idle_timeout: self.data_idle(),
         };
         self.spawn_plan(plan);
         let kind = if public.is_some() { "227" } else { "229" };
@@ -1250,10 +1264,36 @@ fn drain_past_urgent_mark(
     Ok(())
 }
 
-async fn sleep_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
+/// A reusable timer: one timer-wheel entry per session, moved when the deadline moves.
+struct Timer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    at: Option<tokio::time::Instant>,
+}
+
+impl Timer {
+    fn new() -> Self {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            at: None,
+        }
+    }
+
+    fn arm(&mut self, at: Option<tokio::time::Instant>) {
+        if at != self.at {
+            if let Some(t) = at {
+                self.sleep.as_mut().reset(t);
+            }
+            self.at = at;
+        }
+    }
+
+    /// Resolves at the armed deadline; never while disarmed.
+    async fn fired(&mut self) {
+        if self.at.is_none() {
+            return std::future::pending().await;
+        }
+        (&mut self.sleep).await;
+        self.at = None;
     }
 }
 

@@ -146,6 +146,12 @@ async fn control(stream: TcpStream, state: Arc<Mutex<MockState>>, opts: MockOpti
                     }
                 };
                 match verb.to_ascii_uppercase().as_str() {
+                    "RETR" if arg == "hold" => {
+                        // Open the data connection and send nothing until it is closed.
+                        let mut sink = [0u8; 64];
+                        let _ = d.read(&mut sink).await;
+                        "426 data connection closed; transfer aborted".to_string()
+                    }
                     "RETR" if arg.starts_with("slow:") => {
                         // slow:<chunks>: 1 KiB every 20 ms, answering NOOPs meanwhile if asked.
                         let chunks: usize = arg[5..].parse().unwrap_or(10);
