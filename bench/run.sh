@@ -5,9 +5,10 @@
 # table shows medians with min–max and the ratio to direct, plus ftpgate's CPU time
 # (/proc/<pid>/stat utime+stime) and memory per idle session (smaps_rollup).
 #
-#   sudo bash bench/run.sh               # full: 2 GiB transfers, 2000 sessions, 9000 idle, 5 rounds
-#   sudo bash bench/run.sh --quick       # 256 MiB, 300 sessions, 1000 idle, 3 rounds
+#   bash bench/run.sh               # full: 2 GiB transfers, 2000 sessions, 9000 idle, 5 rounds
+#   bash bench/run.sh --quick       # 256 MiB, 300 sessions, 1000 idle, 3 rounds
 #   options: --rounds N  --no-build  --compare-copy (adds ftpgate with FTPGATE_RELAY=copy)
+#            --size SIZE (transfer size for download/upload, e.g. 1G; head -c syntax)
 #            --only "download upload sessions noop idle"
 #
 # Not part of the test suite. Needs root (tmpfs for uploads, vsftpd), vsftpd
@@ -17,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-QUICK=0 ROUNDS= BUILD=1 COPY=0 ONLY="download upload sessions noop idle"
+QUICK=0 ROUNDS= BUILD=1 COPY=0 ONLY="download upload sessions noop idle" SIZE=
 while (($#)); do
     case $1 in
         --quick) QUICK=1 ;;
@@ -25,7 +26,8 @@ while (($#)); do
         --no-build) BUILD=0 ;;
         --compare-copy) COPY=1 ;;
         --only) ONLY=$2; shift ;;
-        *) echo "usage: $0 [--quick] [--rounds N] [--no-build] [--compare-copy] [--only MEASURES]" >&2; exit 2 ;;
+        --size) SIZE=$2; shift ;;
+        *) echo "usage: $0 [--quick] [--rounds N] [--no-build] [--compare-copy] [--only MEASURES] [--size SIZE]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -34,6 +36,7 @@ if ((QUICK)); then
 else
     : "${ROUNDS:=5}" ; BIG=2G SESSIONS=2000 IDLE=9000 NOOPS=20000
 fi
+[[ -n $SIZE ]] && BIG=$SIZE
 CONCURRENCY=32
 
 VS_PORT=${VS_PORT:-22121}         # vsftpd control (127.0.0.1); haproxy on 127.0.0.2, same port

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ftpgate demo (the README's first command), as root on Debian 12:
 #
-#   sudo bash scripts/demo.sh
+#   bash scripts/demo.sh   (as root)
 #
 # Builds ftpgate, then builds three network namespaces:
 #
@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 if [[ $(id -u) -ne 0 ]]; then
-    echo "demo.sh: needs root (network namespaces); try: sudo bash scripts/demo.sh" >&2
+    echo "demo.sh: needs root (network namespaces); run it as root" >&2
     exit 1
 fi
 

@@ -2,7 +2,7 @@
 # Runs every check and test ftpgate has, installing what the tests need.
 # This is the README's test command and what CI (.ci/run) runs.
 #
-#   sudo bash scripts/test.sh        # as root: installs deps, runs everything
+#   bash scripts/test.sh             # as root: installs deps, runs everything
 #   bash scripts/test.sh             # not root: end-to-end tests SKIP
 #                                    # (or fail, if CI is set)
 #
