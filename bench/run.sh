@@ -9,6 +9,7 @@
 #   bash bench/run.sh --quick       # 256 MiB, 300 sessions, 1000 idle, 3 rounds
 #   options: --rounds N  --no-build  --compare-copy (adds ftpgate with FTPGATE_RELAY=copy)
 #            --size SIZE (transfer size for download/upload, e.g. 1G; head -c syntax)
+#   FTPGATE_ARGS="--worker-threads 1" in the environment adds flags to ftpgate's command line.
 #            --only "download upload sessions noop idle"
 #
 # Not part of the test suite. Needs root (tmpfs for uploads, vsftpd), vsftpd
@@ -125,7 +126,8 @@ ADDR[direct]=127.0.0.1:$VS_PORT
 
 start_ftpgate() { # name port data-ports backend relay-mode
     FTPGATE_RELAY=$5 "$FTPGATE" run --listen "127.0.0.1:$2" --backend "$4" \
-        --public-address 127.0.0.1 --data-ports "$3" --log-level warn >"$RUN/$1.log" 2>&1 &
+        --public-address 127.0.0.1 --data-ports "$3" --log-level warn ${FTPGATE_ARGS:-} \
+        >"$RUN/$1.log" 2>&1 &
     PIDS+=($!)
     PID[$1]=$!
     ADDR[$1]=127.0.0.1:$2

@@ -98,6 +98,9 @@ pub struct RunArgs {
     /// TCP connect timeout towards backends. YAML: timeouts.backend_connect.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub backend_connect_timeout: Option<Duration>,
+    /// Async worker threads (default: one per core). YAML: worker_threads.
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<usize>,
     /// Admin listener for /metrics, /healthz, /readyz. YAML: metrics.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
@@ -184,6 +187,9 @@ impl RunArgs {
         }
         if let Some(d) = self.backend_connect_timeout {
             cfg.timeouts.backend_connect = d;
+        }
+        if let Some(n) = self.worker_threads {
+            cfg.worker_threads = Some(n);
         }
         if let Some(m) = self.metrics {
             cfg.metrics = Some(m);

@@ -358,6 +358,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Admin listener for `/metrics`, `/healthz`, `/readyz`; unset: none.
     pub metrics: Option<SocketAddr>,
+    /// Async worker threads; unset: one per core.
+    pub worker_threads: Option<usize>,
     pub log: LogConfig,
 }
 
@@ -383,6 +385,7 @@ impl Default for Config {
             keepalive: KeepaliveConfig::default(),
             timeouts: Timeouts::default(),
             metrics: None,
+            worker_threads: None,
             log: LogConfig::default(),
         }
     }
@@ -502,6 +505,9 @@ impl Config {
                 "max_line_length",
                 "must be at least 512 bytes",
             ));
+        }
+        if self.worker_threads == Some(0) {
+            return Err(ConfigError::invalid("worker_threads", "must be at least 1"));
         }
         if self.max_pipelined_commands == 0 {
             return Err(ConfigError::invalid(

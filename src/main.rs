@@ -85,7 +85,11 @@ fn raise_fd_limit() {
 
 fn run(config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.worker_threads {
+        builder.worker_threads(n);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the async runtime")?;

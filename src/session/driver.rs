@@ -39,7 +39,8 @@ use crate::protocol::rewrite::{rewrite_227, rewrite_229};
 /// Longest reply line accepted from a backend. Larger than the client bound because
 /// `STAT` listings carry long file names.
 const MAX_REPLY_LINE: usize = 16 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
+/// Control lines are short; a small read size keeps idle sessions cheap (two buffers each).
+const READ_CHUNK: usize = 4 * 1024;
 /// Keepalive NOOPs a server may leave unanswered (vsftpd answers them only after the
 /// transfer) before ftpgate stops adding more.
 const MAX_UNANSWERED_NOOPS: usize = 256;
