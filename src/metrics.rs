@@ -240,6 +240,8 @@ impl Metrics {
             "bad_address",
             "data_port",
             "no_ipv4",
+            "auth_tls",
+            "loop",
         ] {
             self.refusals_total.with_label_values(&[r]);
         }

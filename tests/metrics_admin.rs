@@ -7,78 +7,45 @@
 //! (scripts/install-test-deps.sh). Without them the tests that need them are skipped
 //! with a message, and fail when `CI` is set.
 
+#[path = "support/inprocess.rs"]
+#[allow(dead_code)] // shared with tests that use other parts of it
+mod inprocess;
 #[path = "support/mock_ftp.rs"]
 #[allow(dead_code)] // shared with tests that use more of it
 mod mock_ftp;
 
 use std::io::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use ftpgate::app::Gateway;
-use ftpgate::config::Config;
-use ftpgate::metrics::Metrics;
-use ftpgate::protocol::addr::find_epsv_port;
+use inprocess::{connect_from, dead_addr, pattern, read_all, start_proxy, Client, Proxy, WAIT};
 use mock_ftp::{MockFtp, MockOptions};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-/// Every wait on ftpgate in these tests is bounded by this.
-const WAIT: Duration = Duration::from_secs(10);
 /// Prometheus needs to start, scrape (1 s interval) and index; generous for 2-core CI.
 const PROMETHEUS_WAIT: Duration = Duration::from_secs(60);
 /// Between polls of something that changes asynchronously.
 const POLL: Duration = Duration::from_millis(20);
 
-struct Proxy {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 /// A gateway with its admin listener on port 0. Each test gets its own data-port range
 /// so parallel tests never contend for a port (which would be refused and counted).
-async fn start_proxy(backends: Vec<SocketAddr>, data_ports: &str) -> Proxy {
-    let cfg = Config {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        backends,
-        public_address: vec!["127.0.0.1".parse().unwrap()],
-        data_ports: data_ports.parse().unwrap(),
-        metrics: Some("127.0.0.1:0".parse().unwrap()),
-        ..Config::default()
-    };
-    cfg.validate().unwrap();
-    let gw = Gateway::bind(cfg, Arc::new(Metrics::new())).await.unwrap();
-    let addr = gw.local_addrs()[0];
-    let admin = gw.admin_addr().expect("admin listener bound");
-    assert_ne!(admin.port(), 0);
-    let shutdown = CancellationToken::new();
-    tokio::spawn(gw.serve(shutdown.clone()));
-    Proxy {
-        addr,
-        admin,
-        shutdown,
-    }
+async fn start_admin_proxy(backends: Vec<SocketAddr>, data_ports: &str) -> Proxy {
+    let p = start_proxy(backends, |c| {
+        c.data_ports = data_ports.parse().unwrap();
+        c.metrics = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    assert_ne!(p.admin.expect("admin listener bound").port(), 0);
+    p
 }
 
-/// A dead address: bound once by us, then released, so nothing listens there.
-fn dead_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// The admin address of a proxy started by [`start_admin_proxy`].
+fn admin(p: &Proxy) -> SocketAddr {
+    p.admin.expect("admin listener bound")
 }
 
 /// A minimal HTTP/1.0 GET (the server closes after the response): status and body.
@@ -143,95 +110,6 @@ async fn wait_for_sample(admin: SocketAddr, series: &str, want: f64) -> String {
 }
 
 /// A minimal FTP client that reads whole (multi-line) replies.
-struct Client {
-    r: BufReader<OwnedReadHalf>,
-    w: OwnedWriteHalf,
-}
-
-impl Client {
-    async fn login(addr: SocketAddr) -> Client {
-        let s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-            .await
-            .unwrap()
-            .unwrap();
-        let (r, w) = s.into_split();
-        let mut c = Client {
-            r: BufReader::new(r),
-            w,
-        };
-        assert!(c.reply().await.starts_with("220"));
-        assert!(c.cmd("USER u").await.starts_with("331"));
-        assert!(c.cmd("PASS secret").await.starts_with("230"));
-        c
-    }
-
-    async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        let mut first: Option<String> = None;
-        loop {
-            let mut line = Vec::new();
-            let n = tokio::time::timeout(WAIT, self.r.read_until(b'\n', &mut line))
-                .await
-                .expect("reply within bound")
-                .unwrap();
-            if n == 0 {
-                return all;
-            }
-            let l = String::from_utf8_lossy(&line).to_string();
-            all.push_str(&l);
-            let code = l.get(..3).unwrap_or("").to_string();
-            let sep = l.as_bytes().get(3).copied();
-            match &first {
-                None if sep == Some(b'-') => first = Some(code),
-                None => return all,
-                Some(c) if *c == code && sep == Some(b' ') => return all,
-                Some(_) => {}
-            }
-        }
-    }
-
-    async fn send(&mut self, raw: &[u8]) {
-        self.w.write_all(raw).await.unwrap();
-    }
-
-    async fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-
-    /// EPSV through ftpgate: the mapped data address on loopback.
-    async fn epsv(&mut self) -> SocketAddr {
-        let reply = self.cmd("EPSV").await;
-        let port = find_epsv_port(reply.trim_end().as_bytes())
-            .unwrap_or_else(|e| panic!("not a 229 ({e:?}): {reply}"))
-            .port;
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    async fn quit(mut self) {
-        assert!(self.cmd("QUIT").await.starts_with("221"));
-    }
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 % 253) as u8).collect()
-}
-
-async fn read_all(mut s: TcpStream) -> Vec<u8> {
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    buf
-}
-
-async fn connect_from(src: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = TcpSocket::new_v4()?;
-    s.bind(SocketAddr::new(src, 0))?;
-    tokio::time::timeout(WAIT, s.connect(to)).await?
-}
-
 /// A download and an upload through ftpgate, then QUIT: the mock's side of it.
 async fn move_files(proxy: &Proxy, mock: &MockFtp, down: usize, up: usize) {
     mock.put_file("down.bin", pattern(down));
@@ -274,10 +152,10 @@ fn tool_or_skip(name: &str, test: &str) -> Option<PathBuf> {
 #[tokio::test]
 async fn byte_counters_grow_by_exactly_the_bytes_moved_and_sessions_return_to_zero() {
     let mock = MockFtp::start(MockOptions::default()).await;
-    let proxy = start_proxy(vec![mock.addr], "42000-42099").await;
+    let proxy = start_admin_proxy(vec![mock.addr], "42000-42099").await;
     let down_series = r#"ftpgate_data_bytes_total{direction="backend_to_client"}"#;
     let up_series = r#"ftpgate_data_bytes_total{direction="client_to_backend"}"#;
-    let before = scrape(proxy.admin).await;
+    let before = scrape(admin(&proxy)).await;
     // Pre-created at 0, so the first scrape already has the series.
     assert_eq!(sample(&before, down_series), Some(0.0));
     assert_eq!(sample(&before, up_series), Some(0.0));
@@ -286,7 +164,7 @@ async fn byte_counters_grow_by_exactly_the_bytes_moved_and_sessions_return_to_ze
     let (down, up) = (300_017, 123_457);
     mock.put_file("down.bin", pattern(down));
     let mut c = Client::login(proxy.addr).await;
-    let during = scrape(proxy.admin).await;
+    let during = scrape(admin(&proxy)).await;
     assert_eq!(sample(&during, "ftpgate_sessions_active"), Some(1.0));
 
     let data = TcpStream::connect(c.epsv().await).await.unwrap();
@@ -295,7 +173,7 @@ async fn byte_counters_grow_by_exactly_the_bytes_moved_and_sessions_return_to_ze
     assert_eq!(read_all(data).await, pattern(down));
     assert!(c.reply().await.starts_with("226"));
     // The relay counts when both directions have closed, which may be just after 226.
-    let after_down = wait_for_sample(proxy.admin, down_series, down as f64).await;
+    let after_down = wait_for_sample(admin(&proxy), down_series, down as f64).await;
     assert_eq!(sample(&after_down, up_series), Some(0.0));
 
     let body = pattern(up);
@@ -306,7 +184,7 @@ async fn byte_counters_grow_by_exactly_the_bytes_moved_and_sessions_return_to_ze
     data.shutdown().await.unwrap();
     drop(data);
     assert!(c.reply().await.starts_with("226"));
-    let after_up = wait_for_sample(proxy.admin, up_series, up as f64).await;
+    let after_up = wait_for_sample(admin(&proxy), up_series, up as f64).await;
     assert_eq!(sample(&after_up, down_series), Some(down as f64));
     assert_eq!(mock.file("up.bin"), Some(body));
     for direction in ["download", "upload"] {
@@ -314,14 +192,14 @@ async fn byte_counters_grow_by_exactly_the_bytes_moved_and_sessions_return_to_ze
         // relay reports back, which may trail the 226.
         let series =
             format!(r#"ftpgate_data_connections_total{{direction="{direction}",mode="passive"}}"#);
-        wait_for_sample(proxy.admin, &series, 1.0).await;
+        wait_for_sample(admin(&proxy), &series, 1.0).await;
     }
     // A second client, then both leave: the gauge returns to 0.
     let second = Client::login(proxy.addr).await;
-    wait_for_sample(proxy.admin, "ftpgate_sessions_active", 2.0).await;
+    wait_for_sample(admin(&proxy), "ftpgate_sessions_active", 2.0).await;
     c.quit().await;
     second.quit().await;
-    let end = wait_for_sample(proxy.admin, "ftpgate_sessions_active", 0.0).await;
+    let end = wait_for_sample(admin(&proxy), "ftpgate_sessions_active", 0.0).await;
     assert_eq!(
         sample(&end, r#"ftpgate_sessions_total{outcome="closed"}"#),
         Some(2.0)
@@ -339,9 +217,9 @@ async fn byte_counters_grow_by_exactly_the_bytes_moved_and_sessions_return_to_ze
 async fn foreign_data_peer_is_counted_as_a_refusal() {
     let mock = MockFtp::start(MockOptions::default()).await;
     mock.put_file("secret.bin", pattern(50_000));
-    let proxy = start_proxy(vec![mock.addr], "42100-42199").await;
+    let proxy = start_admin_proxy(vec![mock.addr], "42100-42199").await;
     let series = r#"ftpgate_refusals_total{reason="foreign_data_peer"}"#;
-    assert_eq!(sample(&scrape(proxy.admin).await, series), Some(0.0));
+    assert_eq!(sample(&scrape(admin(&proxy)).await, series), Some(0.0));
     let mut c = Client::login(proxy.addr).await;
     let target = c.epsv().await;
     // The thief connects first, from another loopback address.
@@ -349,7 +227,7 @@ async fn foreign_data_peer_is_counted_as_a_refusal() {
         .await
         .expect("tcp accept happens before the peer check");
     assert!(read_all(thief).await.is_empty(), "foreign host got data");
-    wait_for_sample(proxy.admin, series, 1.0).await;
+    wait_for_sample(admin(&proxy), series, 1.0).await;
     // The real client still gets its file.
     let data = TcpStream::connect(target).await.unwrap();
     c.send(b"RETR secret.bin\r\n").await;
@@ -357,22 +235,22 @@ async fn foreign_data_peer_is_counted_as_a_refusal() {
     assert_eq!(read_all(data).await, pattern(50_000));
     assert!(c.reply().await.starts_with("226"));
     c.quit().await;
-    let text = wait_for_sample(proxy.admin, "ftpgate_sessions_active", 0.0).await;
+    let text = wait_for_sample(admin(&proxy), "ftpgate_sessions_active", 0.0).await;
     assert_eq!(sample(&text, series), Some(1.0));
 }
 
 #[tokio::test]
 async fn healthz_and_readyz_with_a_live_backend() {
     let mock = MockFtp::start(MockOptions::default()).await;
-    let proxy = start_proxy(vec![dead_addr(), mock.addr], "42200-42299").await;
+    let proxy = start_admin_proxy(vec![dead_addr(), mock.addr], "42200-42299").await;
     assert_eq!(
-        http_get(proxy.admin, "/healthz").await,
+        http_get(admin(&proxy), "/healthz").await,
         (200, "ok\n".into())
     );
     // Ready once the first health check has found the live backend.
     let deadline = Instant::now() + WAIT;
     loop {
-        let (status, body) = http_get(proxy.admin, "/readyz").await;
+        let (status, body) = http_get(admin(&proxy), "/readyz").await;
         if status == 200 {
             assert_eq!(body, "ok\n");
             break;
@@ -382,24 +260,24 @@ async fn healthz_and_readyz_with_a_live_backend() {
         tokio::time::sleep(POLL).await;
     }
     let up = format!(r#"ftpgate_backend_up{{backend="{}"}}"#, mock.addr);
-    assert_eq!(sample(&scrape(proxy.admin).await, &up), Some(1.0));
-    assert_eq!(http_get(proxy.admin, "/nope").await.0, 404);
-    assert_eq!(http_request(proxy.admin, "POST", "/metrics").await.0, 405);
+    assert_eq!(sample(&scrape(admin(&proxy)).await, &up), Some(1.0));
+    assert_eq!(http_get(admin(&proxy), "/nope").await.0, 404);
+    assert_eq!(http_request(admin(&proxy), "POST", "/metrics").await.0, 405);
     // HEAD is answered without a body.
-    let (status, body) = http_request(proxy.admin, "HEAD", "/metrics").await;
+    let (status, body) = http_request(admin(&proxy), "HEAD", "/metrics").await;
     assert_eq!((status, body.as_str()), (200, ""));
 }
 
 #[tokio::test]
 async fn readyz_is_503_with_a_reason_when_every_backend_is_dead() {
     let dead = [dead_addr(), dead_addr()];
-    let proxy = start_proxy(dead.to_vec(), "42300-42399").await;
-    assert_eq!(http_get(proxy.admin, "/healthz").await.0, 200);
+    let proxy = start_admin_proxy(dead.to_vec(), "42300-42399").await;
+    assert_eq!(http_get(admin(&proxy), "/healthz").await.0, 200);
     // Before serve() has marked the listeners serving the reason differs; wait for the
     // backend verdict.
     let deadline = Instant::now() + WAIT;
     loop {
-        let (status, body) = http_get(proxy.admin, "/readyz").await;
+        let (status, body) = http_get(admin(&proxy), "/readyz").await;
         assert_eq!(status, 503, "{body}");
         if body.contains("no backend reachable (0 of 2 up)") {
             break;
@@ -407,7 +285,7 @@ async fn readyz_is_503_with_a_reason_when_every_backend_is_dead() {
         assert!(Instant::now() < deadline, "unexpected reason: {body}");
         tokio::time::sleep(POLL).await;
     }
-    let text = scrape(proxy.admin).await;
+    let text = scrape(admin(&proxy)).await;
     for d in dead {
         let series = format!(r#"ftpgate_backend_up{{backend="{d}"}}"#);
         assert_eq!(sample(&text, &series), Some(0.0), "{series}");
@@ -417,9 +295,9 @@ async fn readyz_is_503_with_a_reason_when_every_backend_is_dead() {
 #[tokio::test]
 async fn admin_listener_stops_with_the_shutdown_token() {
     let mock = MockFtp::start(MockOptions::default()).await;
-    let proxy = start_proxy(vec![mock.addr], "42400-42499").await;
-    assert_eq!(http_get(proxy.admin, "/healthz").await.0, 200);
-    let admin = proxy.admin;
+    let proxy = start_admin_proxy(vec![mock.addr], "42400-42499").await;
+    assert_eq!(http_get(admin(&proxy), "/healthz").await.0, 200);
+    let admin = admin(&proxy);
     drop(proxy);
     let deadline = Instant::now() + WAIT;
     while TcpStream::connect(admin).await.is_ok() {
@@ -437,9 +315,9 @@ async fn promtool_accepts_the_exposition() {
         return;
     };
     let mock = MockFtp::start(MockOptions::default()).await;
-    let proxy = start_proxy(vec![mock.addr], "42500-42599").await;
+    let proxy = start_admin_proxy(vec![mock.addr], "42500-42599").await;
     move_files(&proxy, &mock, 10_000, 20_000).await;
-    let text = wait_for_sample(proxy.admin, "ftpgate_sessions_active", 0.0).await;
+    let text = wait_for_sample(admin(&proxy), "ftpgate_sessions_active", 0.0).await;
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -499,9 +377,9 @@ async fn prometheus_server_scrapes_ftpgate() {
         return;
     };
     let mock = MockFtp::start(MockOptions::default()).await;
-    let proxy = start_proxy(vec![mock.addr], "42600-42699").await;
+    let proxy = start_admin_proxy(vec![mock.addr], "42600-42699").await;
     move_files(&proxy, &mock, 4096, 8192).await;
-    wait_for_sample(proxy.admin, "ftpgate_sessions_active", 0.0).await;
+    wait_for_sample(admin(&proxy), "ftpgate_sessions_active", 0.0).await;
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
@@ -511,7 +389,7 @@ async fn prometheus_server_scrapes_ftpgate() {
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
              scrape_configs:\n  - job_name: ftpgate\n    static_configs:\n      \
              - targets: ['{}']\n",
-            proxy.admin
+            admin(&proxy)
         ),
     )
     .unwrap();

@@ -2,140 +2,20 @@
 //! relay, who may connect to a data port, port exhaustion, and bad input. Loopback has
 //! a whole /8, so 127.0.0.2 plays the foreign host.
 
+#[path = "support/inprocess.rs"]
+#[allow(dead_code)] // shared with tests that use other parts of it
+mod inprocess;
 #[path = "support/mock_ftp.rs"]
 mod mock_ftp;
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use ftpgate::app::Gateway;
-use ftpgate::config::Config;
-use ftpgate::metrics::Metrics;
 use ftpgate::protocol::addr::{find_epsv_port, find_pasv_tuple};
+use inprocess::{connect_from, pattern, read_all, start_proxy, Client, WAIT};
 use mock_ftp::{MockFtp, MockOptions};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_util::sync::CancellationToken;
-
-/// Every wait in these tests is bounded by this.
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Proxy {
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn start_proxy(backends: Vec<SocketAddr>, tweak: impl FnOnce(&mut Config)) -> Proxy {
-    let mut cfg = Config {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        backends,
-        public_address: vec!["127.0.0.1".parse().unwrap()],
-        data_ports: "41000-41999".parse().unwrap(),
-        ..Config::default()
-    };
-    tweak(&mut cfg);
-    cfg.validate().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let gw = Gateway::bind(cfg, Arc::clone(&metrics)).await.unwrap();
-    let addr = gw.local_addrs()[0];
-    let shutdown = CancellationToken::new();
-    tokio::spawn(gw.serve(shutdown.clone()));
-    Proxy {
-        addr,
-        metrics,
-        shutdown,
-    }
-}
-
-/// A minimal FTP client that reads whole (multi-line) replies.
-struct Client {
-    r: BufReader<OwnedReadHalf>,
-    w: OwnedWriteHalf,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        let s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-            .await
-            .unwrap()
-            .unwrap();
-        let (r, w) = s.into_split();
-        Client {
-            r: BufReader::new(r),
-            w,
-        }
-    }
-
-    /// Reads one reply; returns its full text (all lines). Empty string on EOF.
-    async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        let mut first_code: Option<String> = None;
-        loop {
-            let mut line = Vec::new();
-            let n = tokio::time::timeout(WAIT, self.r.read_until(b'\n', &mut line))
-                .await
-                .expect("reply within bound")
-                .unwrap();
-            if n == 0 {
-                return all;
-            }
-            let l = String::from_utf8_lossy(&line).to_string();
-            all.push_str(&l);
-            let code = l.get(..3).unwrap_or("").to_string();
-            match &first_code {
-                None if l.as_bytes().get(3) == Some(&b'-') => first_code = Some(code),
-                None => return all,
-                Some(c) if *c == code && l.as_bytes().get(3) == Some(&b' ') => return all,
-                Some(_) => {}
-            }
-        }
-    }
-
-    async fn send(&mut self, raw: &[u8]) {
-        self.w.write_all(raw).await.unwrap();
-    }
-
-    async fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-
-    async fn login(addr: SocketAddr) -> Client {
-        let mut c = Client::connect(addr).await;
-        assert!(c.reply().await.starts_with("220"));
-        assert!(c.cmd("USER u").await.starts_with("331"));
-        assert!(c.cmd("PASS secret").await.starts_with("230"));
-        c
-    }
-}
-
-async fn connect_from(src: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = TcpSocket::new_v4()?;
-    s.bind(SocketAddr::new(src, 0))?;
-    tokio::time::timeout(WAIT, s.connect(to)).await?
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 % 253) as u8).collect()
-}
-
-async fn read_all(mut s: TcpStream) -> Vec<u8> {
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    buf
-}
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn pasv_download_is_rewritten_and_byte_exact() {
@@ -828,10 +708,7 @@ async fn abor_with_telnet_synch_is_relayed_with_urgent_iac() {
 
 #[tokio::test]
 async fn failover_to_next_backend_and_421_when_none() {
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = inprocess::dead_addr();
     let mock = MockFtp::start(MockOptions::default()).await;
     let proxy = start_proxy(vec![dead, mock.addr], |_| {}).await;
     for _ in 0..2 {
@@ -934,4 +811,24 @@ async fn silent_data_connection_is_closed_after_data_idle_timeout() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn auth_tls_is_refused_so_the_control_channel_stays_readable() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    let proxy = start_proxy(vec![mock.addr], |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    assert!(c.reply().await.starts_with("220"));
+    let r = c.cmd("AUTH TLS").await;
+    assert!(r.starts_with("502 "), "{r}");
+    assert!(c.cmd("USER u").await.starts_with("331"));
+    assert!(!mock.received().iter().any(|l| l.starts_with(b"AUTH")));
+    assert_eq!(
+        proxy
+            .metrics
+            .refusals_total
+            .with_label_values(&["auth_tls"])
+            .get(),
+        1
+    );
 }

@@ -627,6 +627,14 @@ impl Session<'_> {
                 self.answer_passive_locally(cmd.verb)
             }
             v if v.is_transfer() => self.on_transfer_command(line, v, mode),
+            // After `234` the control channel becomes TLS, which a line relay cannot
+            // carry (and would then fail with a confusing 421). Until ftpgate terminates
+            // TLS itself, refuse plainly: clients that require TLS stop, clients that
+            // merely prefer it continue in plain text.
+            Verb::Auth => self.refuse(
+                "auth_tls",
+                "502 AUTH is not supported through this gateway.",
+            ),
             Verb::User => {
                 let name = String::from_utf8_lossy(cmd.arg);
                 self.stats.user = Some(name.chars().take(MAX_LOGGED_USER).collect());
