@@ -1,4 +1,5 @@
-//! Backend selection: round robin, and on a failed connect the next backend.
+//! Backend selection: round robin over the backends known up, and on a failed connect
+//! the next backend; backends known down are tried last.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,7 +43,18 @@ impl Balancer {
         timeout: Duration,
         metrics: &Metrics,
     ) -> Result<(TcpStream, SocketAddr), NoBackend> {
-        for addr in self.order() {
+        // Backends the health checker (or an earlier session) found down go last, so a
+        // black-holed backend does not cost every other session a full connect timeout;
+        // they are still tried when nothing else answers.
+        let is_up = |a: &SocketAddr| {
+            metrics
+                .backend_up
+                .with_label_values(&[&a.to_string()])
+                .get()
+                != 0
+        };
+        let (up, down): (Vec<SocketAddr>, Vec<SocketAddr>) = self.order().partition(is_up);
+        for addr in up.into_iter().chain(down) {
             let label = addr.to_string();
             let started = std::time::Instant::now();
             match connect_from(addr, None, timeout).await {
@@ -101,6 +113,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(chosen, live.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn backends_known_down_are_tried_last() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = live.local_addr().unwrap();
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let metrics = Metrics::new();
+        metrics
+            .backend_up
+            .with_label_values(&[&live.to_string()])
+            .set(1);
+        metrics
+            .backend_up
+            .with_label_values(&[&dead.to_string()])
+            .set(0);
+        let b = Balancer::new(vec![dead, live]);
+        for _ in 0..4 {
+            let (_, chosen) = b.connect(Duration::from_secs(5), &metrics).await.unwrap();
+            assert_eq!(chosen, live);
+        }
+        let errors = metrics
+            .backend_connect_errors_total
+            .with_label_values(&[&dead.to_string()])
+            .get();
+        assert_eq!(errors, 0, "the backend known down was never tried");
     }
 
     #[tokio::test]
