@@ -203,9 +203,19 @@ mod splice {
     use super::{Progress, Relayed};
 
     /// Pipe capacity asked for. The kernel default is 64 KiB; larger moves more per
-    /// wake-up. Best effort: above `/proc/sys/fs/pipe-max-size` or the per-user pipe
-    /// budget it stays at the default, which is correct, just more syscalls.
-    const PIPE_SIZE: libc::c_int = 1024 * 1024;
+    /// wake-up. Best effort: above `/proc/sys/fs/pipe-max-size` the call fails and the
+    /// pipe keeps its default size.
+    ///
+    /// Why 256 KiB and not more: an unprivileged process may hold only
+    /// `/proc/sys/fs/pipe-user-pages-soft` pages of pipes (16384 = 64 MiB by default);
+    /// past that, F_SETPIPE_SZ fails and *new* pipes get 2 pages (8 KiB), which costs
+    /// about 3× the CPU per byte. Two pipes per data connection: 1 MiB pipes reach that
+    /// after 32 concurrent transfers, 256 KiB ones after 128. On loopback (bench/run.sh,
+    /// 2 cores) 256 KiB was also no slower than 1 MiB: the same under fixed CPU
+    /// placement, and a higher download median in each of six unpinned runs (there the
+    /// ratio to direct is set by where the scheduler puts the three processes, not by
+    /// the relay).
+    const PIPE_SIZE: libc::c_int = 256 * 1024;
     /// Upper bound for one splice call (bytes).
     const CHUNK: usize = PIPE_SIZE as usize;
 
