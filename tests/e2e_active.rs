@@ -24,8 +24,8 @@ use common::addrs::*;
 use common::clients::{self, FtpControl, FtpTarget, Passive, Transcript};
 use common::proxy::Ftpgate;
 use common::servers::{
-    write_random_file, FtpServer, ServerKind, BIG_FILE, BIG_FILE_LEN, FTP_PASS, LIST_DIR,
-    SMALL_FILE, UPLOAD_DIR,
+    upload_source, write_random_file, FtpServer, ServerKind, BIG_FILE, LIST_DIR, SMALL_FILE,
+    UPLOAD_DIR,
 };
 use common::{sha256_bytes, sha256_file};
 
@@ -36,30 +36,11 @@ const DATA_PORTS: std::ops::RangeInclusive<u16> = 50000..=50099;
 /// Context attached to assertion failures: the proxy's and server's logs.
 fn context(gate: &Ftpgate, server: &FtpServer) -> String {
     format!(
-        "--- ftpgate {:?} ---\n{}\n--- {} logs ---\n{}",
-        gate.options.args(),
-        gate.logs(),
+        "{}--- {} logs ---\n{}",
+        gate.describe(),
         server.kind.name(),
         server.logs()
     )
-}
-
-fn assert_no_password(gate: &Ftpgate) {
-    let logs = gate.logs();
-    assert!(
-        !logs.contains(FTP_PASS),
-        "ftpgate logged the password:\n{logs}"
-    );
-}
-
-fn assert_listing(t: &Transcript, ctx: &dyn Fn() -> String) {
-    for name in ["big.bin", "hello.txt"] {
-        assert!(
-            t.stdout.contains(name),
-            "listing lacks {name}:\n{t}\n{}",
-            ctx()
-        );
-    }
 }
 
 fn v4(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
@@ -138,8 +119,7 @@ fn active_client_suite(
     ctx: &dyn Fn() -> String,
 ) {
     let work = tempfile::tempdir().unwrap();
-    let upload_src = work.path().join("upload-src.bin");
-    write_random_file(&upload_src, BIG_FILE_LEN);
+    let upload_src = upload_source(work.path());
     let upload_sha = sha256_file(&upload_src);
     let fam = if announce.is_ipv4() { "v4" } else { "v6" };
 
@@ -186,7 +166,7 @@ fn active_client_suite(
         let t = client.run(topo, target, announce, Op::List { dir: LIST_DIR });
         t.assert_success(&ctx());
         client.check_dialogue(&t, announce, ctx);
-        assert_listing(&t, ctx);
+        clients::assert_listing(&t, ctx);
     }
 }
 
@@ -199,8 +179,7 @@ fn passive_client_suite(
     ctx: &dyn Fn() -> String,
 ) {
     let work = tempfile::tempdir().unwrap();
-    let upload_src = work.path().join("upload-src.bin");
-    write_random_file(&upload_src, BIG_FILE_LEN);
+    let upload_src = upload_source(work.path());
     let upload_sha = sha256_file(&upload_src);
     for mode in [Passive::Epsv, Passive::Pasv] {
         let tag = format!("passive-{mode:?}").to_lowercase();
@@ -239,7 +218,7 @@ fn passive_client_suite(
 
         let t = clients::curl_list(&topo.client, target, LIST_DIR, mode);
         t.assert_success(&ctx());
-        assert_listing(&t, ctx);
+        clients::assert_listing(&t, ctx);
     }
 }
 
@@ -399,7 +378,7 @@ fn active_matrix(kind: ServerKind, mode: BackendDataMode) {
         passive_client_suite(&topo, &target, &server, &ctx);
     }
     assert_backend_data_setup(mode, &gate, &server, &["PORT", "EPRT"], &ctx);
-    assert_no_password(&gate);
+    gate.assert_no_password();
 }
 
 macro_rules! matrix_tests {
@@ -767,7 +746,7 @@ fn ipv6_client_eprt_to_ipv4_backend() {
                 assert_eq!(a.ip(), IpAddr::V4(PROXY_PRIVATE_V4), "{mode:?}: {r:?}");
             }
         }
-        assert_no_password(&gate);
+        gate.assert_no_password();
     }
     let cmds = backend_commands(&server).expect("vsftpd logs commands");
     assert!(
@@ -960,7 +939,7 @@ fn passive_mode_falls_back_to_pasv() {
     let t = lftp_active(&topo.client, &target, Op::List { dir: LIST_DIR });
     t.assert_success(&ctx());
     ActiveClient::Lftp.check_dialogue(&t, client_ip, &ctx);
-    assert_listing(&t, &ctx);
+    clients::assert_listing(&t, &ctx);
 
     let injected = injected_setup_commands(&gate);
     assert_eq!(
@@ -982,5 +961,5 @@ fn passive_mode_falls_back_to_pasv() {
         "the backend received an active command: {cmds:?}"
     );
     assert!(cmds.iter().any(|c| is_verb(c, "RETR")), "{cmds:?}");
-    assert_no_password(&gate);
+    gate.assert_no_password();
 }

@@ -16,7 +16,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use common::clients::{self, FtpControl, FtpTarget, Passive, Transcript};
 use common::gateway::*;
 use common::proxy::Ftpgate;
 use common::servers::{
-    write_random_file, FtpServer, ServerKind, BIG_FILE, BIG_FILE_LEN, FTP_PASS, FTP_USER, LIST_DIR,
+    upload_source, FtpRoot, FtpServer, ServerKind, BIG_FILE, FTP_PASS, FTP_USER, LIST_DIR,
     UPLOAD_DIR,
 };
 use common::sha256_file;
@@ -36,11 +36,7 @@ use common::sha256_file;
 fn context(topo: &GatewayTopology, gate: Option<&Ftpgate>, server_logs: &str) -> String {
     let mut s = String::new();
     if let Some(g) = gate {
-        s.push_str(&format!(
-            "--- ftpgate {:?} ---\n{}\n",
-            g.options.args(),
-            g.logs()
-        ));
+        s.push_str(&g.describe());
     }
     s.push_str(&format!("--- server logs ---\n{server_logs}\n"));
     s.push_str(&topo.gateway_rules());
@@ -81,16 +77,6 @@ fn lftp_active(ns: &common::Netns, t: &FtpTarget, script: &str) -> Transcript {
         Passive::Epsv,
         &format!("set ftp:passive-mode off; {script}"),
     )
-}
-
-fn assert_listing(t: &Transcript, ctx: &dyn Fn() -> String) {
-    for name in ["big.bin", "hello.txt"] {
-        assert!(
-            t.stdout.contains(name),
-            "listing lacks {name}:\n{t}\n{}",
-            ctx()
-        );
-    }
 }
 
 /// Checks that the client really used the data mode it was told to: the
@@ -154,14 +140,6 @@ fn assert_lftp_stayed_active(t: &Transcript, ctx: &dyn Fn() -> String) {
     );
 }
 
-fn assert_no_password(gate: &Ftpgate) {
-    let logs = gate.logs();
-    assert!(
-        !logs.contains(FTP_PASS),
-        "ftpgate logged the password:\n{logs}"
-    );
-}
-
 /// `active command rewritten` debug lines (original → rewritten PORT/EPRT).
 fn active_rewrites(gate: &Ftpgate) -> Vec<String> {
     gate.logs()
@@ -169,6 +147,167 @@ fn active_rewrites(gate: &Ftpgate) -> Vec<String> {
         .filter(|l| l.contains("active command rewritten"))
         .map(str::to_owned)
         .collect()
+}
+
+/// `t` for an assertion message, headed by `label` when there is one.
+fn labelled(label: &str, t: &Transcript) -> String {
+    if label.is_empty() {
+        t.to_string()
+    } else {
+        format!("{label}\n{t}")
+    }
+}
+
+/// The transfer-and-verify steps the tests here repeat: a client on the LAN
+/// runs through the gateway to `target`; the run must succeed and its data be
+/// byte-exact against `root`, with the test's failure context `ctx`. Spelled
+/// once, so every test checks a transfer the same way.
+struct Transfers<'a> {
+    topo: &'a GatewayTopology,
+    target: &'a FtpTarget,
+    root: &'a FtpRoot,
+    ctx: &'a dyn Fn() -> String,
+}
+
+impl<'a> Transfers<'a> {
+    fn new(
+        topo: &'a GatewayTopology,
+        target: &'a FtpTarget,
+        root: &'a FtpRoot,
+        ctx: &'a dyn Fn() -> String,
+    ) -> Self {
+        Transfers {
+            topo,
+            target,
+            root,
+            ctx,
+        }
+    }
+
+    /// curl downloads `BIG_FILE` in `data` mode into `out`: it must succeed,
+    /// must have sent `sent` (when given: it really used that data mode) and
+    /// must be byte-exact. `label` heads the hash-mismatch message.
+    fn curl_download(
+        &self,
+        data: CurlData,
+        out: &Path,
+        sent: Option<&str>,
+        label: &str,
+    ) -> Transcript {
+        let t = curl_download(&self.topo.client, self.target, data, out);
+        t.assert_success(&(self.ctx)());
+        if let Some(sent) = sent {
+            assert_client_sent(&t, sent, self.ctx);
+        }
+        assert_eq!(
+            sha256_file(out),
+            self.root.big_sha256(),
+            "{}",
+            labelled(label, &t)
+        );
+        t
+    }
+
+    /// curl uploads `src` (whose hash is `src_sha`) as `UPLOAD_DIR/name` in
+    /// `data` mode: it must succeed, must have sent `sent` (when given) and the
+    /// server's copy must be byte-exact. `label` heads the mismatch message.
+    fn curl_upload(
+        &self,
+        data: CurlData,
+        src: &Path,
+        src_sha: &str,
+        name: &str,
+        sent: Option<&str>,
+        label: &str,
+    ) {
+        let t = curl_upload(&self.topo.client, self.target, data, src, name);
+        t.assert_success(&(self.ctx)());
+        if let Some(sent) = sent {
+            assert_client_sent(&t, sent, self.ctx);
+        }
+        assert_eq!(
+            sha256_file(&self.root.uploaded(name)),
+            src_sha,
+            "{}",
+            labelled(label, &t)
+        );
+    }
+
+    /// [`Self::curl_download`] into `out` (checking `sent`, when given), then
+    /// [`Self::curl_upload`] of `src` as `UPLOAD_DIR/name`, both in `data` mode
+    /// and headed by `label`: the round trip several tests make per data mode.
+    fn curl_round_trip(
+        &self,
+        data: CurlData,
+        out: &Path,
+        src: &Path,
+        name: &str,
+        sent: Option<&str>,
+        label: &str,
+    ) {
+        self.curl_download(data, out, sent, label);
+        self.curl_upload(data, src, &sha256_file(src), name, None, label);
+    }
+
+    /// lftp downloads `BIG_FILE` passively (`mode`) into `out`: must succeed,
+    /// byte-exact.
+    fn lftp_download(&self, mode: Passive, out: &Path) {
+        let t = clients::lftp_download(&self.topo.client, self.target, BIG_FILE, out, mode);
+        t.assert_success(&(self.ctx)());
+        assert_eq!(sha256_file(out), self.root.big_sha256(), "{t}");
+    }
+
+    /// lftp downloads `BIG_FILE` in active mode into `out`: must succeed, stay
+    /// active, have sent `sent` (the PORT/EPRT it used) and be byte-exact.
+    fn lftp_active_download(&self, out: &Path, sent: &str) {
+        let t = lftp_active(
+            &self.topo.client,
+            self.target,
+            &format!("get {BIG_FILE} -o {}", out.display()),
+        );
+        t.assert_success(&(self.ctx)());
+        assert_lftp_stayed_active(&t, self.ctx);
+        assert_client_sent(&t, sent, self.ctx);
+        assert_eq!(sha256_file(out), self.root.big_sha256(), "{t}");
+    }
+
+    /// lftp lists `LIST_DIR` in active mode: must succeed, stay active, and
+    /// name the directory's files.
+    fn lftp_active_list(&self) {
+        let t = lftp_active(
+            &self.topo.client,
+            self.target,
+            &format!("cls -1 {LIST_DIR}/"),
+        );
+        t.assert_success(&(self.ctx)());
+        assert_lftp_stayed_active(&t, self.ctx);
+        clients::assert_listing(&t, self.ctx);
+    }
+}
+
+/// Whether a TPROXY test can run: the e2e prerequisites, and a kernel that
+/// does TPROXY (otherwise it prints a SKIP line for `test`).
+fn tproxy_enabled(test: &str) -> bool {
+    if !common::e2e_enabled(test) {
+        return false;
+    }
+    if let Err(why) = tproxy_supported() {
+        let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+        return false;
+    }
+    true
+}
+
+/// ftpgate logged an EPRT rewritten to the gateway's public IPv6 address
+/// (the IPv6 tests' proof that active mode went through it).
+fn assert_eprt_rewritten_to_gateway_v6(gate: &Ftpgate, ctx: &dyn Fn() -> String) {
+    assert!(
+        active_rewrites(gate)
+            .iter()
+            .any(|l| l.contains("|2|2001:db8:2::1|")),
+        "no EPRT rewritten to the gateway's public IPv6 address\n{}",
+        ctx()
+    );
 }
 
 /// Reads the first reply line of a connection from `ns` to `addr` (bounded).
@@ -194,12 +333,11 @@ fn no_ftpgate_active_fails_passive_works() {
     let target = topo.target(false);
     let work = tempfile::tempdir().unwrap();
     let ctx = || context(&topo, None, &server.logs());
+    let xfer = Transfers::new(&topo, &target, &server.root, &ctx);
 
     for data in [CurlData::Epsv, CurlData::Pasv] {
         let out = work.path().join(format!("{data:?}.bin"));
-        let t = curl_download(&topo.client, &target, data, &out);
-        t.assert_success(&ctx());
-        assert_eq!(sha256_file(&out), server.root.big_sha256(), "{t}");
+        xfer.curl_download(data, &out, None, "");
     }
 
     for data in [CurlData::Eprt("-"), CurlData::Port("10.1.0.2")] {
@@ -244,17 +382,14 @@ fn redirect_vsftpd_active_and_passive() {
     if !common::e2e_enabled("redirect_vsftpd_active_and_passive") {
         return;
     }
-    let topo = GatewayTopology::new();
-    topo.masquerade();
-    topo.redirect();
+    let topo = GatewayTopology::with_redirect();
     let server = topo.start_server(ServerKind::Vsftpd, false);
-    let gate = topo
-        .start_ftpgate(topo.ftpgate_options(GatewayTopology::default_listen(), Divert::Redirect));
+    let gate = topo.start_transparent(GatewayTopology::default_listen(), Divert::Redirect);
     let target = topo.target(false);
     let ctx = || context(&topo, Some(&gate), &server.logs());
+    let xfer = Transfers::new(&topo, &target, &server.root, &ctx);
     let work = tempfile::tempdir().unwrap();
-    let upload_src = work.path().join("upload-src.bin");
-    write_random_file(&upload_src, BIG_FILE_LEN);
+    let upload_src = upload_source(work.path());
     let upload_sha = sha256_file(&upload_src);
 
     let modes = [
@@ -265,14 +400,7 @@ fn redirect_vsftpd_active_and_passive() {
     ];
     for (i, (data, sent)) in modes.into_iter().enumerate() {
         let out = work.path().join(format!("curl-{i}.bin"));
-        let t = curl_download(&topo.client, &target, data, &out);
-        t.assert_success(&ctx());
-        assert_client_sent(&t, sent, &ctx);
-        assert_eq!(
-            sha256_file(&out),
-            server.root.big_sha256(),
-            "{data:?} download\n{t}"
-        );
+        let t = xfer.curl_download(data, &out, Some(sent), &format!("{data:?} download"));
         if data == CurlData::Pasv {
             // Passive replies pass through: the server's own public address.
             let lines = t.reply_lines("227");
@@ -283,32 +411,24 @@ fn redirect_vsftpd_active_and_passive() {
         }
 
         let name = format!("curl-{i}.bin");
-        let t = curl_upload(&topo.client, &target, data, &upload_src, &name);
-        t.assert_success(&ctx());
-        assert_client_sent(&t, sent, &ctx);
-        assert_eq!(
-            sha256_file(&server.root.uploaded(&name)),
-            upload_sha,
-            "{data:?} upload\n{t}"
+        xfer.curl_upload(
+            data,
+            &upload_src,
+            &upload_sha,
+            &name,
+            Some(sent),
+            &format!("{data:?} upload"),
         );
 
         let t = curl_list(&topo.client, &target, data);
         t.assert_success(&ctx());
         assert_client_sent(&t, sent, &ctx);
-        assert_listing(&t, &ctx);
+        clients::assert_listing(&t, &ctx);
     }
 
     // lftp, active mode (PORT).
     let out = work.path().join("lftp-active.bin");
-    let t = lftp_active(
-        &topo.client,
-        &target,
-        &format!("get {BIG_FILE} -o {}", out.display()),
-    );
-    t.assert_success(&ctx());
-    assert_lftp_stayed_active(&t, &ctx);
-    assert_client_sent(&t, "PORT 10,1,0,2,", &ctx);
-    assert_eq!(sha256_file(&out), server.root.big_sha256(), "{t}");
+    xfer.lftp_active_download(&out, "PORT 10,1,0,2,");
     let t = lftp_active(
         &topo.client,
         &target,
@@ -324,17 +444,12 @@ fn redirect_vsftpd_active_and_passive() {
         upload_sha,
         "{t}"
     );
-    let t = lftp_active(&topo.client, &target, &format!("cls -1 {LIST_DIR}/"));
-    t.assert_success(&ctx());
-    assert_lftp_stayed_active(&t, &ctx);
-    assert_listing(&t, &ctx);
+    xfer.lftp_active_list();
 
     // lftp, passive (EPSV and PASV).
     for mode in [Passive::Epsv, Passive::Pasv] {
         let out = work.path().join(format!("lftp-{mode:?}.bin"));
-        let t = clients::lftp_download(&topo.client, &target, BIG_FILE, &out, mode);
-        t.assert_success(&ctx());
-        assert_eq!(sha256_file(&out), server.root.big_sha256(), "{t}");
+        xfer.lftp_download(mode, &out);
         let name = format!("lftp-{mode:?}.bin");
         let t = clients::lftp_upload(
             &topo.client,
@@ -347,7 +462,7 @@ fn redirect_vsftpd_active_and_passive() {
         assert_eq!(sha256_file(&server.root.uploaded(&name)), upload_sha, "{t}");
         let t = clients::lftp_list(&topo.client, &target, LIST_DIR, mode);
         t.assert_success(&ctx());
-        assert_listing(&t, &ctx);
+        clients::assert_listing(&t, &ctx);
     }
 
     // ftpgate rewrote the client's PORT/EPRT to name the gateway's public address...
@@ -375,7 +490,7 @@ fn redirect_vsftpd_active_and_passive() {
     );
     assert_vsftpd_clients(&server, "203.0.113.1", "203.0.113.10", &ctx);
     assert_server_saw_only_gateway(&topo, &ctx);
-    assert_no_password(&gate);
+    gate.assert_no_password();
 }
 
 /// Active mode through the REDIRECT gateway with two more daemons (each checks
@@ -386,48 +501,33 @@ fn redirect_active_proftpd_and_pyftpdlib() {
         return;
     }
     for kind in [ServerKind::Proftpd, ServerKind::Pyftpdlib] {
-        let topo = GatewayTopology::new();
-        topo.masquerade();
-        topo.redirect();
+        let topo = GatewayTopology::with_redirect();
         let server = topo.start_server(kind, false);
-        let gate = topo.start_ftpgate(
-            topo.ftpgate_options(GatewayTopology::default_listen(), Divert::Redirect),
-        );
+        let gate = topo.start_transparent(GatewayTopology::default_listen(), Divert::Redirect);
         let target = topo.target(false);
         let ctx = || context(&topo, Some(&gate), &server.logs());
+        let xfer = Transfers::new(&topo, &target, &server.root, &ctx);
         let work = tempfile::tempdir().unwrap();
-        let upload_src = work.path().join("upload-src.bin");
-        write_random_file(&upload_src, BIG_FILE_LEN);
+        let upload_src = upload_source(work.path());
 
         for (i, data) in [CurlData::Eprt("-"), CurlData::Port("10.1.0.2")]
             .into_iter()
             .enumerate()
         {
             let out = work.path().join(format!("{i}.bin"));
-            let t = curl_download(&topo.client, &target, data, &out);
-            t.assert_success(&ctx());
-            assert_eq!(
-                sha256_file(&out),
-                server.root.big_sha256(),
-                "{} {data:?}\n{t}",
-                kind.name()
-            );
             let name = format!("up-{i}.bin");
-            let t = curl_upload(&topo.client, &target, data, &upload_src, &name);
-            t.assert_success(&ctx());
-            assert_eq!(
-                sha256_file(&server.root.uploaded(&name)),
-                sha256_file(&upload_src),
-                "{} {data:?}\n{t}",
-                kind.name()
+            xfer.curl_round_trip(
+                data,
+                &out,
+                &upload_src,
+                &name,
+                None,
+                &format!("{} {data:?}", kind.name()),
             );
         }
-        let t = lftp_active(&topo.client, &target, &format!("cls -1 {LIST_DIR}/"));
-        t.assert_success(&ctx());
-        assert_lftp_stayed_active(&t, &ctx);
-        assert_listing(&t, &ctx);
+        xfer.lftp_active_list();
         assert_server_saw_only_gateway(&topo, &ctx);
-        assert_no_password(&gate);
+        gate.assert_no_password();
     }
 }
 
@@ -438,12 +538,9 @@ fn bounce_through_gateway_is_refused() {
     if !common::e2e_enabled("bounce_through_gateway_is_refused") {
         return;
     }
-    let topo = GatewayTopology::new();
-    topo.masquerade();
-    topo.redirect();
+    let topo = GatewayTopology::with_redirect();
     let server = topo.start_server(ServerKind::Vsftpd, false);
-    let gate = topo
-        .start_ftpgate(topo.ftpgate_options(GatewayTopology::default_listen(), Divert::Redirect));
+    let gate = topo.start_transparent(GatewayTopology::default_listen(), Divert::Redirect);
     let control = topo.target(false).addr;
     let result = topo
         .client
@@ -507,7 +604,7 @@ fn bounce_through_gateway_is_refused() {
         "ftpgate did not log the refusals\n{}",
         ctx()
     );
-    assert_no_password(&gate);
+    gate.assert_no_password();
 }
 
 /// A server that names a private address in its 227 (pyftpdlib with
@@ -519,34 +616,28 @@ fn private_227_is_fixed_to_control_address() {
     if !common::e2e_enabled("private_227_is_fixed_to_control_address") {
         return;
     }
-    let topo = GatewayTopology::new();
-    topo.masquerade();
-    topo.redirect();
+    let topo = GatewayTopology::with_redirect();
     let server = MasqueradingServer::start(
         &topo.topo,
         &topo.server,
         SocketAddr::new(IpAddr::V4(SERVER_V4), 21),
         Ipv4Addr::new(10, 9, 9, 9),
     );
-    let mut gate = topo
-        .start_ftpgate(topo.ftpgate_options(GatewayTopology::default_listen(), Divert::Redirect));
+    let mut gate = topo.start_transparent(GatewayTopology::default_listen(), Divert::Redirect);
     let target = topo.target(false);
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("fixed.bin");
     {
         let ctx = || context(&topo, Some(&gate), &server.logs());
-        let t = curl_download(&topo.client, &target, CurlData::Pasv, &out);
-        t.assert_success(&ctx());
-        assert_eq!(sha256_file(&out), server.root.big_sha256(), "{t}");
+        let xfer = Transfers::new(&topo, &target, &server.root, &ctx);
+        let t = xfer.curl_download(CurlData::Pasv, &out, None, "");
         let lines = t.reply_lines("227");
         assert!(
             !lines.is_empty() && lines.iter().all(|l| l.contains("(203,0,113,10,")),
             "227 must name the server's control address 203,0,113,10, got {lines:?}\n{t}\n{}",
             ctx()
         );
-        let t = clients::lftp_download(&topo.client, &target, BIG_FILE, &out, Passive::Pasv);
-        t.assert_success(&ctx());
-        assert_eq!(sha256_file(&out), server.root.big_sha256(), "{t}");
+        xfer.lftp_download(Passive::Pasv, &out);
         assert!(
             gate.logs()
                 .contains("server named a private address in 227"),
@@ -610,8 +701,7 @@ fn map_passive_through_restrictive_gateway() {
 
     // Without --map-passive the 227 passes through and the gateway blocks the
     // client's data connection.
-    let mut gate = topo
-        .start_ftpgate(topo.ftpgate_options(GatewayTopology::default_listen(), Divert::Redirect));
+    let mut gate = topo.start_transparent(GatewayTopology::default_listen(), Divert::Redirect);
     let out = work.path().join("blocked.bin");
     let t = curl_download(&topo.client, &target, CurlData::Pasv, &out);
     assert!(
@@ -626,6 +716,7 @@ fn map_passive_through_restrictive_gateway() {
     options.extra_args.push("--map-passive".into());
     let gate = topo.start_ftpgate(options);
     let ctx = || context(&topo, Some(&gate), &server.logs());
+    let xfer = Transfers::new(&topo, &target, &server.root, &ctx);
     let out = work.path().join("mapped.bin");
     let t = curl_download(&topo.client, &target, CurlData::Pasv, &out);
     let lines = t.reply_lines("227");
@@ -637,9 +728,7 @@ fn map_passive_through_restrictive_gateway() {
     );
     t.assert_success(&ctx());
     assert_eq!(sha256_file(&out), server.root.big_sha256(), "{t}");
-    let t = clients::lftp_download(&topo.client, &target, BIG_FILE, &out, Passive::Pasv);
-    t.assert_success(&ctx());
-    assert_eq!(sha256_file(&out), server.root.big_sha256(), "{t}");
+    xfer.lftp_download(Passive::Pasv, &out);
 
     // EPSV: the shipped script's MAP_PASSIVE=1 also redirects the data ports
     // (re-running it replaces its rules).
@@ -649,9 +738,7 @@ fn map_passive_through_restrictive_gateway() {
         &[("MAP_PASSIVE", "1"), ("DATA_PORTS", &range)],
     );
     let out = work.path().join("mapped-epsv.bin");
-    let t = curl_download(&topo.client, &target, CurlData::Epsv, &out);
-    t.assert_success(&ctx());
-    assert_eq!(sha256_file(&out), server.root.big_sha256(), "{t}");
+    xfer.curl_download(CurlData::Epsv, &out, None, "");
     assert!(
         gate.passive_rewrites()
             .iter()
@@ -660,7 +747,7 @@ fn map_passive_through_restrictive_gateway() {
         ctx()
     );
     assert_server_saw_only_gateway(&topo, &ctx);
-    assert_no_password(&gate);
+    gate.assert_no_password();
 }
 
 /// Whether this kernel can do TPROXY: tries the rule in a scratch namespace.
@@ -700,9 +787,9 @@ fn tproxy_supported() -> Result<(), String> {
 fn tproxy_transfers(topo: &GatewayTopology, server: &FtpServer, gate: &Ftpgate) {
     let target = topo.target(false);
     let ctx = || context(topo, Some(gate), &server.logs());
+    let xfer = Transfers::new(topo, &target, &server.root, &ctx);
     let work = tempfile::tempdir().unwrap();
-    let upload_src = work.path().join("upload-src.bin");
-    write_random_file(&upload_src, BIG_FILE_LEN);
+    let upload_src = upload_source(work.path());
     for (i, data) in [
         CurlData::Eprt("-"),
         CurlData::Port("10.1.0.2"),
@@ -713,22 +800,10 @@ fn tproxy_transfers(topo: &GatewayTopology, server: &FtpServer, gate: &Ftpgate) 
     .enumerate()
     {
         let out = work.path().join(format!("{i}.bin"));
-        let t = curl_download(&topo.client, &target, data, &out);
-        t.assert_success(&ctx());
-        assert_eq!(sha256_file(&out), server.root.big_sha256(), "{data:?}\n{t}");
         let name = format!("tproxy-{i}.bin");
-        let t = curl_upload(&topo.client, &target, data, &upload_src, &name);
-        t.assert_success(&ctx());
-        assert_eq!(
-            sha256_file(&server.root.uploaded(&name)),
-            sha256_file(&upload_src),
-            "{data:?}\n{t}"
-        );
+        xfer.curl_round_trip(data, &out, &upload_src, &name, None, &format!("{data:?}"));
     }
-    let t = lftp_active(&topo.client, &target, &format!("cls -1 {LIST_DIR}/"));
-    t.assert_success(&ctx());
-    assert_lftp_stayed_active(&t, &ctx);
-    assert_listing(&t, &ctx);
+    xfer.lftp_active_list();
     // The session's server side went to the original destination.
     assert!(
         gate.logs().contains("203.0.113.10:21"),
@@ -742,24 +817,19 @@ fn tproxy_transfers(topo: &GatewayTopology, server: &FtpServer, gate: &Ftpgate) 
     );
     assert_vsftpd_clients(server, "203.0.113.1", "203.0.113.10", &ctx);
     assert_server_saw_only_gateway(topo, &ctx);
-    assert_no_password(gate);
+    gate.assert_no_password();
 }
 
 /// TPROXY with the shipped iptables script (rules + policy routing).
 #[test]
 fn tproxy_iptables_script() {
-    if !common::e2e_enabled("tproxy_iptables_script") {
-        return;
-    }
-    if let Err(why) = tproxy_supported() {
-        let _ = writeln!(std::io::stderr(), "SKIP tproxy_iptables_script: {why}");
+    if !tproxy_enabled("tproxy_iptables_script") {
         return;
     }
     let topo = GatewayTopology::new();
     topo.run_deploy_script("iptables-tproxy.sh", &[("IPV6", "1")]);
     let server = topo.start_server(ServerKind::Vsftpd, false);
-    let gate =
-        topo.start_ftpgate(topo.ftpgate_options(GatewayTopology::default_listen(), Divert::Tproxy));
+    let gate = topo.start_transparent(GatewayTopology::default_listen(), Divert::Tproxy);
     tproxy_transfers(&topo, &server, &gate);
 }
 
@@ -768,11 +838,7 @@ fn tproxy_iptables_script() {
 /// client to a v6 server, active (EPRT |2|) and passive (EPSV).
 #[test]
 fn tproxy_ipv6() {
-    if !common::e2e_enabled("tproxy_ipv6") {
-        return;
-    }
-    if let Err(why) = tproxy_supported() {
-        let _ = writeln!(std::io::stderr(), "SKIP tproxy_ipv6: {why}");
+    if !tproxy_enabled("tproxy_ipv6") {
         return;
     }
     let topo = GatewayTopology::new();
@@ -780,32 +846,19 @@ fn tproxy_ipv6() {
     // proftpd: the harness's vsftpd IPv6 configuration does not start (see
     // `ipv6_redirect`).
     let server = topo.start_server(ServerKind::Proftpd, true);
-    let gate = topo.start_ftpgate(topo.ftpgate_options(
-        vec![SocketAddr::new(
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            FTPGATE_PORT,
-        )],
-        Divert::Tproxy,
-    ));
+    let gate = topo.start_transparent(GatewayTopology::any_v6_listen(), Divert::Tproxy);
     let target = topo.target(true);
     let ctx = || context(&topo, Some(&gate), &server.logs());
+    let xfer = Transfers::new(&topo, &target, &server.root, &ctx);
     let work = tempfile::tempdir().unwrap();
     for (i, data) in [CurlData::Eprt("-"), CurlData::Epsv]
         .into_iter()
         .enumerate()
     {
         let out = work.path().join(format!("{i}.bin"));
-        let t = curl_download(&topo.client, &target, data, &out);
-        t.assert_success(&ctx());
-        assert_eq!(sha256_file(&out), server.root.big_sha256(), "{data:?}\n{t}");
+        xfer.curl_download(data, &out, None, &format!("{data:?}"));
     }
-    assert!(
-        active_rewrites(&gate)
-            .iter()
-            .any(|l| l.contains("|2|2001:db8:2::1|")),
-        "no EPRT rewritten to the gateway's public IPv6 address\n{}",
-        ctx()
-    );
+    assert_eprt_rewritten_to_gateway_v6(&gate, &ctx);
     assert_server_saw_only_gateway(&topo, &ctx);
 }
 
@@ -813,11 +866,7 @@ fn tproxy_ipv6() {
 /// the file's header prescribes).
 #[test]
 fn tproxy_nftables_file() {
-    if !common::e2e_enabled("tproxy_nftables_file") {
-        return;
-    }
-    if let Err(why) = tproxy_supported() {
-        let _ = writeln!(std::io::stderr(), "SKIP tproxy_nftables_file: {why}");
+    if !tproxy_enabled("tproxy_nftables_file") {
         return;
     }
     let topo = GatewayTopology::new();
@@ -831,8 +880,7 @@ fn tproxy_nftables_file() {
     );
     topo.tproxy_routing();
     let server = topo.start_server(ServerKind::Vsftpd, false);
-    let gate =
-        topo.start_ftpgate(topo.ftpgate_options(GatewayTopology::default_listen(), Divert::Tproxy));
+    let gate = topo.start_transparent(GatewayTopology::default_listen(), Divert::Tproxy);
     tproxy_transfers(&topo, &server, &gate);
 }
 
@@ -863,25 +911,16 @@ fn nftables_redirect_file() {
     ));
     let target = topo.target(false);
     let ctx = || context(&topo, Some(&gate), &server.logs());
+    let xfer = Transfers::new(&topo, &target, &server.root, &ctx);
     let work = tempfile::tempdir().unwrap();
-    let upload_src = work.path().join("upload-src.bin");
-    write_random_file(&upload_src, BIG_FILE_LEN);
+    let upload_src = upload_source(work.path());
     for (i, data) in [CurlData::Port("-"), CurlData::Pasv]
         .into_iter()
         .enumerate()
     {
         let out = work.path().join(format!("{i}.bin"));
-        let t = curl_download(&topo.client, &target, data, &out);
-        t.assert_success(&ctx());
-        assert_eq!(sha256_file(&out), server.root.big_sha256(), "{data:?}\n{t}");
         let name = format!("nft-{i}.bin");
-        let t = curl_upload(&topo.client, &target, data, &upload_src, &name);
-        t.assert_success(&ctx());
-        assert_eq!(
-            sha256_file(&server.root.uploaded(&name)),
-            sha256_file(&upload_src),
-            "{data:?}\n{t}"
-        );
+        xfer.curl_round_trip(data, &out, &upload_src, &name, None, &format!("{data:?}"));
     }
     assert!(
         !active_rewrites(&gate).is_empty(),
@@ -898,24 +937,16 @@ fn ipv6_redirect() {
     if !common::e2e_enabled("ipv6_redirect") {
         return;
     }
-    let topo = GatewayTopology::new();
-    topo.masquerade();
-    topo.redirect();
+    let topo = GatewayTopology::with_redirect();
     // proftpd: the harness's vsftpd IPv6 configuration does not start (see the
     // report: `listen_address_ipv6` is not a vsftpd option, `listen_address6` is).
     let server = topo.start_server(ServerKind::Proftpd, true);
-    let gate = topo.start_ftpgate(topo.ftpgate_options(
-        vec![SocketAddr::new(
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            FTPGATE_PORT,
-        )],
-        Divert::Redirect,
-    ));
+    let gate = topo.start_transparent(GatewayTopology::any_v6_listen(), Divert::Redirect);
     let target = topo.target(true);
     let ctx = || context(&topo, Some(&gate), &server.logs());
+    let xfer = Transfers::new(&topo, &target, &server.root, &ctx);
     let work = tempfile::tempdir().unwrap();
-    let upload_src = work.path().join("upload-src.bin");
-    write_random_file(&upload_src, BIG_FILE_LEN);
+    let upload_src = upload_source(work.path());
     for (i, (data, sent)) in [
         (CurlData::Eprt("-"), "EPRT |2|2001:db8:1::2|"),
         (CurlData::Epsv, "EPSV"),
@@ -924,38 +955,21 @@ fn ipv6_redirect() {
     .enumerate()
     {
         let out = work.path().join(format!("{i}.bin"));
-        let t = curl_download(&topo.client, &target, data, &out);
-        t.assert_success(&ctx());
-        assert_client_sent(&t, sent, &ctx);
-        assert_eq!(sha256_file(&out), server.root.big_sha256(), "{data:?}\n{t}");
         let name = format!("v6-{i}.bin");
-        let t = curl_upload(&topo.client, &target, data, &upload_src, &name);
-        t.assert_success(&ctx());
-        assert_eq!(
-            sha256_file(&server.root.uploaded(&name)),
-            sha256_file(&upload_src),
-            "{data:?}\n{t}"
+        xfer.curl_round_trip(
+            data,
+            &out,
+            &upload_src,
+            &name,
+            Some(sent),
+            &format!("{data:?}"),
         );
     }
     let out = work.path().join("lftp.bin");
-    let t = lftp_active(
-        &topo.client,
-        &target,
-        &format!("get {BIG_FILE} -o {}", out.display()),
-    );
-    t.assert_success(&ctx());
-    assert_lftp_stayed_active(&t, &ctx);
-    assert_client_sent(&t, "EPRT |2|2001:db8:1::2|", &ctx);
-    assert_eq!(sha256_file(&out), server.root.big_sha256(), "{t}");
-    assert!(
-        active_rewrites(&gate)
-            .iter()
-            .any(|l| l.contains("|2|2001:db8:2::1|")),
-        "no EPRT rewritten to the gateway's public IPv6 address\n{}",
-        ctx()
-    );
+    xfer.lftp_active_download(&out, "EPRT |2|2001:db8:1::2|");
+    assert_eprt_rewritten_to_gateway_v6(&gate, &ctx);
     assert_server_saw_only_gateway(&topo, &ctx);
-    assert_no_password(&gate);
+    gate.assert_no_password();
 }
 
 /// One `[::]:PORT` listener takes IPv4 too (README: "`[::]:21` takes IPv4 and
@@ -965,28 +979,19 @@ fn dual_stack_listener_takes_ipv4_redirect() {
     if !common::e2e_enabled("dual_stack_listener_takes_ipv4_redirect") {
         return;
     }
-    let topo = GatewayTopology::new();
-    topo.masquerade();
-    topo.redirect();
+    let topo = GatewayTopology::with_redirect();
     let server = topo.start_server(ServerKind::Vsftpd, false);
-    let gate = topo.start_ftpgate(topo.ftpgate_options(
-        vec![SocketAddr::new(
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            FTPGATE_PORT,
-        )],
-        Divert::Redirect,
-    ));
+    let gate = topo.start_transparent(GatewayTopology::any_v6_listen(), Divert::Redirect);
     let target = topo.target(false);
     let ctx = || context(&topo, Some(&gate), &server.logs());
+    let xfer = Transfers::new(&topo, &target, &server.root, &ctx);
     let work = tempfile::tempdir().unwrap();
     for (i, data) in [CurlData::Port("-"), CurlData::Pasv]
         .into_iter()
         .enumerate()
     {
         let out = work.path().join(format!("{i}.bin"));
-        let t = curl_download(&topo.client, &target, data, &out);
-        t.assert_success(&ctx());
-        assert_eq!(sha256_file(&out), server.root.big_sha256(), "{data:?}\n{t}");
+        xfer.curl_download(data, &out, None, &format!("{data:?}"));
     }
     assert_server_saw_only_gateway(&topo, &ctx);
 }
@@ -998,12 +1003,9 @@ fn loop_protection() {
     if !common::e2e_enabled("loop_protection") {
         return;
     }
-    let topo = GatewayTopology::new();
-    topo.masquerade();
-    topo.redirect();
+    let topo = GatewayTopology::with_redirect();
     let server = topo.start_server(ServerKind::Vsftpd, false);
-    let gate = topo
-        .start_ftpgate(topo.ftpgate_options(GatewayTopology::default_listen(), Divert::Redirect));
+    let gate = topo.start_transparent(GatewayTopology::default_listen(), Divert::Redirect);
     let ctx = || context(&topo, Some(&gate), &server.logs());
     for ip in [GW_LAN_V4, GW_WAN_V4] {
         let addr = SocketAddr::new(IpAddr::V4(ip), FTPGATE_PORT);
@@ -1030,15 +1032,14 @@ fn loop_protection() {
 
     // Still serving: an active and a passive transfer right after.
     let target = topo.target(false);
+    let xfer = Transfers::new(&topo, &target, &server.root, &ctx);
     let work = tempfile::tempdir().unwrap();
     for (i, data) in [CurlData::Eprt("-"), CurlData::Epsv]
         .into_iter()
         .enumerate()
     {
         let out = work.path().join(format!("{i}.bin"));
-        let t = curl_download(&topo.client, &target, data, &out);
-        t.assert_success(&ctx());
-        assert_eq!(sha256_file(&out), server.root.big_sha256(), "{t}");
+        xfer.curl_download(data, &out, None, "");
     }
     // The server never saw a session for the refused connections.
     assert_vsftpd_clients(&server, "203.0.113.1", "203.0.113.10", &ctx);

@@ -19,14 +19,12 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::addrs::*;
-use common::clients::{FtpControl, FtpTarget, Transcript};
+use common::clients::{self, FtpControl, FtpTarget, Transcript};
 use common::firewall;
-use common::netns::run_bounded;
 use common::proxy::Ftpgate;
 use common::servers::{
     FtpServer, ServerKind, BIG_FILE, BIG_FILE_LEN, FTP_PASS, FTP_USER, LIST_DIR, SMALL_FILE,
@@ -52,11 +50,7 @@ const METRICS_ADDR: &str = "127.0.0.1:9464";
 fn ctx(gate: Option<&Ftpgate>, server: Option<&FtpServer>, fw: Option<&Netns>) -> String {
     let mut s = String::new();
     if let Some(g) = gate {
-        s.push_str(&format!(
-            "--- ftpgate {:?} ---\n{}\n",
-            g.options.args(),
-            g.logs()
-        ));
+        s.push_str(&g.describe());
     }
     if let Some(server) = server {
         s.push_str(&format!(
@@ -76,18 +70,6 @@ fn gate_options(topo: &ReverseTopology, extra: &[&str]) -> common::proxy::Ftpgat
     let mut o = topo.ftpgate_options(topo.backend_addr());
     o.extra_args = extra.iter().map(|s| s.to_string()).collect();
     o
-}
-
-fn transcript_of(cmd: Command, bound: Duration) -> Transcript {
-    let command = format!("{cmd:?}");
-    let (out, timed_out) = run_bounded(cmd, bound);
-    Transcript {
-        command,
-        code: out.status.code(),
-        timed_out,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// curl download giving up after
@@ -111,7 +93,7 @@ fn curl_slow_download(
         .arg("-o")
         .arg(local)
         .arg(t.url(remote));
-    transcript_of(cmd, Duration::from_secs(SLOW_CLIENT_MAX_SECS + 10))
+    clients::run_within(cmd, Duration::from_secs(SLOW_CLIENT_MAX_SECS + 10))
 }
 
 /// lftp download. `net:timeout` bounds the wait for a reply: when the `226`
@@ -137,7 +119,7 @@ fn lftp_slow_download(
     );
     let mut cmd = ns.command("lftp");
     cmd.args(["-d", "-c", &script]);
-    transcript_of(cmd, Duration::from_secs(SLOW_CLIENT_MAX_SECS + 20))
+    clients::run_within(cmd, Duration::from_secs(SLOW_CLIENT_MAX_SECS + 20))
 }
 
 /// One FTP dialogue as a client printed it: the commands it sent and the
@@ -622,7 +604,7 @@ fn run_ftplib(ns: &Netns, script: &str) -> Transcript {
     // Debian's python (the one on PATH may be a pyenv build).
     let mut cmd = ns.command("/usr/bin/python3");
     cmd.arg("-c").arg(script);
-    transcript_of(cmd, Duration::from_secs(60))
+    clients::run_within(cmd, Duration::from_secs(60))
 }
 
 /// Values of `KEY value` lines printed by [`ftplib_abort_script`].

@@ -10,6 +10,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -17,8 +18,7 @@ use common::addrs::*;
 use common::clients::{self, FtpControl, FtpTarget, Passive, Transcript};
 use common::proxy::Ftpgate;
 use common::servers::{
-    write_random_file, FtpServer, ServerKind, BIG_FILE, BIG_FILE_LEN, FTP_PASS, LIST_DIR,
-    UPLOAD_DIR,
+    upload_source, FtpServer, ServerKind, BIG_FILE, FTP_PASS, LIST_DIR, UPLOAD_DIR,
 };
 use common::{sha256_bytes, sha256_file, Netns, ReverseTopology};
 
@@ -26,11 +26,7 @@ use common::{sha256_bytes, sha256_file, Netns, ReverseTopology};
 fn context(gate: Option<&Ftpgate>, server: &FtpServer) -> String {
     let mut s = String::new();
     if let Some(g) = gate {
-        s.push_str(&format!(
-            "--- ftpgate {:?} ---\n{}\n",
-            g.options.args(),
-            g.logs()
-        ));
+        s.push_str(&g.describe());
     }
     s.push_str(&format!(
         "--- {} logs ---\n{}",
@@ -54,8 +50,7 @@ fn client_suite(
     ctx: &dyn Fn() -> String,
 ) {
     let work = tempfile::tempdir().unwrap();
-    let upload_src = work.path().join("upload-src.bin");
-    write_random_file(&upload_src, BIG_FILE_LEN);
+    let upload_src = upload_source(work.path());
     let upload_sha = sha256_file(&upload_src);
     let want = server.root.big_sha256();
 
@@ -82,82 +77,61 @@ fn client_suite(
     for mode in [Passive::Epsv, Passive::Pasv] {
         let tag = format!("{mode:?}").to_lowercase();
 
-        // curl: download, upload, listing.
-        let out = work.path().join(format!("curl-{tag}.bin"));
-        let t = clients::curl_download(ns, target, BIG_FILE, &out, mode);
-        t.assert_success(&ctx());
-        check_227(&t, mode);
-        assert_eq!(sha256_file(&out), want, "curl {tag} download\n{t}");
+        // curl, then lftp: download, upload, listing.
+        for (client, download, upload, list) in CLIENTS {
+            let out = work.path().join(format!("{client}-{tag}.bin"));
+            let t = download(ns, target, BIG_FILE, &out, mode);
+            t.assert_success(&ctx());
+            check_227(&t, mode);
+            assert_eq!(sha256_file(&out), want, "{client} {tag} download\n{t}");
 
-        let name = format!("curl-{tag}.bin");
-        let t = clients::curl_upload(
-            ns,
-            target,
-            &upload_src,
-            &format!("{UPLOAD_DIR}/{name}"),
-            mode,
-        );
-        t.assert_success(&ctx());
-        check_227(&t, mode);
-        assert_eq!(
-            sha256_file(&server.root.uploaded(&name)),
-            upload_sha,
-            "curl {tag} upload\n{t}"
-        );
+            let name = format!("{client}-{tag}.bin");
+            let t = upload(
+                ns,
+                target,
+                &upload_src,
+                &format!("{UPLOAD_DIR}/{name}"),
+                mode,
+            );
+            t.assert_success(&ctx());
+            check_227(&t, mode);
+            assert_eq!(
+                sha256_file(&server.root.uploaded(&name)),
+                upload_sha,
+                "{client} {tag} upload\n{t}"
+            );
 
-        let t = clients::curl_list(ns, target, LIST_DIR, mode);
-        t.assert_success(&ctx());
-        check_227(&t, mode);
-        assert_listing(&t, &ctx);
-
-        // lftp: download, upload, listing.
-        let out = work.path().join(format!("lftp-{tag}.bin"));
-        let t = clients::lftp_download(ns, target, BIG_FILE, &out, mode);
-        t.assert_success(&ctx());
-        check_227(&t, mode);
-        assert_eq!(sha256_file(&out), want, "lftp {tag} download\n{t}");
-
-        let name = format!("lftp-{tag}.bin");
-        let t = clients::lftp_upload(
-            ns,
-            target,
-            &upload_src,
-            &format!("{UPLOAD_DIR}/{name}"),
-            mode,
-        );
-        t.assert_success(&ctx());
-        check_227(&t, mode);
-        assert_eq!(
-            sha256_file(&server.root.uploaded(&name)),
-            upload_sha,
-            "lftp {tag} upload\n{t}"
-        );
-
-        let t = clients::lftp_list(ns, target, LIST_DIR, mode);
-        t.assert_success(&ctx());
-        check_227(&t, mode);
-        assert_listing(&t, &ctx);
+            let t = list(ns, target, LIST_DIR, mode);
+            t.assert_success(&ctx());
+            check_227(&t, mode);
+            clients::assert_listing(&t, &ctx);
+        }
     }
 }
 
-fn assert_listing(t: &Transcript, ctx: &dyn Fn() -> String) {
-    for name in ["big.bin", "hello.txt"] {
-        assert!(
-            t.stdout.contains(name),
-            "listing lacks {name}:\n{t}\n{}",
-            ctx()
-        );
-    }
-}
+/// A client's download run (`remote` into `local`).
+type Download = fn(&Netns, &FtpTarget, &str, &Path, Passive) -> Transcript;
+/// A client's upload run (`local` to `remote`).
+type Upload = fn(&Netns, &FtpTarget, &Path, &str, Passive) -> Transcript;
+/// A client's listing of a directory.
+type List = fn(&Netns, &FtpTarget, &str, Passive) -> Transcript;
 
-/// The password must never reach ftpgate's logs, even at debug level.
-fn assert_no_password(gate: &Ftpgate) {
-    let logs = gate.logs();
-    assert!(
-        !logs.contains(FTP_PASS),
-        "ftpgate logged the password:\n{logs}"
-    );
-}
+/// The passive clients of [`client_suite`], in the order it runs them: the
+/// same download/upload/listing checks apply to each.
+const CLIENTS: [(&str, Download, Upload, List); 2] = [
+    (
+        "curl",
+        clients::curl_download,
+        clients::curl_upload,
+        clients::curl_list,
+    ),
+    (
+        "lftp",
+        clients::lftp_download,
+        clients::lftp_upload,
+        clients::lftp_list,
+    ),
+];
 
 /// Harness self-check, no ftpgate involved: each daemon serves every client
 /// directly on the private network (from the proxy host), and the backend's
@@ -252,7 +226,7 @@ fn reverse(kind: ServerKind) {
         "no logged 229 rewrite in {rewrites:?}\n{}",
         ctx()
     );
-    assert_no_password(&gate);
+    gate.assert_no_password();
 
     // SIGTERM after the sessions ended: a clean exit (status 0).
     let status = gate.stop();
@@ -325,7 +299,7 @@ fn no_rewrite_passive_fails() {
         seen.iter().any(|l| l.contains("10,0,0,2")),
         "lftp should have seen the backend's private 227 tuple, got {seen:?}\n{t}"
     );
-    assert_no_password(&gate);
+    gate.assert_no_password();
     drop(gate);
 
     // Control: identical topology, server and command, rewriting on.
@@ -333,7 +307,7 @@ fn no_rewrite_passive_fails() {
     let t = clients::curl_download(&topo.client, &target, BIG_FILE, &out, Passive::Pasv);
     t.assert_success(&context(Some(&gate), &server));
     assert_eq!(sha256_file(&out), server.root.big_sha256());
-    assert_no_password(&gate);
+    gate.assert_no_password();
 }
 
 /// An IPv6 client talks to ftpgate's v6 listener and downloads, via EPSV,
@@ -363,7 +337,7 @@ fn ipv6_client_epsv_to_ipv4_backend() {
     let t = clients::lftp_download(&topo.client, &target, BIG_FILE, &out, Passive::Epsv);
     t.assert_success(&ctx());
     assert_eq!(sha256_file(&out), server.root.big_sha256(), "{t}");
-    assert_no_password(&gate);
+    gate.assert_no_password();
 }
 
 /// Python ftplib as a third client, both passive flavours, via ftpgate.
@@ -383,7 +357,7 @@ fn ftplib_through_ftpgate() {
         t.assert_success(&context(Some(&gate), &server));
         assert_eq!(sha256_file(&out), server.root.big_sha256(), "{t}");
     }
-    assert_no_password(&gate);
+    gate.assert_no_password();
 }
 
 /// What the attacker observed on a mapped data port.
@@ -542,5 +516,5 @@ fn foreign_data_connection_is_refused() {
             "{mode:?}: bytes differ\n{transcript}"
         );
     }
-    assert_no_password(&gate);
+    gate.assert_no_password();
 }

@@ -14,8 +14,53 @@ use std::time::Duration;
 use ftpgate::protocol::addr::{find_epsv_port, find_pasv_tuple};
 use inprocess::{connect_from, pattern, read_all, start_proxy, Client, WAIT};
 use mock_ftp::{MockFtp, MockOptions};
+use prometheus::IntCounterVec;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Value of one labelled counter (`refusals_total`, `timeouts_total`, ...).
+fn count(counters: &IntCounterVec, label: &str) -> u64 {
+    counters.with_label_values(&[label]).get()
+}
+
+/// A client data listener on loopback, announced with PORT (which must get
+/// 200): the start of every active-mode transfer here.
+async fn announce_port(c: &mut Client) -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let me = listener.local_addr().unwrap();
+    assert!(c
+        .cmd(&format!("PORT {}", port_arg(me)))
+        .await
+        .starts_with("200"));
+    (listener, me)
+}
+
+/// Accepts ftpgate's active-mode data connection on `listener` (bounded by
+/// [`WAIT`]) and requires the 150 that announces the transfer.
+async fn accept_data(c: &mut Client, listener: &TcpListener) -> TcpStream {
+    let (data, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(c.reply().await.starts_with("150"));
+    data
+}
+
+/// The rest of a RETR once its data connection is open and 150 has come:
+/// every byte until EOF, then 226. Returns the bytes.
+async fn finish_retr(c: &mut Client, data: TcpStream) -> Vec<u8> {
+    let got = read_all(data).await;
+    assert!(c.reply().await.starts_with("226"));
+    got
+}
+
+/// `RETR name` over the already connected passive data connection `data`:
+/// 150, every byte, 226. Returns the bytes.
+async fn retr_over(c: &mut Client, data: TcpStream, name: &str) -> Vec<u8> {
+    c.send(format!("RETR {name}\r\n").as_bytes()).await;
+    assert!(c.reply().await.starts_with("150"));
+    finish_retr(c, data).await
+}
 
 #[tokio::test]
 async fn pasv_download_is_rewritten_and_byte_exact() {
@@ -49,11 +94,7 @@ async fn pasv_download_is_rewritten_and_byte_exact() {
     assert_eq!(got.len(), body.len());
     assert!(got == body, "bytes differ");
     assert_eq!(
-        proxy
-            .metrics
-            .data_bytes_total
-            .with_label_values(&["backend_to_client"])
-            .get(),
+        count(&proxy.metrics.data_bytes_total, "backend_to_client"),
         body.len() as u64
     );
 }
@@ -127,18 +168,9 @@ async fn foreign_host_on_data_port_gets_nothing_and_real_transfer_succeeds() {
         "foreign host received data"
     );
     let data = TcpStream::connect(target).await.unwrap();
-    c.send(b"RETR secret.bin\r\n").await;
-    assert!(c.reply().await.starts_with("150"));
-    assert!(read_all(data).await == pattern(200_000));
-    assert!(c.reply().await.starts_with("226"));
-    assert_eq!(
-        proxy
-            .metrics
-            .refusals_total
-            .with_label_values(&["foreign_data_peer"])
-            .get(),
-        1
-    );
+    let got = retr_over(&mut c, data, "secret.bin").await;
+    assert!(got == pattern(200_000));
+    assert_eq!(count(&proxy.metrics.refusals_total, "foreign_data_peer"), 1);
     let peers = mock.state.lock().unwrap().data_peers.clone();
     assert_eq!(peers.len(), 1, "backend saw exactly one data connection");
 }
@@ -204,14 +236,7 @@ async fn unused_data_port_is_released_after_data_connect_timeout() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        proxy
-            .metrics
-            .timeouts_total
-            .with_label_values(&["data_connect"])
-            .get()
-            >= 1
-    );
+    assert!(count(&proxy.metrics.timeouts_total, "data_connect") >= 1);
 }
 
 #[tokio::test]
@@ -250,14 +275,7 @@ async fn multiline_reply_with_inner_227_is_not_rewritten() {
         feat,
         "211-Features:\r\n EPSV\r\n227 inner line, not a reply\r\n211 End\r\n"
     );
-    assert_eq!(
-        proxy
-            .metrics
-            .rewrites_total
-            .with_label_values(&["227"])
-            .get(),
-        0
-    );
+    assert_eq!(count(&proxy.metrics.rewrites_total, "227"), 0);
 }
 
 #[tokio::test]
@@ -312,14 +330,7 @@ async fn long_address_commands_are_refused_in_order() {
         .map(|l| l[..4].to_vec())
         .collect();
     assert!(!forwarded.iter().any(|v| v == b"LPSV" || v == b"LPRT"));
-    assert_eq!(
-        proxy
-            .metrics
-            .refusals_total
-            .with_label_values(&["lprt_lpsv"])
-            .get(),
-        2
-    );
+    assert_eq!(count(&proxy.metrics.refusals_total, "lprt_lpsv"), 2);
 }
 
 fn port_arg(a: SocketAddr) -> String {
@@ -365,14 +376,7 @@ async fn bounce_port_to_another_host_is_refused_and_nothing_connects() {
         .received()
         .iter()
         .any(|l| l.starts_with(b"PORT") || l.starts_with(b"EPRT")));
-    assert_eq!(
-        proxy
-            .metrics
-            .refusals_total
-            .with_label_values(&["bounce"])
-            .get(),
-        2
-    );
+    assert_eq!(count(&proxy.metrics.refusals_total, "bounce"), 2);
     // Malformed or unsupported forms get syntax replies, not a crash.
     assert!(c.cmd("PORT 127,0,0,1,256,1").await.starts_with("501"));
     assert!(c.cmd("EPRT |3|x|1|").await.starts_with("522"));
@@ -387,59 +391,32 @@ async fn active_mode_is_relayed_through_ftpgate() {
     })
     .await;
     let mut c = Client::login(proxy.addr).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let me = listener.local_addr().unwrap();
-    assert!(c
-        .cmd(&format!("PORT {}", port_arg(me)))
-        .await
-        .starts_with("200"));
+    let (listener, me) = announce_port(&mut c).await;
     c.send(b"RETR a.bin\r\n").await;
-    let (data, _) = tokio::time::timeout(WAIT, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(c.reply().await.starts_with("150"));
-    assert!(read_all(data).await == pattern(500_001));
-    assert!(c.reply().await.starts_with("226"));
+    let data = accept_data(&mut c, &listener).await;
+    let got = finish_retr(&mut c, data).await;
+    assert!(got == pattern(500_001));
     // The backend was told to connect to ftpgate, never to the client.
     let targets = mock.state.lock().unwrap().active_targets.clone();
     assert_eq!(targets.len(), 1);
     assert_ne!(targets[0], me);
     assert!((42000..=42099).contains(&targets[0].port()), "{targets:?}");
-    assert_eq!(
-        proxy
-            .metrics
-            .rewrites_total
-            .with_label_values(&["port"])
-            .get(),
-        1
-    );
+    assert_eq!(count(&proxy.metrics.rewrites_total, "port"), 1);
 
     // EPRT upload, same session.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     assert!(c
         .cmd(&format!("EPRT |1|127.0.0.1|{port}|"))
         .await
         .starts_with("200"));
     c.send(b"STOR up.bin\r\n").await;
-    let (mut data, _) = tokio::time::timeout(WAIT, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(c.reply().await.starts_with("150"));
+    let mut data = accept_data(&mut c, &listener).await;
     data.write_all(&pattern(77_777)).await.unwrap();
     data.shutdown().await.unwrap();
     assert!(c.reply().await.starts_with("226"));
     assert!(mock.file("up.bin").unwrap() == pattern(77_777));
-    assert_eq!(
-        proxy
-            .metrics
-            .rewrites_total
-            .with_label_values(&["eprt"])
-            .get(),
-        1
-    );
+    assert_eq!(count(&proxy.metrics.rewrites_total, "eprt"), 1);
 }
 
 #[tokio::test]
@@ -452,12 +429,7 @@ async fn foreign_host_on_active_backend_side_port_gets_nothing() {
     })
     .await;
     let mut c = Client::login(proxy.addr).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let me = listener.local_addr().unwrap();
-    assert!(c
-        .cmd(&format!("PORT {}", port_arg(me)))
-        .await
-        .starts_with("200"));
+    let (listener, _) = announce_port(&mut c).await;
     let thief = connect_from(
         "127.0.0.2".parse().unwrap(),
         "127.0.0.1:42100".parse().unwrap(),
@@ -466,21 +438,10 @@ async fn foreign_host_on_active_backend_side_port_gets_nothing() {
     .unwrap();
     assert!(read_all(thief).await.is_empty());
     c.send(b"RETR a\r\n").await;
-    let (data, _) = tokio::time::timeout(WAIT, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(c.reply().await.starts_with("150"));
-    assert!(read_all(data).await == pattern(10_000));
-    assert!(c.reply().await.starts_with("226"));
-    assert_eq!(
-        proxy
-            .metrics
-            .refusals_total
-            .with_label_values(&["foreign_data_peer"])
-            .get(),
-        1
-    );
+    let data = accept_data(&mut c, &listener).await;
+    let got = finish_retr(&mut c, data).await;
+    assert!(got == pattern(10_000));
+    assert_eq!(count(&proxy.metrics.refusals_total, "foreign_data_peer"), 1);
 }
 
 #[tokio::test]
@@ -492,19 +453,15 @@ async fn passive_translation_client_port_backend_epsv() {
     })
     .await;
     let mut c = Client::login(proxy.addr).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let me = listener.local_addr().unwrap();
     // Pipelined: the RETR must wait for ftpgate's own EPSV without losing order.
     c.send(format!("PORT {}\r\nRETR t.bin\r\nNOOP\r\n", port_arg(me)).as_bytes())
         .await;
     assert!(c.reply().await.starts_with("200"));
-    let (data, _) = tokio::time::timeout(WAIT, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(c.reply().await.starts_with("150"));
-    assert!(read_all(data).await == pattern(300_003));
-    assert!(c.reply().await.starts_with("226"));
+    let data = accept_data(&mut c, &listener).await;
+    let got = finish_retr(&mut c, data).await;
+    assert!(got == pattern(300_003));
     assert!(c.reply().await.starts_with("200"));
     let got = mock.received();
     assert!(got.iter().any(|l| l == b"EPSV\r\n"));
@@ -537,10 +494,8 @@ async fn active_translation_client_epsv_backend_port() {
                 .into()
         };
         let data = TcpStream::connect(target).await.unwrap();
-        c.send(b"RETR t.bin\r\n").await;
-        assert!(c.reply().await.starts_with("150"));
-        assert!(read_all(data).await == pattern(123_457));
-        assert!(c.reply().await.starts_with("226"));
+        let got = retr_over(&mut c, data, "t.bin").await;
+        assert!(got == pattern(123_457));
     }
     let got = mock.received();
     assert!(!got
@@ -565,9 +520,7 @@ async fn keepalive_transcript(noop_during_transfer: bool) {
     })
     .await;
     let mut c = Client::login(proxy.addr).await;
-    let r = c.cmd("EPSV").await;
-    let port = find_epsv_port(r.trim_end().as_bytes()).unwrap().port;
-    let data = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let data = TcpStream::connect(c.epsv().await).await.unwrap();
     c.send(b"RETR slow:25\r\n").await;
     assert!(c.reply().await.starts_with("150"));
     assert_eq!(read_all(data).await.len(), 25 * 1024);
@@ -604,14 +557,7 @@ async fn login_timeout_sends_421_and_closes() {
     let r = c.reply().await;
     assert!(r.starts_with("421 Login timeout"), "{r}");
     assert_eq!(c.reply().await, "");
-    assert_eq!(
-        proxy
-            .metrics
-            .timeouts_total
-            .with_label_values(&["login"])
-            .get(),
-        1
-    );
+    assert_eq!(count(&proxy.metrics.timeouts_total, "login"), 1);
 }
 
 #[tokio::test]
@@ -624,9 +570,7 @@ async fn idle_timeout_sends_421_but_not_during_a_transfer() {
     .await;
     let mut c = Client::login(proxy.addr).await;
     // A transfer far longer than the idle timeout survives it.
-    let r = c.cmd("EPSV").await;
-    let port = find_epsv_port(r.trim_end().as_bytes()).unwrap().port;
-    let data = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let data = TcpStream::connect(c.epsv().await).await.unwrap();
     c.send(b"RETR slow:20\r\n").await;
     assert!(c.reply().await.starts_with("150"));
     assert_eq!(read_all(data).await.len(), 20 * 1024);
@@ -634,14 +578,7 @@ async fn idle_timeout_sends_421_but_not_during_a_transfer() {
     let r = c.reply().await;
     assert!(r.starts_with("421 Idle timeout"), "{r}");
     assert_eq!(c.reply().await, "");
-    assert_eq!(
-        proxy
-            .metrics
-            .timeouts_total
-            .with_label_values(&["idle"])
-            .get(),
-        1
-    );
+    assert_eq!(count(&proxy.metrics.timeouts_total, "idle"), 1);
 }
 
 /// A backend on a plain blocking socket, as C servers read theirs, recording the
@@ -735,10 +672,8 @@ async fn ipv6_client_reaches_ipv4_backend_through_epsv() {
     let r = c.cmd("EPSV").await;
     let port = find_epsv_port(r.trim_end().as_bytes()).unwrap().port;
     let data = TcpStream::connect(("::1", port)).await.unwrap();
-    c.send(b"RETR v6.bin\r\n").await;
-    assert!(c.reply().await.starts_with("150"));
-    assert!(read_all(data).await == pattern(70_001));
-    assert!(c.reply().await.starts_with("226"));
+    let got = retr_over(&mut c, data, "v6.bin").await;
+    assert!(got == pattern(70_001));
 }
 
 #[tokio::test]
@@ -767,14 +702,7 @@ async fn transparent_listener_refuses_to_connect_to_itself() {
     let r = c.reply().await;
     assert!(r.starts_with("421 "), "{r}");
     assert_eq!(c.reply().await, "");
-    assert_eq!(
-        proxy
-            .metrics
-            .refusals_total
-            .with_label_values(&["loop"])
-            .get(),
-        1
-    );
+    assert_eq!(count(&proxy.metrics.refusals_total, "loop"), 1);
 }
 
 #[tokio::test]
@@ -786,22 +714,13 @@ async fn silent_data_connection_is_closed_after_data_idle_timeout() {
     })
     .await;
     let mut c = Client::login(proxy.addr).await;
-    let r = c.cmd("EPSV").await;
-    let port = find_epsv_port(r.trim_end().as_bytes()).unwrap().port;
-    let data = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let data = TcpStream::connect(c.epsv().await).await.unwrap();
     c.send(b"RETR hold\r\n").await;
     assert!(c.reply().await.starts_with("150"));
     // ftpgate closes both sides: the client sees EOF, the server its 426.
     assert!(read_all(data).await.is_empty());
     assert!(c.reply().await.starts_with("426"));
-    assert_eq!(
-        proxy
-            .metrics
-            .timeouts_total
-            .with_label_values(&["data_idle"])
-            .get(),
-        1
-    );
+    assert_eq!(count(&proxy.metrics.timeouts_total, "data_idle"), 1);
     // The port is back in the (one-port) pool.
     let deadline = tokio::time::Instant::now() + WAIT;
     while !c.cmd("EPSV").await.starts_with("229") {
@@ -823,12 +742,5 @@ async fn auth_tls_is_refused_so_the_control_channel_stays_readable() {
     assert!(r.starts_with("502 "), "{r}");
     assert!(c.cmd("USER u").await.starts_with("331"));
     assert!(!mock.received().iter().any(|l| l.starts_with(b"AUTH")));
-    assert_eq!(
-        proxy
-            .metrics
-            .refusals_total
-            .with_label_values(&["auth_tls"])
-            .get(),
-        1
-    );
+    assert_eq!(count(&proxy.metrics.refusals_total, "auth_tls"), 1);
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::addrs::*;
 use super::clients::{FtpControl, FtpTarget, Transcript};
-use super::netns::{run_bounded, Netns, Segment, Topology};
+use super::netns::{Netns, Segment, Topology};
 use super::proxy::{Ftpgate, FtpgateOptions};
 use super::servers::{FtpServer, ServerKind, FTP_PASS, FTP_USER};
 
@@ -76,23 +76,15 @@ pub struct ActiveTopology {
 impl ActiveTopology {
     pub fn new() -> ActiveTopology {
         let topo = Topology::new();
-        let public = topo.segment("pub");
+        let super::PublicSide {
+            public,
+            client,
+            attacker,
+            proxy,
+        } = super::PublicSide::new(&topo);
         let private = topo.segment("priv");
-        let client = topo.add_ns("client");
-        let attacker = topo.add_ns("attacker");
-        let proxy = topo.add_ns("proxy");
         let backend = topo.add_ns("backend");
         let intruder = topo.add_ns("intruder");
-
-        for (host, v4, v6) in [
-            (&client, CLIENT_V4, CLIENT_V6),
-            (&attacker, ATTACKER_V4, ATTACKER_V6),
-            (&proxy, PROXY_PUBLIC_V4, PROXY_PUBLIC_V6),
-        ] {
-            topo.attach(&public, host, "eth0");
-            host.addr("eth0", &format!("{v4}/24"));
-            host.addr("eth0", &format!("{v6}/64"));
-        }
         for (host, dev, v4) in [
             (&proxy, "eth1", PROXY_PRIVATE_V4),
             (&backend, "eth0", BACKEND_V4),
@@ -101,9 +93,6 @@ impl ActiveTopology {
             topo.attach(&private, host, dev);
             host.addr(dev, &format!("{v4}/24"));
         }
-        // The proxy host is not a router: only ftpgate may carry traffic.
-        proxy.sysctl("net.ipv4.ip_forward", "0");
-        proxy.sysctl("net.ipv6.conf.all.forwarding", "0");
 
         ActiveTopology {
             client,
@@ -444,18 +433,6 @@ pub enum CurlActive {
     Eprt,
 }
 
-fn run(cmd: std::process::Command) -> Transcript {
-    let command = format!("{cmd:?}");
-    let (out, timed_out) = run_bounded(cmd, super::clients::CLIENT_TIMEOUT);
-    Transcript {
-        command,
-        code: out.status.code(),
-        timed_out,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// curl in active mode (`-P <announce>`), where `announce` is the client's
 /// own address (bracketed for IPv6).
 pub fn curl_active(
@@ -465,26 +442,15 @@ pub fn curl_active(
     flavour: CurlActive,
     op: Op<'_>,
 ) -> Transcript {
-    let mut cmd = ns.command("curl");
+    let mut cmd = super::clients::curl_command(ns, t);
     let port = match announce {
         IpAddr::V4(ip) => ip.to_string(),
         IpAddr::V6(ip) => format!("[{ip}]"),
     };
-    cmd.args([
-        "-v",
-        "--silent",
-        "--show-error",
-        "--connect-timeout",
-        "10",
-        "--max-time",
-        "60",
-        "--ftp-port",
-        &port,
-    ]);
+    cmd.args(["--ftp-port", &port]);
     if flavour == CurlActive::Port {
         cmd.arg("--disable-eprt");
     }
-    cmd.arg("--user").arg(format!("{}:{}", t.user, t.pass));
     match op {
         Op::Download { remote, local } => {
             cmd.arg("-o").arg(local).arg(t.url(remote));
@@ -496,7 +462,7 @@ pub fn curl_active(
             cmd.arg(t.url(&format!("{}/", dir.trim_end_matches('/'))));
         }
     }
-    run(cmd)
+    super::clients::run(cmd)
 }
 
 /// lftp in active mode (`ftp:passive-mode off`; lftp sends PORT over IPv4
@@ -518,7 +484,7 @@ pub fn lftp_active(ns: &Netns, t: &FtpTarget, op: Op<'_>) -> Transcript {
     );
     let mut cmd = ns.command("lftp");
     cmd.args(["-d", "-c", &full]);
-    run(cmd)
+    super::clients::run(cmd)
 }
 
 /// Commands a client sent, from its `-v`/`-d` dialogue on stderr (curl

@@ -99,9 +99,17 @@ impl fmt::Display for Transcript {
     }
 }
 
-fn run(cmd: Command) -> Transcript {
+/// Runs a client command bounded by [`CLIENT_TIMEOUT`]: the one runner every
+/// client helper (here, in `active` and in `gateway`) shares.
+pub fn run(cmd: Command) -> Transcript {
+    run_within(cmd, CLIENT_TIMEOUT)
+}
+
+/// Runs a client command bounded by `bound` and records its [`Transcript`]
+/// (for tests whose clients need a tighter or looser bound than the default).
+pub fn run_within(cmd: Command, bound: Duration) -> Transcript {
     let command = format!("{cmd:?}");
-    let (out, timed_out) = run_bounded(cmd, CLIENT_TIMEOUT);
+    let (out, timed_out) = run_bounded(cmd, bound);
     Transcript {
         command,
         code: out.status.code(),
@@ -111,9 +119,25 @@ fn run(cmd: Command) -> Transcript {
     }
 }
 
+/// A listing run (`t`) names the files every harness server's `LIST_DIR`
+/// holds; `ctx` adds the test's failure context.
+pub fn assert_listing(t: &Transcript, ctx: &dyn Fn() -> String) {
+    for name in ["big.bin", "hello.txt"] {
+        assert!(
+            t.stdout.contains(name),
+            "listing lacks {name}:\n{t}\n{}",
+            ctx()
+        );
+    }
+}
+
 // ---------------------------------------------------------------- curl
 
-fn curl_base(ns: &Netns, t: &FtpTarget, mode: Passive) -> Command {
+/// `curl` from `ns` with what every harness curl run shares (the dialogue on
+/// stderr, bounded connect and total time, `t`'s credentials); callers add
+/// the data mode and the operation. Shared by the passive, active and
+/// gateway helpers.
+pub fn curl_command(ns: &Netns, t: &FtpTarget) -> Command {
     let mut cmd = ns.command("curl");
     cmd.args([
         "-v",
@@ -123,6 +147,14 @@ fn curl_base(ns: &Netns, t: &FtpTarget, mode: Passive) -> Command {
         "10",
         "--max-time",
         "60",
+    ]);
+    cmd.arg("--user").arg(format!("{}:{}", t.user, t.pass));
+    cmd
+}
+
+fn curl_base(ns: &Netns, t: &FtpTarget, mode: Passive) -> Command {
+    let mut cmd = curl_command(ns, t);
+    cmd.args([
         "--ftp-pasv",
         // curl ignores the 227 address by default and reuses the control
         // connection's; make it use the address ftpgate advertises, so the
@@ -132,7 +164,6 @@ fn curl_base(ns: &Netns, t: &FtpTarget, mode: Passive) -> Command {
     if mode == Passive::Pasv {
         cmd.arg("--disable-epsv");
     }
-    cmd.arg("--user").arg(format!("{}:{}", t.user, t.pass));
     cmd
 }
 

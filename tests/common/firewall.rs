@@ -50,34 +50,22 @@ fn ensure_conntrack_sysctls(ns: &Netns) {
 pub fn install_idle_dropping_firewall(ns: &Netns, established_timeout_secs: u32) {
     // Rules first: `-m conntrack` makes the kernel track this namespace's flows.
     for chain in ["INPUT", "OUTPUT"] {
-        ns.run_ok(
-            "iptables",
-            &[
-                "-w",
-                "-A",
-                chain,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "INVALID",
-                "-j",
-                "DROP",
-            ],
-        );
-        ns.run_ok(
-            "iptables",
-            &[
-                "-w",
-                "-A",
-                chain,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ],
-        );
+        for (state, verdict) in [("INVALID", "DROP"), ("ESTABLISHED,RELATED", "ACCEPT")] {
+            ns.run_ok(
+                "iptables",
+                &[
+                    "-w",
+                    "-A",
+                    chain,
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    state,
+                    "-j",
+                    verdict,
+                ],
+            );
+        }
         ns.run_ok(
             "iptables",
             &[

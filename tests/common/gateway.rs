@@ -139,6 +139,15 @@ impl GatewayTopology {
         self.gateway.run_ok(program, args);
     }
 
+    /// The usual REDIRECT gateway: [`Self::new`], [`Self::masquerade`] and
+    /// [`Self::redirect`], the setup most gateway tests start from.
+    pub fn with_redirect() -> GatewayTopology {
+        let topo = GatewayTopology::new();
+        topo.masquerade();
+        topo.redirect();
+        topo
+    }
+
     /// Source NAT of everything leaving through the WAN interface (v4 and v6).
     pub fn masquerade(&self) {
         for ipt in ["iptables", "ip6tables"] {
@@ -160,38 +169,24 @@ impl GatewayTopology {
 
     /// `iptables` (and `ip6tables`) REDIRECT of LAN FTP control connections to ftpgate.
     pub fn redirect(&self) {
-        for ipt in ["iptables", "ip6tables"] {
-            self.gw(
-                ipt,
-                &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "PREROUTING",
-                    "-i",
-                    LAN_IF,
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    "21",
-                    "-j",
-                    "REDIRECT",
-                    "--to-ports",
-                    &FTPGATE_PORT.to_string(),
-                ],
-            );
-        }
+        self.redirect_rule("-A");
     }
 
     /// Removes the rules of [`Self::redirect`].
     pub fn unredirect(&self) {
+        self.redirect_rule("-D");
+    }
+
+    /// Appends (`-A`) or deletes (`-D`) the REDIRECT rule: one spelling of the
+    /// rule, so [`Self::unredirect`] always removes what [`Self::redirect`] added.
+    fn redirect_rule(&self, action: &str) {
         for ipt in ["iptables", "ip6tables"] {
             self.gw(
                 ipt,
                 &[
                     "-t",
                     "nat",
-                    "-D",
+                    action,
                     "PREROUTING",
                     "-i",
                     LAN_IF,
@@ -325,8 +320,22 @@ impl GatewayTopology {
         )]
     }
 
+    /// One `[::]` listener (dual stack: it takes IPv4 too).
+    pub fn any_v6_listen() -> Vec<SocketAddr> {
+        vec![SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            FTPGATE_PORT,
+        )]
+    }
+
     pub fn start_ftpgate(&self, options: FtpgateOptions) -> Ftpgate {
         Ftpgate::start(&self.gateway, options)
+    }
+
+    /// ftpgate with [`Self::ftpgate_options`] unchanged: the common case,
+    /// spelled once for the tests that need no extra flags.
+    pub fn start_transparent(&self, listen: Vec<SocketAddr>, divert: Divert) -> Ftpgate {
+        self.start_ftpgate(self.ftpgate_options(listen, divert))
     }
 
     /// Source addresses of every TCP packet the server received from outside.
@@ -431,15 +440,8 @@ pub enum CurlData {
 /// A curl invocation from `ns` to `t` with `data` mode; `extra` are the
 /// operation's arguments (e.g. `-o FILE URL`).
 pub fn curl(ns: &Netns, t: &FtpTarget, data: CurlData, extra: &[&str]) -> Transcript {
-    let mut cmd = ns.command("curl");
+    let mut cmd = super::clients::curl_command(ns, t);
     cmd.args([
-        "-v",
-        "--silent",
-        "--show-error",
-        "--connect-timeout",
-        "10",
-        "--max-time",
-        "60",
         // Use the address in the 227 (as lftp and ftplib are told to do too), so
         // a server's or gateway's address handling is really exercised.
         "--no-ftp-skip-pasv-ip",
@@ -458,17 +460,8 @@ pub fn curl(ns: &Netns, t: &FtpTarget, data: CurlData, extra: &[&str]) -> Transc
             cmd.args(["-P", a, "--disable-eprt"]);
         }
     }
-    cmd.arg("--user").arg(format!("{}:{}", t.user, t.pass));
     cmd.args(extra);
-    let command = format!("{cmd:?}");
-    let (out, timed_out) = run_bounded(cmd, super::clients::CLIENT_TIMEOUT);
-    Transcript {
-        command,
-        code: out.status.code(),
-        timed_out,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    super::clients::run(cmd)
 }
 
 /// A pyftpdlib server that names `masquerade` in its 227 replies — a server

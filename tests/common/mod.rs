@@ -109,6 +109,45 @@ pub mod addrs {
     pub const FTP_PORT: u16 = 21;
 }
 
+/// The public side that [`ReverseTopology`] and `active::ActiveTopology`
+/// share: a bridge with the client, the attacker and the proxy on it (each on
+/// `eth0`, with its [`addrs`] v4/24 and v6/64), the proxy not forwarding.
+/// One builder, so both topologies' public sides cannot drift apart.
+pub struct PublicSide {
+    pub public: Segment,
+    pub client: Netns,
+    pub attacker: Netns,
+    pub proxy: Netns,
+}
+
+impl PublicSide {
+    pub fn new(topo: &Topology) -> PublicSide {
+        use addrs::*;
+        let public = topo.segment("pub");
+        let client = topo.add_ns("client");
+        let attacker = topo.add_ns("attacker");
+        let proxy = topo.add_ns("proxy");
+        for (host, v4, v6) in [
+            (&client, CLIENT_V4, CLIENT_V6),
+            (&attacker, ATTACKER_V4, ATTACKER_V6),
+            (&proxy, PROXY_PUBLIC_V4, PROXY_PUBLIC_V6),
+        ] {
+            topo.attach(&public, host, "eth0");
+            host.addr("eth0", &format!("{v4}/24"));
+            host.addr("eth0", &format!("{v6}/64"));
+        }
+        // The proxy host is not a router: only ftpgate may carry traffic.
+        proxy.sysctl("net.ipv4.ip_forward", "0");
+        proxy.sysctl("net.ipv6.conf.all.forwarding", "0");
+        PublicSide {
+            public,
+            client,
+            attacker,
+            proxy,
+        }
+    }
+}
+
 /// The reverse-proxy topology:
 ///
 /// ```text
@@ -136,28 +175,16 @@ impl ReverseTopology {
     pub fn new() -> ReverseTopology {
         use addrs::*;
         let topo = Topology::new();
-        let public = topo.segment("pub");
-        let client = topo.add_ns("client");
-        let attacker = topo.add_ns("attacker");
-        let proxy = topo.add_ns("proxy");
+        let PublicSide {
+            public,
+            client,
+            attacker,
+            proxy,
+        } = PublicSide::new(&topo);
         let backend = topo.add_ns("backend");
-
-        for (host, v4, v6) in [
-            (&client, CLIENT_V4, CLIENT_V6),
-            (&attacker, ATTACKER_V4, ATTACKER_V6),
-            (&proxy, PROXY_PUBLIC_V4, PROXY_PUBLIC_V6),
-        ] {
-            topo.attach(&public, host, "eth0");
-            host.addr("eth0", &format!("{v4}/24"));
-            host.addr("eth0", &format!("{v6}/64"));
-        }
         topo.link(&proxy, "eth1", &backend, "eth0");
         proxy.addr("eth1", &format!("{PROXY_PRIVATE_V4}/24"));
         backend.addr("eth0", &format!("{BACKEND_V4}/24"));
-
-        // The proxy host is not a router: only ftpgate may carry traffic.
-        proxy.sysctl("net.ipv4.ip_forward", "0");
-        proxy.sysctl("net.ipv6.conf.all.forwarding", "0");
 
         ReverseTopology {
             client,

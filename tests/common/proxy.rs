@@ -179,6 +179,25 @@ impl Ftpgate {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// ftpgate's arguments and logs: the section of every e2e test's
+    /// failure context that shows ftpgate.
+    pub fn describe(&self) -> String {
+        format!(
+            "--- ftpgate {:?} ---\n{}\n",
+            self.options.args(),
+            self.logs()
+        )
+    }
+
+    /// The password must never reach ftpgate's logs, even at debug level.
+    pub fn assert_no_password(&self) {
+        let logs = self.logs();
+        assert!(
+            !logs.contains(super::servers::FTP_PASS),
+            "ftpgate logged the password:\n{logs}"
+        );
+    }
+
     /// The `passive reply rewritten` debug lines so far.
     pub fn rewrite_log_lines(&self) -> Vec<String> {
         self.logs()

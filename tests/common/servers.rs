@@ -67,6 +67,14 @@ pub fn write_random_file(path: &Path, len: usize) {
     fs::write(path, &buf).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// A random [`BIG_FILE_LEN`]-byte file `upload-src.bin` in `work`: the
+/// source of the upload checks of every e2e suite.
+pub fn upload_source(work: &Path) -> PathBuf {
+    let src = work.join("upload-src.bin");
+    write_random_file(&src, BIG_FILE_LEN);
+    src
+}
+
 /// Looks up the uid/gid of a system user via `id`, so files can be chowned to
 /// the account vsftpd/proftpd switch to after login.
 fn user_ids(user: &str) -> Option<(u32, u32)> {
