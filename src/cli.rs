@@ -233,6 +233,8 @@ mod tests {
             "passive",
             "--allow-foreign",
             "192.0.2.0/24",
+            "--worker-threads",
+            "1",
         ]);
         let Command::Run(args) = cli.command else {
             panic!("run expected")
@@ -245,6 +247,7 @@ mod tests {
         assert_eq!(cfg.keepalive.noop_interval, Duration::from_millis(250));
         assert_eq!(cfg.backend_data_mode, BackendDataMode::Passive);
         assert_eq!(cfg.active.allow_foreign.len(), 1);
+        assert_eq!(cfg.worker_threads, Some(1));
     }
 
     #[test]

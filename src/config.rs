@@ -642,6 +642,19 @@ mod tests {
     }
 
     #[test]
+    fn zero_worker_threads_is_rejected() {
+        let cfg = Config::from_yaml(
+            "listen: ['127.0.0.1:2121']\nbackends: ['10.0.0.2:21']\nworker_threads: 0\n",
+        )
+        .unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("worker_threads:"));
+    }
+
+    #[test]
     fn port_range_edges() {
         assert_eq!("1-1".parse::<PortRange>().unwrap().len(), 1);
         assert_eq!("1-65535".parse::<PortRange>().unwrap().len(), 65535);
