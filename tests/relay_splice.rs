@@ -258,23 +258,33 @@ fn reset(s: TcpStream) {
     drop(s);
 }
 
-/// A client that resets mid-transfer: the relay ends with an error instead of waiting
-/// for a server that never closes.
+/// One side sends, the other receives a first byte, then the sender resets: the relay
+/// must end with an error instead of waiting for the peer that never closes.
+async fn reset_mid_transfer(which: Impl, client_resets: bool, seed: u8) {
+    let Rig {
+        client,
+        server,
+        relay,
+    } = rig(which).await;
+    let (mut sender, mut receiver) = if client_resets {
+        (client, server)
+    } else {
+        (server, client)
+    };
+    sender.write_all(&pattern(70_000, seed)).await.unwrap();
+    let mut first = [0u8; 1];
+    receiver.read_exact(&mut first).await.unwrap();
+    reset(sender);
+    let r = finish(relay).await;
+    assert!(r.is_err(), "{which:?}: {r:?}");
+    drop(receiver);
+}
+
+/// A client that resets mid-upload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_reset_is_an_error_not_a_hang() {
     for which in IMPLS {
-        let Rig {
-            mut client,
-            mut server,
-            relay,
-        } = rig(which).await;
-        client.write_all(&pattern(70_000, 10)).await.unwrap();
-        let mut first = [0u8; 1];
-        server.read_exact(&mut first).await.unwrap();
-        reset(client);
-        let r = finish(relay).await;
-        assert!(r.is_err(), "{which:?}: {r:?}");
-        drop(server);
+        reset_mid_transfer(which, true, 10).await;
     }
 }
 
@@ -282,18 +292,7 @@ async fn client_reset_is_an_error_not_a_hang() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_reset_is_an_error_not_a_hang() {
     for which in IMPLS {
-        let Rig {
-            mut client,
-            mut server,
-            relay,
-        } = rig(which).await;
-        server.write_all(&pattern(70_000, 11)).await.unwrap();
-        let mut first = [0u8; 1];
-        client.read_exact(&mut first).await.unwrap();
-        reset(server);
-        let r = finish(relay).await;
-        assert!(r.is_err(), "{which:?}: {r:?}");
-        drop(client);
+        reset_mid_transfer(which, false, 11).await;
     }
 }
 
