@@ -22,6 +22,9 @@ use crate::health::{self, HEALTH_CHECK_INTERVAL};
 use crate::metrics::Metrics;
 use crate::session::{run_session, SessionContext};
 
+/// Connections the kernel queues per FTP listener while ftpgate is busy accepting.
+const CONTROL_BACKLOG: i32 = 1024;
+
 /// How long sessions get to say goodbye after shutdown before the process exits anyway.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -48,7 +51,7 @@ impl Gateway {
         let mut listeners = Vec::with_capacity(wanted.len());
         for l in &wanted {
             let addr = l.listen;
-            let bound = crate::net::bind_listener(addr, l.tproxy)
+            let bound = crate::net::bind_listener(addr, l.tproxy, CONTROL_BACKLOG)
                 .map_err(|source| AppError::Bind { addr, source })?;
             listeners.push((bound, l.mode));
         }

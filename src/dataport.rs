@@ -132,18 +132,12 @@ impl Drop for PortLease {
     }
 }
 
-/// A listener for one data connection. `SO_REUSEADDR` so a port whose previous
-/// connection sits in TIME_WAIT can be listened on again at once.
+/// A data port expects one peer; a small backlog still lets a foreign connection and
+/// the real client queue at the same time.
+const DATA_BACKLOG: i32 = 8;
+
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    // A data port expects one peer; a small backlog still lets a foreign connection
-    // and the real client queue at the same time.
-    socket.listen(8)
+    crate::net::bind_listener(addr, false, DATA_BACKLOG)
 }
 
 #[cfg(test)]

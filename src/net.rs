@@ -101,9 +101,14 @@ pub fn is_local_ip(ip: std::net::IpAddr) -> bool {
     std::net::TcpListener::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
-/// Binds a listener; `transparent` sets IP_TRANSPARENT so TPROXY can deliver
-/// connections addressed to other hosts to it.
-pub fn bind_listener(addr: SocketAddr, transparent: bool) -> io::Result<tokio::net::TcpListener> {
+/// Binds a listener with `SO_REUSEADDR` (a port whose previous connection sits in
+/// TIME_WAIT can be listened on again at once); `transparent` sets IP_TRANSPARENT so
+/// TPROXY can deliver connections addressed to other hosts to it.
+pub fn bind_listener(
+    addr: SocketAddr,
+    transparent: bool,
+    backlog: i32,
+) -> io::Result<tokio::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -114,7 +119,7 @@ pub fn bind_listener(addr: SocketAddr, transparent: bool) -> io::Result<tokio::n
         }
     }
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(backlog)?;
     socket.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(socket.into())
 }

@@ -191,6 +191,8 @@ async fn exhausted_port_range_answers_425_at_once_and_recovers() {
     let r2 = second.cmd("EPSV").await;
     assert!(r2.starts_with("425 "), "{r2}");
     assert_eq!(proxy.metrics.data_port_exhausted_total.get(), 1);
+    // The client was told 425 (what it received), not the server's 229.
+    assert_eq!(count(&proxy.metrics.replies_total, "425"), 1);
     // The session that got 425 still works.
     assert!(second.cmd("NOOP").await.starts_with("200"));
     // Finish the first transfer: the port goes back to the pool.
@@ -276,6 +278,9 @@ async fn multiline_reply_with_inner_227_is_not_rewritten() {
         "211-Features:\r\n EPSV\r\n227 inner line, not a reply\r\n211 End\r\n"
     );
     assert_eq!(count(&proxy.metrics.rewrites_total, "227"), 0);
+    // Replies are counted as whole replies: the inner `227 ` line is text.
+    assert_eq!(count(&proxy.metrics.replies_total, "211"), 1);
+    assert_eq!(count(&proxy.metrics.replies_total, "227"), 0);
 }
 
 #[tokio::test]

@@ -357,7 +357,6 @@ impl Session<'_> {
                         debug!("backend closed control connection");
                         // Complete replies that arrived before the close still go out.
                         let _ = self.process_backend(&mut sbuf);
-                        self.count_replies();
                         let _ = cw.write_all(&self.to_client).await;
                         let _ = cw.shutdown().await;
                         return Outcome::Closed;
@@ -365,7 +364,7 @@ impl Session<'_> {
                     Ok(_) => backend_read_at = Some(Instant::now()),
                     Err(e) => {
                         debug!(error = %e, "backend read failed");
-                        self.ctx.metrics.replies_total.with_label_values(&["421"]).inc();
+                        self.count_reply(421);
                         let _ = cw.write_all(b"421 Connection to server lost.\r\n").await;
                         return Outcome::BackendError;
                     }
@@ -391,13 +390,13 @@ impl Session<'_> {
                     };
                     self.ctx.metrics.timeout(kind);
                     info!(kind, "session timeout");
-                    self.ctx.metrics.replies_total.with_label_values(&["421"]).inc();
+                    self.count_reply(421);
                     let _ = cw.write_all(text).await;
                     let _ = cw.shutdown().await;
                     return Outcome::Timeout;
                 }
                 () = shutdown.cancelled() => {
-                    self.ctx.metrics.replies_total.with_label_values(&["421"]).inc();
+                    self.count_reply(421);
                     let _ = cw.write_all(b"421 Service shutting down, closing control connection.\r\n").await;
                     return Outcome::Shutdown;
                 }
@@ -411,17 +410,12 @@ impl Session<'_> {
             } else if next_noop.is_none() {
                 next_noop = Some(tokio::time::Instant::now() + noop_every);
             }
-            if let Err(o) = self.flush_backend(&bw).await {
-                self.ctx
-                    .metrics
-                    .replies_total
-                    .with_label_values(&["421"])
-                    .inc();
+            if let Err(o) = self.flush_backend(&mut bw).await {
+                self.count_reply(421);
                 let _ = cw.write_all(b"421 Connection to server lost.\r\n").await;
                 return o;
             }
             if !self.to_client.is_empty() {
-                self.count_replies();
                 if let Err(e) = cw.write_all(&self.to_client).await {
                     debug!(error = %e, "client write failed");
                     return Outcome::ClientError;
@@ -477,22 +471,24 @@ impl Session<'_> {
 
     /// Writes pending backend bytes, sending one byte as urgent data where a Telnet
     /// Synch was relayed.
-    async fn flush_backend(&mut self, bw: &tokio::net::tcp::WriteHalf<'_>) -> Result<(), Outcome> {
+    async fn flush_backend(
+        &mut self,
+        bw: &mut tokio::net::tcp::WriteHalf<'_>,
+    ) -> Result<(), Outcome> {
         if self.to_backend.is_empty() {
             return Ok(());
         }
         let result = match self.urgent_at.take() {
             Some(i) if i < self.to_backend.len() => {
                 let (before, rest) = self.to_backend.split_at(i);
-                let stream: &TcpStream = bw.as_ref();
                 async {
-                    write_all_ref(stream, before).await?;
-                    send_urgent(stream, rest[0]).await?;
-                    write_all_ref(stream, &rest[1..]).await
+                    bw.write_all(before).await?;
+                    send_urgent(bw.as_ref(), rest[0]).await?;
+                    bw.write_all(&rest[1..]).await
                 }
                 .await
             }
-            _ => write_all_ref(bw.as_ref(), &self.to_backend).await,
+            _ => bw.write_all(&self.to_backend).await,
         };
         self.to_backend.clear();
         result.map_err(|e| {
@@ -501,19 +497,13 @@ impl Session<'_> {
         })
     }
 
-    fn count_replies(&self) {
-        // Replies in the batch start at line starts with a code followed by ' '.
-        for line in self.to_client.split(|&b| b == b'\n') {
-            if line.get(3) == Some(&b' ') || line.len() == 4 {
-                if let Some(code) = parse_code(line) {
-                    self.ctx
-                        .metrics
-                        .replies_total
-                        .with_label_values(&[code_label(code.0)])
-                        .inc();
-                }
-            }
-        }
+    /// Counts one reply sent to the client, by code.
+    fn count_reply(&self, code: u16) {
+        self.ctx
+            .metrics
+            .replies_total
+            .with_label_values(&[code_label(code)])
+            .inc();
     }
 
     fn transfer_finished(&mut self, f: &Finished) {
@@ -567,7 +557,7 @@ impl Session<'_> {
                 Err(LineError::TooLong { max }) => {
                     self.ctx.metrics.refuse("line_too_long");
                     warn!(max, "client line too long; closing session");
-                    self.to_client.extend_from_slice(
+                    self.push_final_reply(
                         b"500 Command line too long; closing control connection.\r\n",
                     );
                     break Err(Stop(Outcome::ClientError));
@@ -661,8 +651,19 @@ impl Session<'_> {
 
     fn emit_local_replies(&mut self) {
         while let Some(reply) = self.state.next_local_reply() {
+            if let Some(code) = parse_code(&reply) {
+                self.count_reply(code.0);
+            }
             self.to_client.extend_from_slice(&reply);
         }
+    }
+
+    /// A reply of ftpgate's own that goes out at once (the session is ending).
+    fn push_final_reply(&mut self, reply: &[u8]) {
+        if let Some(code) = parse_code(reply) {
+            self.count_reply(code.0);
+        }
+        self.to_client.extend_from_slice(reply);
     }
 
     /// Where the client's data connections may come to: the client's own address, or
@@ -1058,7 +1059,7 @@ impl Session<'_> {
                 Ok(None) => break Ok(()),
                 Err(LineError::TooLong { .. }) => {
                     warn!("backend reply line too long; closing session");
-                    self.to_client.extend_from_slice(
+                    self.push_final_reply(
                         b"421 Invalid reply from server; closing control connection.\r\n",
                     );
                     break Err(Stop(Outcome::BackendError));
@@ -1074,16 +1075,19 @@ impl Session<'_> {
             Ok(o) => o,
             Err(e) => {
                 warn!(error = %e, line = %String::from_utf8_lossy(trim_eol(line)), "malformed reply from backend; closing session");
-                self.to_client.extend_from_slice(
+                self.push_final_reply(
                     b"421 Invalid reply from server; closing control connection.\r\n",
                 );
                 return Err(Stop(Outcome::BackendError));
             }
         };
+        // The code the client receives for a reply ending here, if it receives one.
+        let mut sent = outcome.ended.map(|e| e.code.0);
         match outcome.disposition {
             Disposition::Forward => self.push_reply_line(line),
-            Disposition::Swallow => {}
+            Disposition::Swallow => sent = None,
             Disposition::Intercept => {
+                sent = None;
                 if let Some(ended) = outcome.ended {
                     if ended.code.is_final() {
                         self.on_setup_reply(line, ended.code.0);
@@ -1096,12 +1100,16 @@ impl Session<'_> {
                     outcome.ended.map(|e| e.origin),
                     Some(Some(Origin::Client(_))) | None
                 );
-                if from_client {
-                    self.rewrite_passive(line, outcome.disposition, single);
-                } else {
+                if from_client && !self.rewrite_passive(line, outcome.disposition, single) && single
+                {
+                    sent = Some(425);
+                } else if !from_client {
                     self.push_reply_line(line);
                 }
             }
+        }
+        if let Some(code) = sent {
+            self.count_reply(code);
         }
         if outcome.ended.is_some() {
             self.emit_local_replies();
@@ -1116,17 +1124,22 @@ impl Session<'_> {
 
     /// Maps a passive reply line to a port of ours. A line without an address (text of
     /// a multi-line reply) passes through; a line whose address cannot be mapped never
-    /// reaches the client with the backend's address in it.
-    fn rewrite_passive(&mut self, line: &[u8], kind: Disposition, single: bool) {
+    /// reaches the client with the backend's address in it. Returns false when the line
+    /// was replaced by a `425` (single-line reply) or dropped.
+    fn rewrite_passive(&mut self, line: &[u8], kind: Disposition, single: bool) -> bool {
         if self.mode == ListenerMode::Transparent && !self.ctx.config.transparent.map_passive {
             // Passive data goes straight out through NAT; only a server that names its
             // own private address needs help.
-            return self.fix_private_pasv(line, kind);
+            self.fix_private_pasv(line, kind);
+            return true;
         }
         let mapped = if kind == Disposition::RewritePasv {
             match find_pasv_tuple(line) {
                 Ok(t) => self.map_passive(line, Verb::Pasv, self.passive_target(t.addr)),
-                Err(_) if !single => return self.push_reply_line(line),
+                Err(_) if !single => {
+                    self.push_reply_line(line);
+                    return true;
+                }
                 Err(e) => Err(format!("unparsable 227 reply from server ({e})")),
             }
         } else {
@@ -1137,12 +1150,18 @@ impl Session<'_> {
                     Verb::Epsv,
                     SocketAddr::new(self.backend_addr.ip(), p.port),
                 ),
-                Err(_) if !single => return self.push_reply_line(line),
+                Err(_) if !single => {
+                    self.push_reply_line(line);
+                    return true;
+                }
                 Err(e) => Err(format!("unparsable 229 reply from server ({e})")),
             }
         };
         match mapped {
-            Ok(rewritten) => self.push_reply_line(&rewritten),
+            Ok(rewritten) => {
+                self.push_reply_line(&rewritten);
+                true
+            }
             Err(reason) => {
                 warn!(reason = %reason, original = %String::from_utf8_lossy(trim_eol(line)), "passive reply not mapped");
                 if single {
@@ -1152,6 +1171,7 @@ impl Session<'_> {
                 }
                 // In a multi-line reply the line is dropped: the code cannot change
                 // mid-reply, and the backend's address must not leak.
+                false
             }
         }
     }
@@ -1304,19 +1324,6 @@ impl Timer {
         (&mut self.sleep).await;
         self.at = None;
     }
-}
-
-async fn write_all_ref(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(buf) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// The command telling the backend to connect to `ours`: PORT for IPv4 when the client
