@@ -7,7 +7,7 @@
 #
 #   bash bench/run.sh               # full: 2 GiB transfers, 2000 sessions, 9000 idle, 5 rounds
 #   bash bench/run.sh --quick       # 256 MiB, 300 sessions, 1000 idle, 3 rounds
-#   options: --rounds N  --no-build  --compare-copy (adds ftpgate with FTPGATE_RELAY=copy)
+#   options: --rounds N  --no-build  --compare-copy (adds ftpgate with --relay copy)
 #            --size SIZE (transfer size for download/upload, e.g. 1G; head -c syntax)
 #   FTPGATE_ARGS="--worker-threads 1" in the environment adds flags to ftpgate's command line.
 #            --only "download upload sessions noop idle"
@@ -41,7 +41,7 @@ fi
 CONCURRENCY=32
 
 VS_PORT=${VS_PORT:-22121}         # vsftpd control (127.0.0.1); haproxy on 127.0.0.2, same port
-FG_PORT=${FG_PORT:-22122}         # ftpgate (splice relay unless FTPGATE_RELAY=copy)
+FG_PORT=${FG_PORT:-22122}         # ftpgate (--relay auto: splice)
 FG_COPY_PORT=${FG_COPY_PORT:-22123}
 FG_IDLE_PORT=${FG_IDLE_PORT:-22124}
 STUB_PORT=${STUB_PORT:-22125}     # control-only stub backend for the idle measure
@@ -124,8 +124,8 @@ declare -A ADDR PID
 PATHS=(direct)
 ADDR[direct]=127.0.0.1:$VS_PORT
 
-start_ftpgate() { # name port data-ports backend relay-mode
-    FTPGATE_RELAY=$5 "$FTPGATE" run --listen "127.0.0.1:$2" --backend "$4" \
+start_ftpgate() { # name port data-ports backend relay-mode (auto|copy)
+    "$FTPGATE" run --relay "$5" --listen "127.0.0.1:$2" --backend "$4" \
         --public-address 127.0.0.1 --data-ports "$3" --log-level warn ${FTPGATE_ARGS:-} \
         >"$RUN/$1.log" 2>&1 &
     PIDS+=($!)
@@ -133,7 +133,7 @@ start_ftpgate() { # name port data-ports backend relay-mode
     ADDR[$1]=127.0.0.1:$2
     wait_port 127.0.0.1 "$2"
 }
-start_ftpgate ftpgate "$FG_PORT" 40000-40999 "127.0.0.1:$VS_PORT" splice
+start_ftpgate ftpgate "$FG_PORT" 40000-40999 "127.0.0.1:$VS_PORT" auto
 PATHS+=(ftpgate)
 if ((COPY)); then
     start_ftpgate ftpgate-copy "$FG_COPY_PORT" 42000-42999 "127.0.0.1:$VS_PORT" copy
@@ -200,7 +200,7 @@ if [[ " $ONLY " == *" idle "* ]]; then
     "$LOAD" serve "127.0.0.1:$STUB_PORT" >"$RUN/stub.log" 2>&1 &
     PIDS+=($!)
     wait_port 127.0.0.1 "$STUB_PORT"
-    start_ftpgate ftpgate-idle "$FG_IDLE_PORT" 43000-43099 "127.0.0.1:$STUB_PORT" splice
+    start_ftpgate ftpgate-idle "$FG_IDLE_PORT" 43000-43099 "127.0.0.1:$STUB_PORT" auto
     kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/smaps_rollup"; }
     pid=${PID[ftpgate-idle]}
     # Warm up allocator and runtime with a few sessions first.

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::balancer::Balancer;
-use crate::config::{Config, ListenerMode};
+use crate::config::{ListenerMode, ValidConfig};
 use crate::dataport::PortPool;
 use crate::health::{self, HEALTH_CHECK_INTERVAL};
 use crate::metrics::Metrics;
@@ -39,14 +39,14 @@ pub enum AppError {
 pub struct Gateway {
     listeners: Vec<(TcpListener, ListenerMode)>,
     ctx: Arc<SessionContext>,
-    /// The `/metrics` `/healthz` `/readyz` listener, when `metrics:` is set.
+    /// The `/metrics` `/healthz` `/readyz` listener, when `admin.listen` is set.
     admin: Option<TcpListener>,
     admin_state: Arc<AdminState>,
 }
 
 impl Gateway {
-    /// Binds every listener. The config must have been validated.
-    pub async fn bind(config: Config, metrics: Arc<Metrics>) -> Result<Gateway, AppError> {
+    /// Binds every listener.
+    pub async fn bind(config: ValidConfig, metrics: Arc<Metrics>) -> Result<Gateway, AppError> {
         let wanted = config.all_listeners();
         let mut listeners = Vec::with_capacity(wanted.len());
         for l in &wanted {
@@ -60,7 +60,7 @@ impl Gateway {
             .filter_map(|(l, _)| l.local_addr().ok())
             .collect();
         // Bound with the FTP listeners so a taken admin port fails startup too.
-        let admin = match config.metrics {
+        let admin = match config.admin.listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -83,7 +83,7 @@ impl Gateway {
             active_pool,
             balancer: Balancer::new(config.backends.clone()),
             listen_addrs,
-            config: Arc::new(config),
+            config: Arc::new(config.into_inner()),
             metrics,
         });
         Ok(Gateway {

@@ -8,7 +8,13 @@ use clap::{Args, Parser, Subcommand};
 
 use std::time::Duration;
 
-use crate::config::{BackendDataMode, Config, ConfigError, ListenerMode, LogFormat, PortRange};
+use crate::config::{
+    BackendDataMode, Config, ConfigErrors, Deprecation, ListenerMode, Loaded, LogFormat, PortRange,
+    RelayMode,
+};
+
+/// The pre-`relay:` way to turn splice off; still honoured, with a deprecation warning.
+pub const RELAY_ENV: &str = "FTPGATE_RELAY";
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 5m)"))
@@ -42,7 +48,7 @@ pub struct RunArgs {
     pub listen: Vec<SocketAddr>,
     /// Mode of the --listen addresses: reverse (in front of servers) or transparent
     /// (on a gateway, for redirected connections). YAML: mode, or per listener in listeners.
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", value_enum)]
     pub mode: Option<ListenerMode>,
     /// Transparent listeners accept TPROXY-diverted connections (IP_TRANSPARENT).
     /// YAML: listeners[].tproxy.
@@ -60,11 +66,11 @@ pub struct RunArgs {
     /// Ports for passive data connections. YAML: data_ports.
     #[arg(long, value_name = "LO-HI")]
     pub data_ports: Option<PortRange>,
-    /// Relay 227/229 unchanged (diagnostics only). YAML: rewrite_passive: false.
+    /// Relay 227/229 unchanged (diagnostics only). YAML: passive.rewrite: false.
     #[arg(long)]
     pub no_rewrite_passive: bool,
     /// Data mode towards backends: same, passive or active. YAML: backend_data_mode.
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", value_enum)]
     pub backend_data_mode: Option<BackendDataMode>,
     /// Network a client may name in PORT/EPRT besides its own address (repeatable).
     /// YAML: active.allow_foreign.
@@ -98,27 +104,50 @@ pub struct RunArgs {
     /// TCP connect timeout towards backends. YAML: timeouts.backend_connect.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub backend_connect_timeout: Option<Duration>,
+    /// Close the session (421) when a command gets no backend reply within this, 0
+    /// disables. YAML: timeouts.backend_reply.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub backend_reply_timeout: Option<Duration>,
+    /// Sessions not yet logged in, at most (0: unlimited). YAML: limits.max_prelogin_sessions.
+    #[arg(long, value_name = "N")]
+    pub max_prelogin_sessions: Option<usize>,
+    /// Data relay: auto (splice(2) on Linux) or copy (user-space buffer). YAML: relay.
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub relay: Option<RelayMode>,
     /// Async worker threads (default: one per core). YAML: worker_threads.
     #[arg(long, value_name = "N")]
     pub worker_threads: Option<usize>,
-    /// Admin listener for /metrics, /healthz, /readyz. YAML: metrics.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub metrics: Option<SocketAddr>,
+    /// Admin listener for /metrics, /healthz, /readyz (--metrics: the old name).
+    /// YAML: admin.listen.
+    #[arg(long, value_name = "ADDR:PORT", visible_alias = "metrics")]
+    pub admin_listen: Option<SocketAddr>,
     /// Log filter, e.g. info or ftpgate=debug (RUST_LOG wins). YAML: log.level.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// Log format: text or json. YAML: log.format.
-    #[arg(long, value_name = "FORMAT")]
+    #[arg(long, value_name = "FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 }
 
 impl RunArgs {
-    /// The file's config (or defaults) with every given flag applied on top.
-    pub fn resolve(&self) -> Result<Config, ConfigError> {
-        let mut cfg = match &self.config {
+    /// The file's config (or defaults) with every given flag applied on top, and the
+    /// deprecated spellings used (including `FTPGATE_RELAY` in the environment).
+    pub fn resolve(&self) -> Result<Loaded, ConfigErrors> {
+        let mut loaded = match &self.config {
             Some(path) => Config::from_file(path)?,
-            None => Config::default(),
+            None => Loaded::default(),
         };
+        self.apply(&mut loaded.config);
+        apply_relay_env(
+            &mut loaded,
+            std::env::var_os(RELAY_ENV).as_deref(),
+            self.relay.is_some(),
+        );
+        Ok(loaded)
+    }
+
+    /// Applies every given flag to `cfg`.
+    fn apply(&self, cfg: &mut Config) {
         if let Some(m) = self.mode {
             cfg.mode = m;
         }
@@ -153,7 +182,7 @@ impl RunArgs {
             cfg.data_ports = r;
         }
         if self.no_rewrite_passive {
-            cfg.rewrite_passive = false;
+            cfg.passive.rewrite = false;
         }
         if let Some(m) = self.backend_data_mode {
             cfg.backend_data_mode = m;
@@ -188,11 +217,20 @@ impl RunArgs {
         if let Some(d) = self.backend_connect_timeout {
             cfg.timeouts.backend_connect = d;
         }
+        if let Some(d) = self.backend_reply_timeout {
+            cfg.timeouts.backend_reply = d;
+        }
+        if let Some(n) = self.max_prelogin_sessions {
+            cfg.limits.max_prelogin_sessions = n;
+        }
+        if let Some(r) = self.relay {
+            cfg.relay = r;
+        }
         if let Some(n) = self.worker_threads {
             cfg.worker_threads = Some(n);
         }
-        if let Some(m) = self.metrics {
-            cfg.metrics = Some(m);
+        if let Some(a) = self.admin_listen {
+            cfg.admin.listen = Some(a);
         }
         if let Some(l) = &self.log_level {
             cfg.log.level = l.clone();
@@ -200,7 +238,20 @@ impl RunArgs {
         if let Some(f) = self.log_format {
             cfg.log.format = f;
         }
-        Ok(cfg)
+    }
+}
+
+/// `FTPGATE_RELAY=copy` predates `relay:`: it still selects copy (as it did, over the
+/// file) unless `--relay` is given, and any `FTPGATE_RELAY` is noted as deprecated.
+/// Other values never did anything and still do not.
+fn apply_relay_env(loaded: &mut Loaded, env: Option<&std::ffi::OsStr>, flag_given: bool) {
+    let Some(value) = env else { return };
+    loaded.deprecations.push(Deprecation {
+        old: "FTPGATE_RELAY (environment)",
+        new: "relay (--relay)",
+    });
+    if value == "copy" && !flag_given {
+        loaded.config.relay = RelayMode::Copy;
     }
 }
 
@@ -239,15 +290,94 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("run expected")
         };
-        let cfg = args.resolve().unwrap();
+        let cfg = args.resolve().unwrap().config;
         assert_eq!(cfg.listen, vec!["127.0.0.1:2121".parse().unwrap()]);
         assert_eq!(cfg.backends.len(), 2);
         assert_eq!(cfg.data_ports.to_string(), "50000-50010");
-        assert!(!cfg.rewrite_passive);
+        assert!(!cfg.passive.rewrite);
         assert_eq!(cfg.keepalive.noop_interval, Duration::from_millis(250));
         assert_eq!(cfg.backend_data_mode, BackendDataMode::Passive);
         assert_eq!(cfg.active.allow_foreign.len(), 1);
         assert_eq!(cfg.worker_threads, Some(1));
+    }
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from(["ftpgate", "run"].iter().chain(flags)).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run expected")
+        };
+        *args
+    }
+
+    #[test]
+    fn new_flags_set_new_keys() {
+        let mut cfg = Config::default();
+        run_args(&[
+            "--admin-listen",
+            "127.0.0.1:9464",
+            "--backend-reply-timeout",
+            "30s",
+            "--max-prelogin-sessions",
+            "0",
+            "--relay",
+            "copy",
+        ])
+        .apply(&mut cfg);
+        assert_eq!(cfg.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(cfg.timeouts.backend_reply, Duration::from_secs(30));
+        assert_eq!(cfg.limits.max_prelogin_sessions, 0);
+        assert_eq!(cfg.relay, RelayMode::Copy);
+        // The old flag name is an alias of --admin-listen.
+        let mut cfg = Config::default();
+        run_args(&["--metrics", "127.0.0.1:1"]).apply(&mut cfg);
+        assert_eq!(cfg.admin.listen, Some("127.0.0.1:1".parse().unwrap()));
+    }
+
+    #[test]
+    fn enum_flags_keep_their_values() {
+        let mut cfg = Config::default();
+        run_args(&[
+            "--mode",
+            "transparent",
+            "--backend-data-mode",
+            "active",
+            "--log-format",
+            "json",
+            "--relay",
+            "auto",
+        ])
+        .apply(&mut cfg);
+        assert_eq!(cfg.mode, ListenerMode::Transparent);
+        assert_eq!(cfg.backend_data_mode, BackendDataMode::Active);
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        assert_eq!(cfg.relay, RelayMode::Auto);
+        for (flag, value) in [
+            ("--mode", "forward"),
+            ("--backend-data-mode", "pasv"),
+            ("--log-format", "xml"),
+            ("--relay", "splice"),
+        ] {
+            let err = Cli::try_parse_from(["ftpgate", "run", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(value), "{flag}: {err}");
+        }
+    }
+
+    #[test]
+    fn relay_env_is_a_deprecated_alias() {
+        let copy = std::ffi::OsStr::new("copy");
+        let mut loaded = Loaded::default();
+        apply_relay_env(&mut loaded, None, false);
+        assert_eq!(loaded.config.relay, RelayMode::Auto);
+        assert!(loaded.deprecations.is_empty());
+        apply_relay_env(&mut loaded, Some(copy), false);
+        assert_eq!(loaded.config.relay, RelayMode::Copy);
+        assert_eq!(loaded.deprecations.len(), 1);
+        assert!(loaded.deprecations[0].to_string().contains("FTPGATE_RELAY"));
+        // --relay wins over the environment, which is still reported.
+        let mut loaded = Loaded::default();
+        apply_relay_env(&mut loaded, Some(copy), true);
+        assert_eq!(loaded.config.relay, RelayMode::Auto);
+        assert_eq!(loaded.deprecations.len(), 1);
     }
 
     #[test]

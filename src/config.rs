@@ -1,7 +1,12 @@
 //! Configuration: YAML file, overridden by CLI flags, validated before anything binds.
 //!
-//! Every key has a default except `listen` and `backends`; `validate` names the
-//! offending key so an operator can fix a file without reading code.
+//! Every key has a default except `listen` and `backends`. Keys are grouped by concern
+//! (`passive`, `control`, `admin`, `timeouts`, `limits`, ...); the old top-level
+//! spellings still load as deprecated aliases (see [`DEPRECATED_KEYS`]), each noted in
+//! [`Loaded::deprecations`] for the caller to log once logging is up.
+//!
+//! [`Config::validate`] reports every problem at once, each naming its key, so an
+//! operator fixes a file in one pass; only its [`ValidConfig`] can start a gateway.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -9,6 +14,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
 use crate::protocol::line::DEFAULT_MAX_LINE;
@@ -25,7 +31,69 @@ pub enum ConfigError {
     Parse(String),
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A deprecated key and the key replacing it were both given: which one wins would
+    /// be a guess, so neither does.
+    #[error("{old}: deprecated alias of {new}, which is also given; keep only {new}")]
+    Conflict {
+        old: &'static str,
+        new: &'static str,
+    },
 }
+
+/// Every error found in a configuration; `Display` puts one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", join_lines(.0))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+fn join_lines(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigErrors {
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+/// A deprecated spelling that was used; logged as a warning at startup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deprecation {
+    pub old: &'static str,
+    pub new: &'static str,
+}
+
+impl fmt::Display for Deprecation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} is deprecated; use {}", self.old, self.new)
+    }
+}
+
+/// Old top-level keys and the keys replacing them (README lists the same).
+pub const DEPRECATED_KEYS: &[(&str, &str)] = &[
+    ("rewrite_passive", "passive.rewrite"),
+    ("passive_target", "passive.target"),
+    ("max_line_length", "control.max_line_length"),
+    ("max_pipelined_commands", "control.max_pipelined_commands"),
+    ("metrics", "admin.listen"),
+];
 
 impl ConfigError {
     fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
@@ -54,6 +122,10 @@ impl PortRange {
 
     pub fn contains(&self, port: u16) -> bool {
         (self.lo..=self.hi).contains(&port)
+    }
+
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.lo <= other.hi && other.lo <= self.hi
     }
 }
 
@@ -105,7 +177,7 @@ pub enum PassiveTarget {
     Control,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -113,19 +185,8 @@ pub enum LogFormat {
     Json,
 }
 
-impl FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!("`{other}` is not a log format (text or json)")),
-        }
-    }
-}
-
 /// How ftpgate opens data connections towards the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendDataMode {
     /// The mode the client chose (PASV/EPSV stay passive, PORT/EPRT stay active).
@@ -137,22 +198,8 @@ pub enum BackendDataMode {
     Active,
 }
 
-impl FromStr for BackendDataMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "same" => Ok(BackendDataMode::Same),
-            "passive" => Ok(BackendDataMode::Passive),
-            "active" => Ok(BackendDataMode::Active),
-            other => Err(format!(
-                "`{other}` is not a data mode (same, passive or active)"
-            )),
-        }
-    }
-}
-
 /// What a listener does with the connections it accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ListenerMode {
     /// In front of FTP servers: sessions go to `backends`.
@@ -163,15 +210,17 @@ pub enum ListenerMode {
     Transparent,
 }
 
-impl FromStr for ListenerMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "reverse" => Ok(ListenerMode::Reverse),
-            "transparent" => Ok(ListenerMode::Transparent),
-            other => Err(format!("`{other}` is not a mode (reverse or transparent)")),
-        }
-    }
+/// How data connections are relayed (process-wide; see [`crate::relay::set_relay_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayMode {
+    /// splice(2) between the sockets on Linux (bytes stay in the kernel); elsewhere, or
+    /// when no pipe can be made, the buffered copy.
+    #[default]
+    Auto,
+    /// Always copy through a user-space buffer (benchmarks, and an escape hatch should a
+    /// kernel's splice misbehave).
+    Copy,
 }
 
 /// One listener, for configurations that mix modes.
@@ -207,13 +256,76 @@ impl Default for TransparentConfig {
     }
 }
 
+/// Passive mode (PASV/EPSV) relaying: YAML `passive:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveConfig {
+    /// Rewrite `227`/`229` replies (turning this off is a diagnostic knob only).
+    pub rewrite: bool,
+    /// Where ftpgate connects for a passive data connection.
+    pub target: PassiveTarget,
+    /// Networks a backend's `227` may name besides the backend's own control address.
+    /// Empty: only its own.
+    pub allow_targets: Vec<IpNet>,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            rewrite: true,
+            target: PassiveTarget::Reply,
+            allow_targets: Vec::new(),
+        }
+    }
+}
+
+/// The client control connection: YAML `control:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Longest control line accepted from a client, terminator included.
+    pub max_line_length: usize,
+    /// Commands a client may have outstanding before ftpgate stops reading from it.
+    pub max_pipelined_commands: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            max_line_length: DEFAULT_MAX_LINE,
+            max_pipelined_commands: 64,
+        }
+    }
+}
+
+/// The admin HTTP endpoint: YAML `admin:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Listener for `/metrics`, `/healthz`, `/readyz`; unset: none.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Caps on what clients may hold: YAML `limits:`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sessions not yet logged in, at most; 0: unlimited.
+    pub max_prelogin_sessions: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_prelogin_sessions: 1000,
+        }
+    }
+}
+
 /// Active mode (PORT/EPRT) relaying.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveConfig {
     /// Networks a client may name in PORT/EPRT besides its own address. Empty: only its
     /// own (FTP bounce protection).
-    pub allow_foreign: Vec<ipnet::IpNet>,
+    pub allow_foreign: Vec<IpNet>,
     /// Source port for data connections ftpgate opens to clients (20 for client
     /// firewalls that insist on it; needs CAP_NET_BIND_SERVICE). 0: any port.
     pub source_port: u16,
@@ -222,8 +334,10 @@ pub struct ActiveConfig {
     pub ports: Option<PortRange>,
 }
 
-/// TCP keepalive on control connections (both sides).
-#[derive(Debug, Clone, Deserialize)]
+/// TCP keepalive on control connections (both sides): the YAML `keepalive.tcp` section
+/// and what [`crate::net::prepare_control_socket`] applies — one type, so a new knob
+/// cannot be parsed and then forgotten on the way to the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TcpKeepaliveConfig {
     /// Idle time before the first probe; 0s disables TCP keepalive.
@@ -264,12 +378,9 @@ impl Default for KeepaliveConfig {
 }
 
 impl KeepaliveConfig {
-    pub fn tcp_params(&self) -> Option<crate::net::KeepaliveParams> {
-        (!self.tcp.idle.is_zero()).then_some(crate::net::KeepaliveParams {
-            idle: self.tcp.idle,
-            interval: self.tcp.interval,
-            count: self.tcp.count,
-        })
+    /// The TCP keepalive to set on control sockets; `None` when disabled (idle 0s).
+    pub fn tcp_params(&self) -> Option<TcpKeepaliveConfig> {
+        (!self.tcp.idle.is_zero()).then_some(self.tcp)
     }
 }
 
@@ -293,6 +404,11 @@ pub struct Timeouts {
     /// (a peer that neither sends nor closes); 0s disables.
     #[serde(with = "humantime_serde")]
     pub data_idle: Duration,
+    /// A command outstanding at the backend with no reply for this long closes the
+    /// session with `421` (a hung backend would otherwise hold the client forever);
+    /// 0s disables.
+    #[serde(with = "humantime_serde")]
+    pub backend_reply: Duration,
 }
 
 impl Default for Timeouts {
@@ -303,6 +419,7 @@ impl Default for Timeouts {
             login: Duration::from_secs(60),
             idle: Duration::from_secs(15 * 60),
             data_idle: Duration::from_secs(5 * 60),
+            backend_reply: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -324,9 +441,8 @@ impl Default for LogConfig {
     }
 }
 
-/// The whole configuration. Field names are the YAML keys.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// The whole configuration. Field paths are the YAML key paths.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Addresses accepting FTP clients, all in `mode`.
     pub listen: Vec<SocketAddr>,
@@ -344,24 +460,26 @@ pub struct Config {
     pub public_address: Vec<IpAddr>,
     /// Ports ftpgate listens on for passive data connections.
     pub data_ports: PortRange,
-    /// Rewrite `227`/`229` replies (turning this off is a diagnostic knob only).
-    pub rewrite_passive: bool,
-    pub passive_target: PassiveTarget,
-    /// Longest control line accepted from a client, terminator included.
-    pub max_line_length: usize,
-    /// Commands a client may have outstanding before ftpgate stops reading from it.
-    pub max_pipelined_commands: usize,
+    pub passive: PassiveConfig,
+    pub control: ControlConfig,
     /// How data connections are opened towards the backend.
     pub backend_data_mode: BackendDataMode,
     pub active: ActiveConfig,
     pub keepalive: KeepaliveConfig,
     pub timeouts: Timeouts,
-    /// Admin listener for `/metrics`, `/healthz`, `/readyz`; unset: none.
-    pub metrics: Option<SocketAddr>,
+    pub limits: LimitsConfig,
+    pub admin: AdminConfig,
+    /// Data relay implementation (process-wide).
+    pub relay: RelayMode,
     /// Async worker threads; unset: one per core.
     pub worker_threads: Option<usize>,
     pub log: LogConfig,
 }
+
+const DEFAULT_DATA_PORTS: PortRange = PortRange {
+    lo: 50000,
+    hi: 50999,
+};
 
 impl Default for Config {
     fn default() -> Self {
@@ -372,28 +490,223 @@ impl Default for Config {
             transparent: TransparentConfig::default(),
             backends: Vec::new(),
             public_address: Vec::new(),
-            data_ports: PortRange {
-                lo: 50000,
-                hi: 50999,
-            },
-            rewrite_passive: true,
-            passive_target: PassiveTarget::Reply,
-            max_line_length: DEFAULT_MAX_LINE,
-            max_pipelined_commands: 64,
+            data_ports: DEFAULT_DATA_PORTS,
+            passive: PassiveConfig::default(),
+            control: ControlConfig::default(),
             backend_data_mode: BackendDataMode::Same,
             active: ActiveConfig::default(),
             keepalive: KeepaliveConfig::default(),
             timeouts: Timeouts::default(),
-            metrics: None,
+            limits: LimitsConfig::default(),
+            admin: AdminConfig::default(),
+            relay: RelayMode::Auto,
             worker_threads: None,
             log: LogConfig::default(),
         }
     }
 }
 
+/// The file as written: sections whose keys have deprecated top-level aliases keep
+/// every value optional, so [`RawConfig::normalise`] can tell "given" from "default".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    listen: Vec<SocketAddr>,
+    mode: ListenerMode,
+    listeners: Vec<ListenerConfig>,
+    transparent: TransparentConfig,
+    backends: Vec<SocketAddr>,
+    public_address: Vec<IpAddr>,
+    data_ports: Option<PortRange>,
+    passive: RawPassive,
+    control: RawControl,
+    backend_data_mode: BackendDataMode,
+    active: ActiveConfig,
+    keepalive: KeepaliveConfig,
+    timeouts: Timeouts,
+    limits: LimitsConfig,
+    admin: RawAdmin,
+    relay: RelayMode,
+    worker_threads: Option<usize>,
+    log: LogConfig,
+    // Deprecated top-level spellings (DEPRECATED_KEYS).
+    rewrite_passive: Option<bool>,
+    passive_target: Option<PassiveTarget>,
+    max_line_length: Option<usize>,
+    max_pipelined_commands: Option<usize>,
+    metrics: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPassive {
+    rewrite: Option<bool>,
+    target: Option<PassiveTarget>,
+    allow_targets: Vec<IpNet>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawControl {
+    max_line_length: Option<usize>,
+    max_pipelined_commands: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: Option<SocketAddr>,
+}
+
+/// Resolves one key that has a deprecated alias: the new key, else the old one (noted),
+/// else `default`; both given is an error.
+fn aliased<T>(
+    new: (&'static str, Option<T>),
+    old: (&'static str, Option<T>),
+    default: T,
+    deprecations: &mut Vec<Deprecation>,
+    errors: &mut Vec<ConfigError>,
+) -> T {
+    match (new.1, old.1) {
+        (Some(_), Some(_)) => {
+            errors.push(ConfigError::Conflict {
+                old: old.0,
+                new: new.0,
+            });
+            default
+        }
+        (Some(v), None) => v,
+        (None, Some(v)) => {
+            deprecations.push(Deprecation {
+                old: old.0,
+                new: new.0,
+            });
+            v
+        }
+        (None, None) => default,
+    }
+}
+
+impl RawConfig {
+    fn normalise(self) -> Result<Loaded, ConfigErrors> {
+        let mut deprecations = Vec::new();
+        let mut errors = Vec::new();
+        let d = Config::default();
+        let passive = PassiveConfig {
+            rewrite: aliased(
+                ("passive.rewrite", self.passive.rewrite),
+                ("rewrite_passive", self.rewrite_passive),
+                d.passive.rewrite,
+                &mut deprecations,
+                &mut errors,
+            ),
+            target: aliased(
+                ("passive.target", self.passive.target),
+                ("passive_target", self.passive_target),
+                d.passive.target,
+                &mut deprecations,
+                &mut errors,
+            ),
+            allow_targets: self.passive.allow_targets,
+        };
+        let control = ControlConfig {
+            max_line_length: aliased(
+                ("control.max_line_length", self.control.max_line_length),
+                ("max_line_length", self.max_line_length),
+                d.control.max_line_length,
+                &mut deprecations,
+                &mut errors,
+            ),
+            max_pipelined_commands: aliased(
+                (
+                    "control.max_pipelined_commands",
+                    self.control.max_pipelined_commands,
+                ),
+                ("max_pipelined_commands", self.max_pipelined_commands),
+                d.control.max_pipelined_commands,
+                &mut deprecations,
+                &mut errors,
+            ),
+        };
+        let admin = AdminConfig {
+            listen: aliased(
+                ("admin.listen", self.admin.listen.map(Some)),
+                ("metrics", self.metrics.map(Some)),
+                None,
+                &mut deprecations,
+                &mut errors,
+            ),
+        };
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let config = Config {
+            listen: self.listen,
+            mode: self.mode,
+            listeners: self.listeners,
+            transparent: self.transparent,
+            backends: self.backends,
+            public_address: self.public_address,
+            data_ports: self.data_ports.unwrap_or(DEFAULT_DATA_PORTS),
+            passive,
+            control,
+            backend_data_mode: self.backend_data_mode,
+            active: self.active,
+            keepalive: self.keepalive,
+            timeouts: self.timeouts,
+            limits: self.limits,
+            admin,
+            relay: self.relay,
+            worker_threads: self.worker_threads,
+            log: self.log,
+        };
+        Ok(Loaded {
+            config,
+            deprecations,
+        })
+    }
+}
+
+/// A parsed (not yet validated) configuration and the deprecated spellings it used.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub config: Config,
+    /// One entry per deprecated key (or environment variable) used, to log as a
+    /// warning once logging is set up.
+    pub deprecations: Vec<Deprecation>,
+}
+
+/// A configuration that passed [`Config::validate`]; what [`crate::app::Gateway::bind`]
+/// takes, so an unchecked config cannot start a gateway.
+#[derive(Debug, Clone)]
+pub struct ValidConfig(Config);
+
+impl ValidConfig {
+    pub fn into_inner(self) -> Config {
+        self.0
+    }
+}
+
+impl std::ops::Deref for ValidConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
+/// Collects validation errors, each naming its key.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    fn add(&mut self, key: &'static str, reason: impl Into<String>) {
+        self.0.push(ConfigError::invalid(key, reason));
+    }
+}
+
 impl Config {
     /// Reads and parses a YAML file (not yet validated).
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+    pub fn from_file(path: &Path) -> Result<Loaded, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
@@ -401,15 +714,17 @@ impl Config {
         Config::from_yaml(&text)
     }
 
-    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+    /// Parses YAML (not yet validated). A syntax or type error stops parsing, so it
+    /// comes alone; alias conflicts are all reported together.
+    pub fn from_yaml(text: &str) -> Result<Loaded, ConfigErrors> {
         // An empty file is a valid (all-defaults) document, not a parse error.
         if text.trim().is_empty() {
-            return Ok(Config::default());
+            return Ok(Loaded::default());
         }
         // serde_path_to_error names the key even for top-level values, which the YAML
         // deserializer's own messages leave out.
         let de = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
             // The YAML error may carry a prefix of the path itself; say it once.
@@ -422,98 +737,34 @@ impl Config {
             } else {
                 ConfigError::Parse(format!("{path}: {reason}"))
             }
-        })
+        })?;
+        raw.normalise()
     }
 
-    /// Checks what types alone cannot, naming the key at fault.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let listeners = self.all_listeners();
-        if listeners.is_empty() {
-            return Err(ConfigError::invalid(
-                "listen",
-                "at least one listen address (listen or listeners) is required",
-            ));
+    /// Checks what types alone cannot and returns the config as [`ValidConfig`], or
+    /// every problem found (not just the first), each naming its key.
+    pub fn validate(self) -> Result<ValidConfig, ConfigErrors> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(ValidConfig(self))
+        } else {
+            Err(ConfigErrors(problems))
         }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(l) = listeners.iter().find(|l| !seen.insert(l.listen)) {
-            return Err(ConfigError::invalid(
-                "listeners",
-                format!("{} is listed twice", l.listen),
-            ));
-        }
-        if let Some(l) = listeners
-            .iter()
-            .find(|l| l.tproxy && l.mode != ListenerMode::Transparent)
-        {
-            return Err(ConfigError::invalid(
-                "listeners",
-                format!("{}: tproxy needs mode transparent", l.listen),
-            ));
-        }
-        if self.transparent.map_passive && listeners.iter().any(|l| l.tproxy) {
-            // A TPROXY session's local address is the server's; there is no gateway
-            // address of ours to announce to the client.
-            return Err(ConfigError::invalid(
-                "transparent.map_passive",
-                "not supported with tproxy listeners (use REDIRECT)",
-            ));
-        }
-        let any_reverse = listeners.iter().any(|l| l.mode == ListenerMode::Reverse);
-        if any_reverse && self.backends.is_empty() {
-            return Err(ConfigError::invalid(
-                "backends",
-                "at least one backend is required for a reverse listener",
-            ));
-        }
-        if let Some(b) = self.backends.iter().find(|b| b.port() == 0) {
-            return Err(ConfigError::invalid(
-                "backends",
-                format!("{b}: port 0 is not a backend port"),
-            ));
-        }
-        let v4 = self.public_address.iter().filter(|a| a.is_ipv4()).count();
-        let v6 = self.public_address.len() - v4;
-        if v4 > 1 || v6 > 1 {
-            return Err(ConfigError::invalid(
-                "public_address",
-                "at most one IPv4 and one IPv6 address",
-            ));
-        }
-        if let Some(a) = self.public_address.iter().find(|a| a.is_unspecified()) {
-            return Err(ConfigError::invalid(
-                "public_address",
-                format!("{a} is not an address a client can connect to"),
-            ));
-        }
-        if let Some(l) = self
-            .listen
-            .iter()
-            .find(|l| self.data_ports.contains(l.port()))
-        {
-            return Err(ConfigError::invalid(
-                "data_ports",
-                format!(
-                    "range {} contains listen port {}",
-                    self.data_ports,
-                    l.port()
-                ),
-            ));
-        }
-        if self.max_line_length < 512 {
+    }
+
+    /// Every validation problem, in key order; empty when valid.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut p = Problems::default();
+        self.check_listeners(&mut p);
+        self.check_addresses(&mut p);
+        self.check_ports(&mut p);
+        self.check_passive(&mut p);
+        if self.control.max_line_length < 512 {
             // RFC 959 §4.1.3 commands fit in far less, but paths do not.
-            return Err(ConfigError::invalid(
-                "max_line_length",
-                "must be at least 512 bytes",
-            ));
+            p.add("control.max_line_length", "must be at least 512 bytes");
         }
-        if self.worker_threads == Some(0) {
-            return Err(ConfigError::invalid("worker_threads", "must be at least 1"));
-        }
-        if self.max_pipelined_commands == 0 {
-            return Err(ConfigError::invalid(
-                "max_pipelined_commands",
-                "must be at least 1",
-            ));
+        if self.control.max_pipelined_commands == 0 {
+            p.add("control.max_pipelined_commands", "must be at least 1");
         }
         for (key, d) in [
             ("timeouts.data_connect", self.timeouts.data_connect),
@@ -521,10 +772,143 @@ impl Config {
             ("timeouts.login", self.timeouts.login),
         ] {
             if d.is_zero() {
-                return Err(ConfigError::invalid(key, "must be longer than 0s"));
+                p.add(key, "must be longer than 0s");
             }
         }
-        Ok(())
+        if self.worker_threads == Some(0) {
+            p.add("worker_threads", "must be at least 1");
+        }
+        p.0
+    }
+
+    fn check_listeners(&self, p: &mut Problems) {
+        let listeners = self.all_listeners();
+        if listeners.is_empty() {
+            p.add(
+                "listen",
+                "at least one listen address (listen or listeners) is required",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for l in &listeners {
+            if !seen.insert(l.listen) {
+                p.add("listeners", format!("{} is listed twice", l.listen));
+            }
+        }
+        for l in listeners
+            .iter()
+            .filter(|l| l.tproxy && l.mode != ListenerMode::Transparent)
+        {
+            p.add(
+                "listeners",
+                format!("{}: tproxy needs mode transparent", l.listen),
+            );
+        }
+        if self.transparent.map_passive && listeners.iter().any(|l| l.tproxy) {
+            // A TPROXY session's local address is the server's; there is no gateway
+            // address of ours to announce to the client.
+            p.add(
+                "transparent.map_passive",
+                "not supported with tproxy listeners (use REDIRECT)",
+            );
+        }
+        let any_reverse = listeners.iter().any(|l| l.mode == ListenerMode::Reverse);
+        if any_reverse && self.backends.is_empty() {
+            p.add(
+                "backends",
+                "at least one backend is required for a reverse listener",
+            );
+        }
+        for b in self.backends.iter().filter(|b| b.port() == 0) {
+            p.add("backends", format!("{b}: port 0 is not a backend port"));
+        }
+    }
+
+    fn check_addresses(&self, p: &mut Problems) {
+        let v4 = self.public_address.iter().filter(|a| a.is_ipv4()).count();
+        let v6 = self.public_address.len() - v4;
+        if v4 > 1 || v6 > 1 {
+            p.add("public_address", "at most one IPv4 and one IPv6 address");
+        }
+        for a in self.public_address.iter().filter(|a| a.is_unspecified()) {
+            p.add(
+                "public_address",
+                format!("{a} is not an address a client can connect to"),
+            );
+        }
+    }
+
+    /// Data-port ranges must not hold a port something else listens on: the pool would
+    /// hand it out and fail to bind it (or, with SO_REUSEADDR on a wildcard address,
+    /// steal connections meant for it).
+    fn check_ports(&self, p: &mut Problems) {
+        let mut fixed: Vec<(String, SocketAddr)> = self
+            .listen
+            .iter()
+            .map(|&a| ("listen".to_string(), a))
+            .chain(
+                self.listeners
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (format!("listeners[{i}].listen"), l.listen)),
+            )
+            .collect();
+        if let Some(a) = self.admin.listen {
+            fixed.push(("admin.listen".into(), a));
+        }
+        let mut ranges = vec![("data_ports", self.data_ports)];
+        if let Some(r) = self.active.ports {
+            ranges.push(("active.ports", r));
+        }
+        for &(key, range) in &ranges {
+            for (what, addr) in fixed.iter().filter(|(_, a)| range.contains(a.port())) {
+                p.add(
+                    key,
+                    format!(
+                        "range {range} contains {what} port {} ({addr})",
+                        addr.port()
+                    ),
+                );
+            }
+        }
+        if let Some(active) = self.active.ports {
+            // A set active.ports is a pool of its own (even when equal to data_ports): a
+            // port in both ranges could be leased twice at once.
+            if active.overlaps(&self.data_ports) {
+                p.add(
+                    "active.ports",
+                    format!(
+                        "range {active} overlaps data_ports {}; make them disjoint, or omit \
+                         active.ports to share data_ports",
+                        self.data_ports
+                    ),
+                );
+            }
+        }
+    }
+
+    fn check_passive(&self, p: &mut Problems) {
+        let mut seen = std::collections::HashSet::new();
+        for net in &self.passive.allow_targets {
+            if net.trunc() != *net {
+                // 10.0.0.5/8 is most likely a typo for a host (/32) or for 10.0.0.0/8;
+                // guessing either would widen or narrow what a backend may name.
+                p.add(
+                    "passive.allow_targets",
+                    format!("{net} has host bits set (network is {})", net.trunc()),
+                );
+            }
+            if !seen.insert(*net) {
+                p.add("passive.allow_targets", format!("{net} is listed twice"));
+            }
+        }
+        if self.passive.target == PassiveTarget::Control && !self.passive.allow_targets.is_empty() {
+            p.add(
+                "passive.allow_targets",
+                "has no effect with passive.target: control (ftpgate never connects to the \
+                 address a 227 names)",
+            );
+        }
     }
 
     /// Every listener: the `listen` shorthand (in `mode`) followed by `listeners`.
@@ -553,11 +937,30 @@ impl Config {
 mod tests {
     use super::*;
 
+    const BASE: &str = "listen: ['127.0.0.1:2121']\nbackends: ['10.0.0.2:21']\n";
+
+    fn load(extra: &str) -> Loaded {
+        Config::from_yaml(&format!("{BASE}{extra}")).expect("parses")
+    }
+
+    /// Every error's text, one per element.
+    fn errors_of(r: Result<impl fmt::Debug, ConfigErrors>) -> Vec<String> {
+        r.unwrap_err().iter().map(ToString::to_string).collect()
+    }
+
+    fn first_error(cfg: &Config) -> String {
+        cfg.problems()
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
     #[test]
     fn example_config_in_repo_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ftpgate.yaml");
-        let cfg = Config::from_file(&path).expect("example parses");
-        cfg.validate().expect("example validates");
+        let loaded = Config::from_file(&path).expect("example parses");
+        assert_eq!(loaded.deprecations, [], "example uses deprecated keys");
+        loaded.config.validate().expect("example validates");
     }
 
     #[test]
@@ -566,6 +969,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("backend"), "{err}");
+        let err = Config::from_yaml("passive:\n  target: reply\n  rewrite_passive: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("passive.rewrite_passive"), "{err}");
     }
 
     #[test]
@@ -578,10 +985,155 @@ mod tests {
 
     #[test]
     fn durations_parse_humanly() {
-        let cfg =
-            Config::from_yaml("timeouts:\n  data_connect: 2m\n  backend_connect: 250ms\n").unwrap();
+        let cfg = load("timeouts:\n  data_connect: 2m\n  backend_connect: 250ms\n").config;
         assert_eq!(cfg.timeouts.data_connect, Duration::from_secs(120));
         assert_eq!(cfg.timeouts.backend_connect, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn new_keys_have_their_defaults() {
+        let loaded = load("");
+        assert!(loaded.deprecations.is_empty());
+        let cfg = loaded.config;
+        assert!(cfg.passive.rewrite);
+        assert_eq!(cfg.passive.target, PassiveTarget::Reply);
+        assert!(cfg.passive.allow_targets.is_empty());
+        assert_eq!(cfg.control.max_line_length, DEFAULT_MAX_LINE);
+        assert_eq!(cfg.control.max_pipelined_commands, 64);
+        assert_eq!(cfg.admin.listen, None);
+        assert_eq!(cfg.timeouts.backend_reply, Duration::from_secs(300));
+        assert_eq!(cfg.limits.max_prelogin_sessions, 1000);
+        assert_eq!(cfg.relay, RelayMode::Auto);
+        assert_eq!(cfg.data_ports, DEFAULT_DATA_PORTS);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn new_keys_parse() {
+        let cfg = load(
+            "passive:\n  rewrite: false\n  target: control\n\
+             control:\n  max_line_length: 1024\n  max_pipelined_commands: 8\n\
+             admin:\n  listen: '127.0.0.1:9464'\n\
+             timeouts:\n  backend_reply: 0s\n\
+             limits:\n  max_prelogin_sessions: 0\n\
+             relay: copy\n",
+        )
+        .config;
+        assert!(!cfg.passive.rewrite);
+        assert_eq!(cfg.passive.target, PassiveTarget::Control);
+        assert_eq!(cfg.control.max_line_length, 1024);
+        assert_eq!(cfg.control.max_pipelined_commands, 8);
+        assert_eq!(cfg.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(cfg.timeouts.backend_reply, Duration::ZERO);
+        assert_eq!(cfg.limits.max_prelogin_sessions, 0);
+        assert_eq!(cfg.relay, RelayMode::Copy);
+        let cfg = load("passive:\n  allow_targets: ['192.0.2.0/24', '2001:db8::/32']\n").config;
+        assert_eq!(cfg.passive.allow_targets.len(), 2);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn each_deprecated_key_still_works_and_is_noted() {
+        for (old, new, yaml) in [
+            (
+                "rewrite_passive",
+                "passive.rewrite",
+                "rewrite_passive: false\n",
+            ),
+            (
+                "passive_target",
+                "passive.target",
+                "passive_target: control\n",
+            ),
+            (
+                "max_line_length",
+                "control.max_line_length",
+                "max_line_length: 1024\n",
+            ),
+            (
+                "max_pipelined_commands",
+                "control.max_pipelined_commands",
+                "max_pipelined_commands: 8\n",
+            ),
+            ("metrics", "admin.listen", "metrics: '127.0.0.1:9464'\n"),
+        ] {
+            let loaded = load(yaml);
+            assert_eq!(loaded.deprecations, [Deprecation { old, new }], "{yaml}");
+            assert!(DEPRECATED_KEYS.contains(&(old, new)), "{old} not in table");
+            let warning = loaded.deprecations[0].to_string();
+            assert!(warning.contains(old) && warning.contains(new), "{warning}");
+            let c = loaded.config;
+            // The old key's value lands at the new path.
+            match old {
+                "rewrite_passive" => assert!(!c.passive.rewrite),
+                "passive_target" => assert_eq!(c.passive.target, PassiveTarget::Control),
+                "max_line_length" => assert_eq!(c.control.max_line_length, 1024),
+                "max_pipelined_commands" => assert_eq!(c.control.max_pipelined_commands, 8),
+                _ => assert_eq!(c.admin.listen, Some("127.0.0.1:9464".parse().unwrap())),
+            }
+        }
+        assert_eq!(DEPRECATED_KEYS.len(), 5);
+    }
+
+    #[test]
+    fn deprecated_and_new_key_together_is_an_error_naming_both() {
+        for (yaml, old, new) in [
+            (
+                "rewrite_passive: false\npassive:\n  rewrite: true\n",
+                "rewrite_passive",
+                "passive.rewrite",
+            ),
+            (
+                "passive_target: reply\npassive:\n  target: reply\n",
+                "passive_target",
+                "passive.target",
+            ),
+            (
+                "max_line_length: 1024\ncontrol:\n  max_line_length: 1024\n",
+                "max_line_length",
+                "control.max_line_length",
+            ),
+            (
+                "max_pipelined_commands: 8\ncontrol:\n  max_pipelined_commands: 8\n",
+                "max_pipelined_commands",
+                "control.max_pipelined_commands",
+            ),
+            (
+                "metrics: '127.0.0.1:1'\nadmin:\n  listen: '127.0.0.1:2'\n",
+                "metrics",
+                "admin.listen",
+            ),
+        ] {
+            let errs = errors_of(Config::from_yaml(&format!("{BASE}{yaml}")));
+            assert_eq!(errs.len(), 1, "{yaml}: {errs:?}");
+            assert!(errs[0].starts_with(&format!("{old}:")), "{}", errs[0]);
+            assert!(errs[0].contains(new), "{}", errs[0]);
+        }
+        // Two conflicts in one file: both reported.
+        let errs = errors_of(Config::from_yaml(&format!(
+            "{BASE}metrics: '127.0.0.1:1'\nadmin:\n  listen: '127.0.0.1:2'\n\
+             rewrite_passive: true\npassive:\n  rewrite: true\n"
+        )));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+
+    #[test]
+    fn validation_reports_every_error_at_once() {
+        let cfg = load(
+            "public_address: ['0.0.0.0']\n\
+             control:\n  max_line_length: 100\n\
+             timeouts:\n  login: 0s\n",
+        )
+        .config;
+        let errs = errors_of(cfg.validate());
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].starts_with("public_address:"), "{errs:?}");
+        assert!(errs[1].starts_with("control.max_line_length:"), "{errs:?}");
+        assert!(errs[2].starts_with("timeouts.login:"), "{errs:?}");
+        // Display: one error per line, for `ftpgate check`.
+        let cfg = load("public_address: ['0.0.0.0']\nworker_threads: 0\n").config;
+        let text = cfg.validate().unwrap_err().to_string();
+        assert_eq!(text.lines().count(), 2, "{text}");
     }
 
     #[test]
@@ -591,27 +1143,109 @@ mod tests {
             backends: vec!["127.0.0.1:21".parse().unwrap()],
             ..Config::default()
         };
-        cfg.validate().unwrap();
+        assert!(cfg.problems().is_empty());
         cfg.data_ports = "2000-3000".parse().unwrap();
-        assert!(cfg
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("data_ports:"));
+        assert!(first_error(&cfg).starts_with("data_ports:"));
         cfg.data_ports = "50000-50001".parse().unwrap();
         cfg.public_address = vec!["0.0.0.0".parse().unwrap()];
-        assert!(cfg
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("public_address:"));
+        assert!(first_error(&cfg).starts_with("public_address:"));
         cfg.public_address.clear();
         cfg.backends.clear();
-        assert!(cfg
+        assert!(first_error(&cfg).starts_with("backends:"));
+        cfg.backends = vec!["127.0.0.1:21".parse().unwrap()];
+        cfg.control.max_pipelined_commands = 0;
+        assert!(first_error(&cfg).starts_with("control.max_pipelined_commands:"));
+    }
+
+    #[test]
+    fn data_ports_must_not_hold_any_listener_port() {
+        // A `listeners[]` entry, not only `listen`, inside the range.
+        let cfg = load(
+            "data_ports: 2200-3000\nlisteners:\n  - listen: '10.0.0.1:2500'\n    mode: transparent\n",
+        )
+        .config;
+        let errs = errors_of(cfg.validate());
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("data_ports:") && errs[0].contains("listeners[0].listen port 2500"),
+            "{errs:?}"
+        );
+        // The admin listener too.
+        let cfg = load("data_ports: 9000-9999\nadmin:\n  listen: '127.0.0.1:9464'\n").config;
+        let errs = errors_of(cfg.validate());
+        assert!(errs[0].starts_with("data_ports:") && errs[0].contains("admin.listen"));
+        // And active.ports against listeners.
+        let cfg = load("active:\n  ports: 2100-2200\n").config;
+        let errs = errors_of(cfg.validate());
+        assert!(errs[0].starts_with("active.ports:") && errs[0].contains("2121"));
+        // Port 0 (pick one) is never inside a range.
+        load("listeners:\n  - listen: '127.0.0.1:0'\n")
+            .config
             .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn separate_active_ports_must_not_overlap_data_ports() {
+        let cfg = load("data_ports: 50000-50999\nactive:\n  ports: 50900-51100\n").config;
+        let errs = errors_of(cfg.validate());
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("active.ports:"), "{errs:?}");
+        assert!(errs[0].contains("50000-50999"), "{errs:?}");
+        // Equal is overlap too: a set active.ports is a second pool over the same ports.
+        let cfg = load("data_ports: 50000-50999\nactive:\n  ports: 50000-50999\n").config;
+        assert!(first_error(&cfg).starts_with("active.ports:"));
+        // Touching but disjoint is fine.
+        load("data_ports: 50000-50999\nactive:\n  ports: 51000-51100\n")
+            .config
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn passive_allow_targets_are_checked() {
+        let cfg =
+            load("passive:\n  allow_targets: ['10.0.0.5/8', '192.0.2.0/24', '192.0.2.0/24']\n")
+                .config;
+        let errs = errors_of(cfg.validate());
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("passive.allow_targets:") && errs[0].contains("10.0.0.0/8"));
+        assert!(errs[1].contains("twice"), "{errs:?}");
+        let cfg = load("passive:\n  target: control\n  allow_targets: ['192.0.2.0/24']\n").config;
+        let errs = errors_of(cfg.validate());
+        assert!(errs[0].starts_with("passive.allow_targets:") && errs[0].contains("control"));
+        let err = Config::from_yaml("passive:\n  allow_targets: ['not-a-net']\n")
             .unwrap_err()
-            .to_string()
-            .starts_with("backends:"));
+            .to_string();
+        assert!(err.contains("passive.allow_targets"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_of_new_keys_name_the_key() {
+        for (yaml, key) in [
+            ("relay: splice\n", "relay"),
+            (
+                "limits:\n  max_prelogin_sessions: -1\n",
+                "limits.max_prelogin_sessions",
+            ),
+            (
+                "timeouts:\n  backend_reply: soon\n",
+                "timeouts.backend_reply",
+            ),
+            ("admin:\n  listen: nowhere\n", "admin.listen"),
+            ("admin:\n  metrics: '127.0.0.1:1'\n", "admin"),
+        ] {
+            let err = Config::from_yaml(yaml).unwrap_err().to_string();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn keepalive_params_come_from_the_config_type() {
+        let k = KeepaliveConfig::default();
+        assert_eq!(k.tcp_params(), Some(TcpKeepaliveConfig::default()));
+        let off = load("keepalive:\n  tcp:\n    idle: 0s\n").config;
+        assert_eq!(off.keepalive.tcp_params(), None);
     }
 
     #[test]
@@ -619,39 +1253,27 @@ mod tests {
         let cfg = Config::from_yaml(
             "listeners:\n  - listen: '10.0.0.1:2121'\n    mode: transparent\n    tproxy: true\n",
         )
-        .unwrap();
+        .unwrap()
+        .config;
         cfg.validate().unwrap();
         let cfg = Config::from_yaml(
             "listen: ['0.0.0.0:21']\nlisteners:\n  - listen: '10.0.0.1:2121'\n    mode: transparent\n",
         )
-        .unwrap();
-        assert!(cfg
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("backends:"));
+        .unwrap()
+        .config;
+        assert!(first_error(&cfg).starts_with("backends:"));
         let cfg = Config::from_yaml(
             "listeners:\n  - listen: '10.0.0.1:2121'\n    tproxy: true\nbackends: ['10.0.0.2:21']\n",
         )
-        .unwrap();
-        assert!(cfg
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("listeners:"));
+        .unwrap()
+        .config;
+        assert!(first_error(&cfg).starts_with("listeners:"));
     }
 
     #[test]
     fn zero_worker_threads_is_rejected() {
-        let cfg = Config::from_yaml(
-            "listen: ['127.0.0.1:2121']\nbackends: ['10.0.0.2:21']\nworker_threads: 0\n",
-        )
-        .unwrap();
-        assert!(cfg
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("worker_threads:"));
+        let cfg = load("worker_threads: 0\n").config;
+        assert!(first_error(&cfg).starts_with("worker_threads:"));
     }
 
     #[test]
@@ -663,5 +1285,8 @@ mod tests {
         assert!("10-70000".parse::<PortRange>().is_err());
         let r: PortRange = "100-200".parse().unwrap();
         assert!(r.contains(100) && r.contains(200) && !r.contains(99) && !r.contains(201));
+        let o = |s: &str| r.overlaps(&s.parse().unwrap());
+        assert!(o("200-300") && o("50-100") && o("120-130") && o("1-1000"));
+        assert!(!o("201-300") && !o("1-99"));
     }
 }

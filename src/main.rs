@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 use ftpgate::app::Gateway;
 use ftpgate::cli::{Cli, Command};
-use ftpgate::config::{Config, LogConfig, LogFormat};
+use ftpgate::config::{Config, ConfigErrors, LogConfig, LogFormat, ValidConfig};
 use ftpgate::metrics::Metrics;
 
 /// Exit status for an invalid configuration, distinct from runtime failure (1).
@@ -19,26 +19,38 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => {
-            match Config::from_file(&config).and_then(|c| c.validate().map(|()| c)) {
+            let path = config.display();
+            let loaded = match Config::from_file(&config) {
+                Ok(l) => l,
+                Err(errors) => return config_errors(&path.to_string(), &errors),
+            };
+            for d in &loaded.deprecations {
+                eprintln!("{path}: warning: {d}");
+            }
+            match loaded.config.validate() {
                 Ok(_) => {
-                    println!("{}: ok", config.display());
+                    println!("{path}: ok");
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("{}: {e}", config.display());
-                    ExitCode::from(EXIT_CONFIG)
-                }
+                Err(errors) => config_errors(&path.to_string(), &errors),
             }
         }
         Command::Run(args) => {
-            let config = match args.resolve().and_then(|c| c.validate().map(|()| c)) {
+            let (config, deprecations) = match args
+                .resolve()
+                .and_then(|l| Ok((l.config.validate()?, l.deprecations)))
+            {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("ftpgate: invalid configuration: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
+                Err(errors) => {
+                    return config_errors("ftpgate: invalid configuration", &errors);
                 }
             };
             init_logs(&config.log);
+            for d in &deprecations {
+                tracing::warn!(old = d.old, new = d.new, "{d}");
+            }
+            // Process-wide, and before any session can start a relay.
+            ftpgate::relay::set_relay_mode(config.relay);
             match run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -49,6 +61,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// One line per error (so a file with several mistakes is fixed in one pass), exit 2.
+fn config_errors(prefix: &str, errors: &ConfigErrors) -> ExitCode {
+    for e in errors.iter() {
+        eprintln!("{prefix}: {e}");
+    }
+    ExitCode::from(EXIT_CONFIG)
 }
 
 fn init_logs(log: &LogConfig) {
@@ -83,7 +103,7 @@ fn raise_fd_limit() {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: ValidConfig) -> anyhow::Result<()> {
     raise_fd_limit();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = config.worker_threads {

@@ -7,6 +7,8 @@ use std::time::Duration;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::config::TcpKeepaliveConfig;
+
 /// Connects to `addr` within `timeout`, optionally from a given local address. A local
 /// IP keeps data connections coming from the same address as the control connection
 /// (vsftpd refuses others unless `pasv_promiscuous`); a local port serves clients whose
@@ -34,19 +36,12 @@ pub async fn connect_from(
     Ok(stream)
 }
 
-/// TCP keepalive settings for control connections; `None` disables.
-#[derive(Debug, Clone, Copy)]
-pub struct KeepaliveParams {
-    pub idle: Duration,
-    pub interval: Duration,
-    pub count: u32,
-}
-
 /// Prepares a control socket: no Nagle delay (replies are small and latency-bound),
 /// TCP keepalive so middleboxes keep the flow while it is idle, and urgent data kept
 /// inline so a Telnet Synch (RFC 959 §4.1.3) does not remove a byte from the command
 /// stream — Python's ftplib sends `ABOR\r\n` with MSG_OOB, making `\n` the urgent byte.
-pub fn prepare_control_socket(s: &TcpStream, keepalive: Option<KeepaliveParams>) {
+/// `keepalive: None` leaves TCP keepalive off.
+pub fn prepare_control_socket(s: &TcpStream, keepalive: Option<TcpKeepaliveConfig>) {
     let sock = SockRef::from(s);
     let _ = s.set_nodelay(true);
     let _ = sock.set_out_of_band_inline(true);

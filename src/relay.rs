@@ -29,8 +29,33 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::config::RelayMode;
+
 /// Buffer per direction: large enough that a multi-gigabyte transfer costs few syscalls.
 const BUF: usize = 256 * 1024;
+
+/// `relay: copy` turns splice off process-wide (benchmarks, and an escape hatch should a
+/// kernel misbehave). A global rather than a session parameter: it is chosen once at
+/// startup and no relay call site should have to carry it.
+static COPY_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Selects the relay implementation for every later [`relay_tcp`] call; the binary calls
+/// it once at startup with the configured `relay`. Default (never called): `auto`.
+pub fn set_relay_mode(mode: RelayMode) {
+    COPY_ONLY.store(
+        mode == RelayMode::Copy,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// The mode set by [`set_relay_mode`].
+pub fn relay_mode() -> RelayMode {
+    if COPY_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+        RelayMode::Copy
+    } else {
+        RelayMode::Auto
+    }
+}
 
 /// Bytes relayed in each direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -181,12 +206,10 @@ impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Tracked<'_, S> {
     }
 }
 
-/// `FTPGATE_RELAY=copy` in the environment turns splice off (benchmarks, and an escape
-/// hatch should a kernel misbehave). Read once.
+/// Whether [`relay_tcp`] may splice: not under `relay: copy` ([`set_relay_mode`]).
 #[cfg(target_os = "linux")]
 fn splice_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("FTPGATE_RELAY").is_none_or(|v| v != "copy"))
+    relay_mode() == RelayMode::Auto
 }
 
 #[cfg(target_os = "linux")]

@@ -36,7 +36,7 @@ const POLL: Duration = Duration::from_millis(20);
 async fn start_admin_proxy(backends: Vec<SocketAddr>, data_ports: &str) -> Proxy {
     let p = start_proxy(backends, |c| {
         c.data_ports = data_ports.parse().unwrap();
-        c.metrics = Some("127.0.0.1:0".parse().unwrap());
+        c.admin.listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
     assert_ne!(p.admin.expect("admin listener bound").port(), 0);

@@ -76,7 +76,7 @@ async fn pasv_download_is_rewritten_and_byte_exact() {
     mock.put_file("f.bin", body.clone());
     let proxy = start_proxy(vec![mock.addr], |c| {
         c.public_address = vec!["127.0.0.1".parse().unwrap()];
-        c.passive_target = ftpgate::config::PassiveTarget::Control;
+        c.passive.target = ftpgate::config::PassiveTarget::Control;
     })
     .await;
     let mut c = Client::login(proxy.addr).await;

@@ -191,7 +191,7 @@ async fn serve(
     let mut session = Session {
         ctx: &ctx,
         mode,
-        state: ControlState::new(ctx.config.rewrite_passive),
+        state: ControlState::new(ctx.config.passive.rewrite),
         client_ip: canonical_ip(peer.ip()),
         client_local: client.local_addr().map(canon_sockaddr).unwrap_or(fallback),
         backend_addr,
@@ -305,8 +305,8 @@ impl Session<'_> {
         shutdown: &CancellationToken,
     ) -> Outcome {
         let cfg = Arc::clone(&self.ctx.config);
-        let max_line = cfg.max_line_length;
-        let max_pipelined = cfg.max_pipelined_commands;
+        let max_line = cfg.control.max_line_length;
+        let max_pipelined = cfg.control.max_pipelined_commands;
         let noop_every = cfg.keepalive.noop_interval;
         let session_start = tokio::time::Instant::now();
         let mut last_activity = session_start;
@@ -1209,7 +1209,7 @@ impl Session<'_> {
 
     /// Where to connect for a backend's `227`.
     fn passive_target(&self, advertised: SocketAddrV4) -> SocketAddr {
-        let ip = match self.ctx.config.passive_target {
+        let ip = match self.ctx.config.passive.target {
             PassiveTarget::Reply if !advertised.ip().is_unspecified() => {
                 IpAddr::V4(*advertised.ip())
             }

@@ -43,7 +43,7 @@ pub async fn start_proxy(backends: Vec<SocketAddr>, tweak: impl FnOnce(&mut Conf
         ..Config::default()
     };
     tweak(&mut cfg);
-    cfg.validate().unwrap();
+    let cfg = cfg.validate().unwrap();
     let metrics = Arc::new(Metrics::new());
     let gw = Gateway::bind(cfg, Arc::clone(&metrics)).await.unwrap();
     let addr = gw.local_addrs()[0];
