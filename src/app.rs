@@ -117,7 +117,7 @@ impl Gateway {
             Arc::clone(&self.ctx.metrics),
             shutdown.clone(),
         ));
-        info!(listeners = ?self.local_addrs(), backends = ?self.ctx.config.backends, data_ports = %self.ctx.config.data_ports, "ftpgate ready");
+        info!(listeners = ?self.local_addrs(), backends = ?self.ctx.config.backends, data_ports = %self.ctx.config.data_ports, relay = ?crate::relay::relay_mode(), "ftpgate ready");
         if let Some(admin) = self.admin {
             if let Ok(addr) = admin.local_addr() {
                 info!(%addr, "admin endpoint serving /metrics, /healthz, /readyz");

@@ -69,7 +69,7 @@ async fn pasv_download_is_rewritten_and_byte_exact() {
         ..MockOptions::default()
     })
     .await;
-    // The mock names 10.0.0.2 but listens on 127.0.0.1: with passive_target=control
+    // The mock names 10.0.0.2 but listens on 127.0.0.1: with passive.target=control
     // ftpgate connects to the control address, the cure for servers that advertise an
     // address ftpgate cannot reach.
     let body = pattern(3 * 1024 * 1024 + 17);
