@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             };
             init_logs(&config.log);
             for d in &deprecations {
-                tracing::warn!(old = d.old, new = d.new, "{d}");
+                tracing::warn!("{d}");
             }
             // Process-wide, and before any session can start a relay.
             ftpgate::relay::set_relay_mode(config.relay);
