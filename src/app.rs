@@ -20,6 +20,7 @@ use crate::config::{ListenerMode, ValidConfig};
 use crate::dataport::PortPool;
 use crate::health::{self, HEALTH_CHECK_INTERVAL};
 use crate::metrics::Metrics;
+use crate::session::limits::PreloginSlots;
 use crate::session::{run_session, SessionContext};
 
 /// Connections the kernel queues per FTP listener while ftpgate is busy accepting.
@@ -84,6 +85,7 @@ impl Gateway {
             balancer: Balancer::new(config.backends.clone()),
             listen_addrs,
             config: Arc::new(config.into_inner()),
+            prelogin: PreloginSlots::new(metrics.sessions_prelogin.clone()),
             metrics,
         });
         Ok(Gateway {

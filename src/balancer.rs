@@ -67,7 +67,7 @@ impl Balancer {
                 }
                 Err(e) => {
                     if e.kind() == std::io::ErrorKind::TimedOut {
-                        metrics.timeout("backend_connect");
+                        metrics.timeout(crate::metrics::TimeoutKind::BackendConnect);
                     }
                     metrics
                         .backend_connect_errors_total

@@ -11,8 +11,9 @@ use prometheus::{
 pub struct Metrics {
     pub registry: Registry,
     pub sessions_active: IntGauge,
-    /// By outcome: `closed`, `backend_unavailable`, `client_error`, `backend_error`,
-    /// `timeout`, `shutdown`.
+    /// Sessions open and not yet logged in (capped by `limits.max_prelogin_sessions`).
+    pub sessions_prelogin: IntGauge,
+    /// By outcome: see [`crate::session::Outcome::label`].
     pub sessions_total: IntCounterVec,
     /// By verb: the verbs ftpgate knows, else `OTHER`.
     pub commands_total: IntCounterVec,
@@ -25,12 +26,12 @@ pub struct Metrics {
     pub data_ports_in_use: IntGauge,
     pub data_ports_free: IntGauge,
     pub data_port_exhausted_total: IntCounter,
-    /// By kind: `227`, `229`, `port`, `eprt`.
+    /// By kind: see [`RewriteKind`].
     pub rewrites_total: IntCounterVec,
     pub keepalive_noops_total: IntCounter,
-    /// By reason: `foreign_data_peer`, `bounce`, `lprt_lpsv`, `line_too_long`, ...
+    /// By reason: see [`Refusal`].
     pub refusals_total: IntCounterVec,
-    /// By kind: `data_connect`, `backend_connect`, `login`, `idle`, `data_idle`.
+    /// By kind: see [`TimeoutKind`].
     pub timeouts_total: IntCounterVec,
     /// By backend: 1 when its last health check connected.
     pub backend_up: IntGaugeVec,
@@ -84,6 +85,10 @@ impl Metrics {
         let connect_buckets = vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
         Metrics {
             sessions_active: gauge("ftpgate_sessions_active", "Client sessions open now."),
+            sessions_prelogin: gauge(
+                "ftpgate_sessions_prelogin",
+                "Client sessions open and not yet logged in.",
+            ),
             sessions_total: counters(
                 "ftpgate_sessions_total",
                 "Client sessions ended, by outcome.",
@@ -187,16 +192,47 @@ impl Metrics {
         }
     }
 
-    pub fn refuse(&self, reason: &'static str) {
-        self.refusals_total.with_label_values(&[reason]).inc();
+    /// A command or connection ftpgate refused.
+    pub fn refuse(&self, reason: Refusal) {
+        self.refusals_total
+            .with_label_values(&[reason.label()])
+            .inc();
     }
 
-    pub fn timeout(&self, kind: &'static str) {
-        self.timeouts_total.with_label_values(&[kind]).inc();
+    /// A timeout that fired.
+    pub fn timeout(&self, kind: TimeoutKind) {
+        self.timeouts_total.with_label_values(&[kind.label()]).inc();
+    }
+
+    /// An address ftpgate rewrote in a reply or command.
+    pub fn rewrite(&self, kind: RewriteKind) {
+        self.rewrites_total.with_label_values(&[kind.label()]).inc();
+    }
+
+    /// A reply sent to a client, by code.
+    pub fn reply(&self, code: u16) {
+        self.replies_total
+            .with_label_values(&[code_label(code)])
+            .inc();
+    }
+
+    /// A command received from a client.
+    pub fn command(&self, verb: crate::protocol::command::Verb) {
+        self.commands_total
+            .with_label_values(&[verb.as_str()])
+            .inc();
+    }
+
+    /// A session ended.
+    pub fn session_ended(&self, outcome: crate::session::Outcome) {
+        self.sessions_total
+            .with_label_values(&[outcome.label()])
+            .inc();
     }
 
     /// Pre-creates every label value the dashboards expect, so series exist (at 0)
-    /// before the first event.
+    /// before the first event: `rate()` and `increase()` are right from the first
+    /// scrape, and every family is visible in `/metrics` at once.
     pub fn init_labels(&self, backends: &[std::net::SocketAddr]) {
         for b in backends {
             let b = b.to_string();
@@ -207,21 +243,11 @@ impl Metrics {
         for d in ["client_to_backend", "backend_to_client"] {
             self.data_bytes_total.with_label_values(&[d]);
         }
-        for k in ["227", "229", "port", "eprt"] {
-            self.rewrites_total.with_label_values(&[k]);
+        for k in RewriteKind::ALL {
+            self.rewrites_total.with_label_values(&[k.label()]);
         }
-        // The label values the session code uses today; a new one still works, it just
-        // appears on its first event. Series at 0 make `rate()` and `increase()` right
-        // from the first scrape, and make every family visible in `/metrics` at once.
-        for o in [
-            "closed",
-            "backend_unavailable",
-            "client_error",
-            "backend_error",
-            "timeout",
-            "shutdown",
-        ] {
-            self.sessions_total.with_label_values(&[o]);
+        for o in crate::session::Outcome::ALL {
+            self.sessions_total.with_label_values(&[o.label()]);
         }
         for mode in ["passive", "active"] {
             for d in ["download", "upload", "listing"] {
@@ -231,28 +257,11 @@ impl Metrics {
         for d in ["download", "upload", "listing"] {
             self.transfer_duration_seconds.with_label_values(&[d]);
         }
-        for r in [
-            "foreign_data_peer",
-            "bounce",
-            "lprt_lpsv",
-            "line_too_long",
-            "epsv_all",
-            "bad_address",
-            "data_port",
-            "no_ipv4",
-            "auth_tls",
-            "loop",
-        ] {
-            self.refusals_total.with_label_values(&[r]);
+        for r in Refusal::ALL {
+            self.refusals_total.with_label_values(&[r.label()]);
         }
-        for k in [
-            "data_connect",
-            "backend_connect",
-            "login",
-            "idle",
-            "data_idle",
-        ] {
-            self.timeouts_total.with_label_values(&[k]);
+        for k in TimeoutKind::ALL {
+            self.timeouts_total.with_label_values(&[k.label()]);
         }
     }
 
@@ -265,4 +274,85 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Declares a label enum: variants, their label strings, and `ALL` for pre-creation.
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, for label pre-creation.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The metric label.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+label_enum!(
+    /// Why ftpgate refused something (`ftpgate_refusals_total{reason}`).
+    Refusal {
+        /// A data connection from an address other than the expected peer.
+        ForeignDataPeer => "foreign_data_peer",
+        /// `PORT`/`EPRT` naming another host (RFC 2577 §3).
+        Bounce => "bounce",
+        LprtLpsv => "lprt_lpsv",
+        LineTooLong => "line_too_long",
+        EpsvAll => "epsv_all",
+        BadAddress => "bad_address",
+        /// No data port could be leased or bound.
+        DataPort => "data_port",
+        NoIpv4 => "no_ipv4",
+        AuthTls => "auth_tls",
+        /// A transparent session that would connect to ftpgate itself.
+        Loop => "loop",
+        /// A backend's `227` named an address ftpgate does not connect to.
+        PassiveTarget => "passive_target",
+        /// A multi-line passive reply too long to hold for rewriting.
+        PassiveReplyTooLong => "passive_reply_too_long",
+        /// `limits.max_prelogin_sessions` reached.
+        PreloginLimit => "prelogin_limit",
+    }
+);
+
+label_enum!(
+    /// Which timeout fired (`ftpgate_timeouts_total{kind}`).
+    TimeoutKind {
+        DataConnect => "data_connect",
+        BackendConnect => "backend_connect",
+        Login => "login",
+        Idle => "idle",
+        DataIdle => "data_idle",
+        /// A command outstanding at the backend got no reply in time.
+        BackendReply => "backend_reply",
+    }
+);
+
+label_enum!(
+    /// What ftpgate rewrote (`ftpgate_rewrites_total{kind}`).
+    RewriteKind {
+        Pasv227 => "227",
+        Epsv229 => "229",
+        Port => "port",
+        Eprt => "eprt",
+    }
+);
+
+/// Reply codes as static labels (bounded: 100..=599, else `other`), built once.
+fn code_label(code: u16) -> &'static str {
+    static LABELS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let labels = LABELS.get_or_init(|| (100..600).map(|c: u16| c.to_string()).collect());
+    code.checked_sub(100)
+        .and_then(|i| labels.get(usize::from(i)))
+        .map_or("other", String::as_str)
 }

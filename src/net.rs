@@ -118,3 +118,51 @@ pub fn bind_listener(
     socket.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(socket.into())
 }
+
+/// Linux `SIOCATMARK` (asm-generic/sockios.h): whether the read pointer is at the
+/// urgent mark. (The libc crate does not export it for Linux.)
+const SIOCATMARK: libc::c_ulong = 0x8905;
+
+/// Whether the next byte to read is the urgent mark (a Telnet Synch's `IAC`).
+#[allow(unsafe_code)]
+fn at_urgent_mark(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut at_mark: libc::c_int = 0;
+    // SAFETY: SIOCATMARK writes one int through the pointer, which points to a live
+    // local; the descriptor is owned by `stream` for the duration of the call.
+    let r = unsafe { libc::ioctl(stream.as_raw_fd(), SIOCATMARK as _, &mut at_mark) };
+    r == 0 && at_mark != 0
+}
+
+/// Reads on past a TCP urgent mark after a regular read. A read stops at the mark (RFC
+/// 959 §4.1.3 Synch; Python's ftplib sends `ABOR\r\n` with MSG_OOB), and tokio, seeing
+/// a short read, assumes the socket is drained and waits for an edge that never comes.
+/// So while the socket is at the mark, or the last read filled its buffer, or the buffer
+/// ends mid-line, this reads with plain non-blocking reads (which do not depend on
+/// tokio's readiness) until the kernel says `WouldBlock` — whatever the buffer ends
+/// with: `NOOP\r\n` followed by an urgent `IAC` stalled before this checked the mark.
+/// Bounded by `limit` bytes in `buf`.
+pub fn drain_past_urgent_mark(
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<()> {
+    use std::io::Read;
+    let sock = SockRef::from(stream);
+    let mut chunk = [0u8; 4096];
+    let mut last_full = false;
+    while buf.len() <= limit && (last_full || !buf.ends_with(b"\n") || at_urgent_mark(stream)) {
+        match (&*sock).read(&mut chunk) {
+            // EOF shows up on the next regular read.
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                last_full = n == chunk.len();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -338,6 +338,40 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// Addresses that cannot be reached across the internet (RFC 1918, loopback,
+/// link-local, CGNAT RFC 6598, unspecified): a `227` naming one, from a server with a
+/// public control address, is a server behind its own NAT.
+pub fn is_private_v4(ip: std::net::Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || (a == 100 && (64..128).contains(&b))
+}
+
+/// Addresses a data connection must never be relayed to on a server's say-so:
+/// loopback, link-local, unspecified, multicast and broadcast (IPv4 and IPv6,
+/// IPv4-mapped included). A backend naming one in `227` is either broken or trying to
+/// reach services on ftpgate's own host or segment.
+pub fn is_never_a_data_target(ip: IpAddr) -> bool {
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -833,5 +867,51 @@ mod tests {
         assert_eq!(canonical_ip(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
         let v6: IpAddr = "::1".parse().unwrap();
         assert_eq!(canonical_ip(v6), v6);
+    }
+
+    #[test]
+    fn private_v4_ranges() {
+        for p in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(is_private_v4(p.parse().unwrap()), "{p}");
+        }
+        for p in ["203.0.113.10", "198.51.100.1", "100.128.0.1", "172.32.0.1"] {
+            assert!(!is_private_v4(p.parse().unwrap()), "{p}");
+        }
+    }
+
+    #[test]
+    fn never_a_data_target() {
+        for p in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "169.254.169.254",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_never_a_data_target(p.parse().unwrap()), "{p}");
+        }
+        for p in [
+            "10.0.0.2",
+            "192.168.1.1",
+            "203.0.113.10",
+            "2001:db8::1",
+            "fd00::1",
+        ] {
+            assert!(!is_never_a_data_target(p.parse().unwrap()), "{p}");
+        }
     }
 }

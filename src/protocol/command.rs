@@ -253,6 +253,32 @@ fn push_escaped(out: &mut String, bytes: &[u8]) {
     }
 }
 
+/// Offset of the `IAC` of a Telnet Synch (`IAC DM`) in the Telnet prefix of a line:
+/// the byte to send as TCP urgent data when relaying `ABOR`/`STAT` (RFC 959 §4.1.3).
+pub fn find_synch(line: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while line.get(i) == Some(&IAC) {
+        if line.get(i + 1) == Some(&0xf2) {
+            return Some(i);
+        }
+        i += 2;
+    }
+    None
+}
+
+/// The data-setup command telling a server to connect to `to`: `PORT` for IPv4 when
+/// the client itself used `PORT`, else `EPRT` in `to`'s family (RFC 2428; RFC 6384 for
+/// IPv6 clients in front of IPv4 servers). CRLF-terminated.
+pub fn format_data_command(client_verb: Verb, to: std::net::SocketAddr) -> String {
+    use super::addr::{format_eprt_arg, format_pasv_tuple};
+    match to {
+        std::net::SocketAddr::V4(v4) if client_verb == Verb::Port => {
+            format!("PORT {}\r\n", format_pasv_tuple(v4))
+        }
+        _ => format!("EPRT {}\r\n", format_eprt_arg(to)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,5 +495,32 @@ mod tests {
         assert_eq!(redact_for_log(b"PASV\r\n"), "PASV");
         assert_eq!(redact_for_log(b"PAS secret"), "PAS secret");
         assert_eq!(redact_for_log(b"SITE PASS x"), "SITE PASS x");
+    }
+
+    #[test]
+    fn synch_offset_in_telnet_prefix() {
+        assert_eq!(find_synch(b"\xff\xf4\xff\xf2ABOR\r\n"), Some(2));
+        assert_eq!(find_synch(b"\xff\xf2ABOR\r\n"), Some(0));
+        assert_eq!(find_synch(b"ABOR\r\n"), None);
+        assert_eq!(find_synch(b"\xff\xf4ABOR\r\n"), None);
+        assert_eq!(find_synch(b"\xff"), None);
+    }
+
+    #[test]
+    fn data_command_forms() {
+        let v4: std::net::SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let v6: std::net::SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
+        assert_eq!(
+            format_data_command(Verb::Port, v4),
+            "PORT 10,0,0,1,19,136\r\n"
+        );
+        assert_eq!(
+            format_data_command(Verb::Eprt, v4),
+            "EPRT |1|10.0.0.1|5000|\r\n"
+        );
+        assert_eq!(
+            format_data_command(Verb::Port, v6),
+            "EPRT |2|2001:db8::1|5000|\r\n"
+        );
     }
 }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::dataport::PortLease;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal, TimeoutKind};
 use crate::net::connect_from;
 use crate::protocol::addr::canonical_ip;
 use crate::relay::relay_tcp_with_idle;
@@ -148,7 +148,7 @@ impl DataPlan {
                 finished.backend_to_client = r.b_to_a;
             }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                metrics.timeout("data_idle");
+                metrics.timeout(TimeoutKind::DataIdle);
                 info!(id, timeout = ?idle_timeout, "data connection idle; closed");
             }
             Err(e) => debug!(id, error = %e, "data relay ended with error"),
@@ -235,13 +235,13 @@ async fn accept_side(
                         Ok((stream, peer)) => {
                             // Hijack attempt or a confused host: close before a byte moves.
                             drop(stream);
-                            metrics.refuse("foreign_data_peer");
+                            metrics.refuse(Refusal::ForeignDataPeer);
                             warn!(port, side, peer = %peer, "data connection from foreign address refused");
                         }
                         Err(e) => return Err(Unopened::Failed(format!("accept on port {port}: {e}"))),
                     },
                     () = tokio::time::sleep_until(deadline) => {
-                        metrics.timeout("data_connect");
+                        metrics.timeout(TimeoutKind::DataConnect);
                         return Err(Unopened::Failed(format!("no {side} data connection on port {port} within timeout; port released")));
                     }
                 }

@@ -1,4 +1,5 @@
-//! Reply accounting for one control connection (ARCHITECTURE invariant 1), pure.
+//! The reply ledger of one control connection: who each server reply answers
+//! (ARCHITECTURE invariant 1). Pure.
 //!
 //! FTP is strictly request/reply (RFC 959 §4.2): every command gets exactly one final
 //! reply (2xx–5xx), optionally preceded by 1xx preliminaries, and a multi-line reply is
@@ -18,8 +19,8 @@
 //!   head is Local and no reply is mid-block ──▶ emit the local reply, pop
 //! ```
 //!
-//! Owner `Injected(Noop)`: swallowed. Owner `Injected(DataSetup)`: handed to the driver,
-//! never to the client. `227`/`229` owned by the client are marked for rewriting;
+//! Owner `Injected(Noop)`: swallowed. Owner `Injected(DataSetup)`: handed to the
+//! session machine's translation step, never to the client. `227`/`229` owned by the client are marked for rewriting;
 //! everything else is forwarded byte for byte. Local replies wait behind the server
 //! replies owed before them, so the client sees replies in command order.
 //!
@@ -38,7 +39,7 @@ use crate::protocol::reply::{ReplyCode, ReplyError, ReplyFramer, ReplyLine};
 pub enum Injected {
     /// Keepalive: the reply is swallowed.
     Noop,
-    /// PASV/EPSV/PORT/EPRT for mode translation: the reply goes to the driver.
+    /// PASV/EPSV/PORT/EPRT for mode translation: the reply goes to the translation step.
     DataSetup,
 }
 
@@ -100,7 +101,7 @@ struct Current {
 }
 
 #[derive(Debug)]
-pub struct ControlState {
+pub struct ReplyLedger {
     pending: VecDeque<Pending>,
     framer: ReplyFramer,
     current: Option<Current>,
@@ -108,10 +109,10 @@ pub struct ControlState {
     logged_in: bool,
 }
 
-impl ControlState {
+impl ReplyLedger {
     /// A fresh session, owed the server's greeting.
     pub fn new(rewrite_passive: bool) -> Self {
-        ControlState {
+        ReplyLedger {
             pending: VecDeque::from([Pending::Server {
                 origin: Origin::Greeting,
                 started: false,
@@ -220,17 +221,12 @@ impl ControlState {
             })
     }
 
-    /// Whether a data-setup command of ftpgate's is awaiting its reply.
-    pub fn data_setup_outstanding(&self) -> bool {
-        self.pending.iter().any(|p| {
-            matches!(
-                p,
-                Pending::Server {
-                    origin: Origin::Injected(Injected::DataSetup),
-                    ..
-                }
-            )
-        })
+    /// Whether the server owes any reply (to the client or to ftpgate): the time a
+    /// backend that stops answering can hold the session.
+    pub fn awaiting_server(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|p| matches!(p, Pending::Server { .. }))
     }
 
     /// Classifies one server line and settles who it answers.
@@ -344,7 +340,7 @@ impl ControlState {
 mod tests {
     use super::*;
 
-    fn feed(s: &mut ControlState, line: &str) -> LineOutcome {
+    fn feed(s: &mut ReplyLedger, line: &str) -> LineOutcome {
         s.on_server_line(line.as_bytes()).expect("valid reply line")
     }
 
@@ -352,8 +348,8 @@ mod tests {
         o.ended.expect("reply ended").origin
     }
 
-    fn greeted() -> ControlState {
-        let mut s = ControlState::new(true);
+    fn greeted() -> ReplyLedger {
+        let mut s = ReplyLedger::new(true);
         let o = feed(&mut s, "220 ready\r\n");
         assert_eq!(origin(o), Some(Origin::Greeting));
         assert_eq!(s.outstanding(), 0);
@@ -362,7 +358,7 @@ mod tests {
 
     #[test]
     fn greeting_after_120_preliminary() {
-        let mut s = ControlState::new(true);
+        let mut s = ReplyLedger::new(true);
         let o = feed(&mut s, "120 wait 1 minute\r\n");
         assert_eq!(o.ended.unwrap().code, ReplyCode(120));
         assert_eq!(s.outstanding(), 1, "a 1xx does not complete the greeting");
@@ -506,10 +502,10 @@ mod tests {
     fn data_setup_reply_is_intercepted() {
         let mut s = greeted();
         s.injected(Injected::DataSetup);
-        assert!(s.data_setup_outstanding());
+        assert!(s.awaiting_server());
         let o = feed(&mut s, "229 Entering Extended Passive Mode (|||5000|)\r\n");
         assert_eq!(o.disposition, Disposition::Intercept);
-        assert!(!s.data_setup_outstanding());
+        assert!(!s.awaiting_server());
         assert_eq!(s.client_outstanding(), 0);
     }
 
@@ -543,7 +539,7 @@ mod tests {
 
     #[test]
     fn rewriting_off_forwards_passive_replies() {
-        let mut s = ControlState::new(false);
+        let mut s = ReplyLedger::new(false);
         feed(&mut s, "220 hi\r\n");
         s.forwarded(Verb::Epsv);
         assert_eq!(

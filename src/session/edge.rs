@@ -1,0 +1,89 @@
+//! The machine's view of the world, implemented with real sockets: data ports from the
+//! pools, and data connections started as tasks. I/O edge.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::data::{DataEvent, DataPlan, Endpoint};
+use super::machine::{DataSpec, EndpointSpec, ListenerSide, SessionEdge};
+use crate::config::Config;
+use crate::dataport::{LeaseError, PortLease, PortPool};
+use crate::metrics::Metrics;
+
+/// A leased port with its listener.
+#[derive(Debug)]
+pub struct BoundPort {
+    lease: PortLease,
+    listener: TcpListener,
+}
+
+/// Data ports from the gateway's pools.
+pub struct PoolEdge {
+    /// Client-facing listeners.
+    pub pool: Arc<PortPool>,
+    /// Backend-facing listeners (active mode); may be `pool` itself.
+    pub active_pool: Arc<PortPool>,
+}
+
+impl SessionEdge for PoolEdge {
+    type Listener = BoundPort;
+
+    fn bind_data_listener(
+        &mut self,
+        side: ListenerSide,
+        ip: IpAddr,
+    ) -> Result<(u16, BoundPort), LeaseError> {
+        let pool = match side {
+            ListenerSide::Client => &self.pool,
+            ListenerSide::Backend => &self.active_pool,
+        };
+        let (lease, listener) = pool.bind(ip)?;
+        Ok((lease.port(), BoundPort { lease, listener }))
+    }
+
+    fn is_own_address(&self, ip: IpAddr) -> bool {
+        crate::net::is_local_ip(ip)
+    }
+}
+
+/// Starts a data connection; the returned token withdraws it until it is in use.
+pub fn spawn_data(
+    spec: DataSpec<BoundPort>,
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+    events: &mpsc::UnboundedSender<DataEvent>,
+    parent: &CancellationToken,
+) -> CancellationToken {
+    let t = &cfg.timeouts;
+    let plan = DataPlan {
+        id: spec.id,
+        mode: spec.mode,
+        client: endpoint(spec.client),
+        backend: endpoint(spec.backend),
+        accept_timeout: t.data_connect,
+        connect_timeout: t.backend_connect,
+        idle_timeout: (!t.data_idle.is_zero()).then_some(t.data_idle),
+    };
+    let cancel = parent.child_token();
+    tokio::spawn(
+        plan.run(cancel.clone(), Arc::clone(metrics), events.clone())
+            .instrument(tracing::Span::current()),
+    );
+    cancel
+}
+
+fn endpoint(spec: EndpointSpec<BoundPort>) -> Endpoint {
+    match spec {
+        EndpointSpec::Accept { listener, expect } => Endpoint::Accept {
+            listener: listener.listener,
+            lease: listener.lease,
+            expect,
+        },
+        EndpointSpec::Connect { target, local } => Endpoint::Connect { target, local },
+    }
+}

@@ -1,0 +1,929 @@
+//! The session machine: every decision of a control session, with no sockets, tasks or
+//! timers (sans-I/O). See the [module overview](super) for its inputs, outputs and
+//! state diagram.
+//!
+//! The driver feeds it bytes, data events, timer expiries and shutdown; it answers with
+//! bytes in [`Outbox`] and [`Action`]s. The one thing it needs from the outside world
+//! while deciding — a bound data port to name in a reply — comes through the
+//! [`SessionEdge`] trait, which the driver implements with the real port pool and tests
+//! with a fake.
+
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use super::access::SessionStats;
+use super::active::{backend_announce, check_active_target, client_connect_local, Refused};
+use super::data::{DataEvent, DataMode};
+use super::keepalive;
+use super::ledger::{Disposition, Injected, Origin, ReplyLedger};
+use super::outcome::{Outcome, SessionError};
+use super::passive::{
+    announce_v4, client_listener_ip, fix_private_pasv, passive_target, HeldReply,
+    PassiveTargetDecision,
+};
+use super::replies::LocalReply;
+use super::translate::{setup_reply, HeldCommand, Setup, SetupVerdict, Translation};
+use crate::config::{BackendDataMode, Config, ListenerMode};
+use crate::dataport::LeaseError;
+use crate::metrics::{Metrics, Refusal, RewriteKind, TimeoutKind};
+use crate::protocol::addr::{find_epsv_port, find_pasv_tuple};
+use crate::protocol::command::{
+    find_synch, format_data_command, parse_command, redact_for_log, Verb,
+};
+use crate::protocol::line::{find_line, trim_eol, LineError};
+use crate::protocol::reply::{parse_code, ReplyLine};
+use crate::protocol::rewrite::{rewrite_227, rewrite_229};
+
+/// Longest reply line accepted from a backend. Larger than the client bound because
+/// `STAT` listings carry long file names.
+pub const MAX_REPLY_LINE: usize = 16 * 1024;
+
+/// Which side a data listener faces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerSide {
+    /// Clients connect to it (passive mode towards the client).
+    Client,
+    /// Backends connect to it (active mode towards the backend).
+    Backend,
+}
+
+/// What the machine needs from the world while it decides.
+pub trait SessionEdge {
+    /// A bound data listener (with its port lease), handed back in [`Action::OpenData`].
+    type Listener;
+    /// Leases a port and binds a listener on `ip` for `side`.
+    fn bind_data_listener(
+        &mut self,
+        side: ListenerSide,
+        ip: IpAddr,
+    ) -> Result<(u16, Self::Listener), LeaseError>;
+    /// Whether `ip` is one of this host's own addresses.
+    fn is_own_address(&self, ip: IpAddr) -> bool;
+}
+
+/// The addresses of one session, fixed at its start (all canonical: no v4-mapped v6).
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub mode: ListenerMode,
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// Where the client reached ftpgate.
+    pub client_local: SocketAddr,
+    /// The backend (or original destination) control address.
+    pub backend: SocketAddr,
+    /// ftpgate's side of the backend control connection: where backends reach it.
+    pub backend_local: SocketAddr,
+}
+
+/// How one side of a data connection is obtained.
+#[derive(Debug)]
+pub enum EndpointSpec<L> {
+    /// Accept on a bound listener, only from `expect`.
+    Accept { listener: L, expect: IpAddr },
+    /// Connect out to `target`, from `local` when set.
+    Connect {
+        target: SocketAddr,
+        local: Option<SocketAddr>,
+    },
+}
+
+/// A data connection to open.
+#[derive(Debug)]
+pub struct DataSpec<L> {
+    pub id: u64,
+    pub mode: DataMode,
+    pub client: EndpointSpec<L>,
+    pub backend: EndpointSpec<L>,
+}
+
+/// What the driver must do besides writing the outbox.
+#[derive(Debug)]
+pub enum Action<L> {
+    /// Withdraw the newest data mapping not yet in use (a newer one replaces it, as
+    /// the server drops its previous listener).
+    WithdrawData,
+    /// Start a data connection.
+    OpenData(DataSpec<L>),
+    /// Write the outbox, close the client's control connection, end the session.
+    Close(Outcome),
+}
+
+/// Bytes for the two control connections.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub to_client: Vec<u8>,
+    pub to_backend: Vec<u8>,
+    /// Index in `to_backend` of a byte to send as TCP urgent data (Telnet Synch).
+    pub urgent_at: Option<usize>,
+}
+
+/// The session deadlines (the keepalive has its own timer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// Not logged in within `timeouts.login`.
+    Login,
+    /// No command and no transfer for `timeouts.idle`.
+    Idle,
+    /// A command outstanding at the backend without a reply for `timeouts.backend_reply`.
+    BackendReply,
+}
+
+/// One control session's state and decisions.
+pub struct SessionMachine<E: SessionEdge> {
+    cfg: Arc<Config>,
+    metrics: Arc<Metrics>,
+    edge: E,
+    addrs: Addresses,
+    ledger: ReplyLedger,
+    /// Bytes to write; the driver drains them.
+    pub out: Outbox,
+    actions: Vec<Action<E::Listener>>,
+    translation: Translation<E::Listener>,
+    /// A multi-line `227`/`229` held until its final line.
+    held_reply: Option<HeldReply>,
+    epsv_all: bool,
+    last_transfer: Option<Verb>,
+    next_data_id: u64,
+    stats: SessionStats,
+    now: Instant,
+    started: Instant,
+    /// Last complete client command or data-connection end: the idle clock.
+    last_activity: Instant,
+    /// Last sign of life from the backend while it owes a reply: the reply clock.
+    backend_progress: Instant,
+    active_data: usize,
+    next_noop: Option<Instant>,
+    closing: Option<Outcome>,
+}
+
+impl<E: SessionEdge> SessionMachine<E> {
+    /// A session whose control connections are both open, owed the server's greeting.
+    pub fn new(
+        cfg: Arc<Config>,
+        metrics: Arc<Metrics>,
+        edge: E,
+        addrs: Addresses,
+        now: Instant,
+    ) -> Self {
+        let ledger = ReplyLedger::new(cfg.passive.rewrite);
+        SessionMachine {
+            cfg,
+            metrics,
+            edge,
+            addrs,
+            ledger,
+            out: Outbox::default(),
+            actions: Vec::new(),
+            translation: Translation::Idle,
+            held_reply: None,
+            epsv_all: false,
+            last_transfer: None,
+            next_data_id: 0,
+            stats: SessionStats::default(),
+            now,
+            started: now,
+            last_activity: now,
+            backend_progress: now,
+            active_data: 0,
+            next_noop: None,
+            closing: None,
+        }
+    }
+
+    // ----- queries the driver asks every turn -----
+
+    /// Whether the driver should read the client: not while `max_pipelined_commands`
+    /// replies are owed, nor while a command is held for mode translation (later lines
+    /// must not overtake it), nor once the session is closing.
+    pub fn wants_client_input(&self) -> bool {
+        self.closing.is_none()
+            && self.ledger.outstanding() < self.cfg.control.max_pipelined_commands
+            && !self.translation.holding()
+    }
+
+    /// The earliest session deadline, if any applies.
+    pub fn next_deadline(&self) -> Option<(Instant, Deadline)> {
+        let t = &self.cfg.timeouts;
+        let mut next: Option<(Instant, Deadline)> = None;
+        let mut consider = |at: Instant, kind: Deadline| {
+            if next.is_none_or(|(n, _)| at < n) {
+                next = Some((at, kind));
+            }
+        };
+        if !self.ledger.logged_in() {
+            consider(self.started + t.login, Deadline::Login);
+        } else if !t.idle.is_zero() && !self.busy() {
+            consider(self.last_activity + t.idle, Deadline::Idle);
+        }
+        // A running data connection is progress: a transfer's final reply comes only
+        // after it, however long it takes.
+        if !t.backend_reply.is_zero() && self.ledger.awaiting_server() && self.active_data == 0 {
+            consider(
+                self.backend_progress + t.backend_reply,
+                Deadline::BackendReply,
+            );
+        }
+        next
+    }
+
+    /// When the next keepalive NOOP is due, if one is armed.
+    pub fn next_keepalive(&self) -> Option<Instant> {
+        self.next_noop
+    }
+
+    /// Whether the backend has accepted a login.
+    pub fn logged_in(&self) -> bool {
+        self.ledger.logged_in()
+    }
+
+    /// The actions decided since the last call.
+    pub fn take_actions(&mut self) -> std::vec::Drain<'_, Action<E::Listener>> {
+        self.actions.drain(..)
+    }
+
+    /// What the session did, for the access log.
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    // ----- inputs -----
+
+    /// Bytes from the client: handles every complete line, as far as pipelining
+    /// allows, and removes them from `buf`. A partial line is not activity.
+    pub fn on_client_input(&mut self, buf: &mut Vec<u8>, now: Instant) {
+        self.now = now;
+        let max_line = self.cfg.control.max_line_length;
+        let mut used = 0;
+        while self.wants_client_input() {
+            let rest = buf.get(used..).unwrap_or_default();
+            match find_line(rest, max_line) {
+                Ok(Some(n)) => {
+                    let line = rest.get(..n).unwrap_or_default();
+                    used += n;
+                    self.last_activity = now;
+                    self.on_client_line(line);
+                }
+                Ok(None) => break,
+                Err(LineError::TooLong { max }) => {
+                    self.metrics.refuse(Refusal::LineTooLong);
+                    warn!(max, "client line too long; closing session");
+                    self.reply_now(LocalReply::LineTooLong);
+                    self.close(Outcome::ClientError);
+                    break;
+                }
+            }
+        }
+        buf.drain(..used.min(buf.len()));
+        self.settle();
+    }
+
+    /// Bytes from the backend: handles every complete line and removes it from `buf`.
+    pub fn on_server_input(&mut self, buf: &mut Vec<u8>, now: Instant) {
+        self.now = now;
+        let mut used = 0;
+        while self.closing.is_none() {
+            let rest = buf.get(used..).unwrap_or_default();
+            match find_line(rest, MAX_REPLY_LINE) {
+                Ok(Some(n)) => {
+                    let line = rest.get(..n).unwrap_or_default();
+                    used += n;
+                    self.backend_progress = now;
+                    self.on_server_line(line);
+                }
+                Ok(None) => break,
+                Err(LineError::TooLong { .. }) => {
+                    warn!("backend reply line too long; closing session");
+                    self.reply_now(LocalReply::InvalidServerReply);
+                    self.close(Outcome::BackendError);
+                    break;
+                }
+            }
+        }
+        buf.drain(..used.min(buf.len()));
+        self.settle();
+    }
+
+    /// The backend closed its control connection; replies complete in `buf` still go out.
+    pub fn on_server_closed(&mut self, buf: &mut Vec<u8>, now: Instant) {
+        debug!("backend closed control connection");
+        self.on_server_input(buf, now);
+        self.close(Outcome::Closed);
+    }
+
+    /// The client closed its control connection.
+    pub fn on_client_closed(&mut self) {
+        debug!("client closed control connection");
+        self.close(Outcome::Closed);
+    }
+
+    /// A control connection failed.
+    pub fn on_error(&mut self, err: &SessionError) {
+        debug!(error = %err, "control connection failed");
+        if let Some(reply) = err.reply() {
+            self.reply_now(reply);
+        }
+        self.close(err.outcome());
+    }
+
+    /// News from a data connection.
+    pub fn on_data_event(&mut self, ev: DataEvent, now: Instant) {
+        self.now = now;
+        match ev {
+            DataEvent::Started { .. } => self.active_data += 1,
+            DataEvent::Finished(f) => {
+                if f.established {
+                    self.active_data = self.active_data.saturating_sub(1);
+                    self.stats
+                        .transfer_finished(self.last_transfer, &f, &self.metrics);
+                }
+                self.last_activity = now;
+            }
+        }
+        self.backend_progress = now;
+        self.settle();
+    }
+
+    /// A session deadline passed.
+    pub fn on_deadline(&mut self, kind: Deadline, now: Instant) {
+        self.now = now;
+        let (metric, reply) = match kind {
+            Deadline::Login => (TimeoutKind::Login, LocalReply::LoginTimeout),
+            Deadline::Idle => (TimeoutKind::Idle, LocalReply::IdleTimeout),
+            Deadline::BackendReply => (TimeoutKind::BackendReply, LocalReply::BackendReplyTimeout),
+        };
+        self.metrics.timeout(metric);
+        info!(kind = metric.label(), "session timeout");
+        self.reply_now(reply);
+        self.close(Outcome::Timeout);
+    }
+
+    /// The keepalive timer fired.
+    pub fn on_keepalive(&mut self, now: Instant) {
+        self.now = now;
+        self.next_noop = None;
+        if keepalive::noop_allowed(&self.ledger) {
+            self.queue_for_backend(b"NOOP\r\n");
+            self.ledger.injected(Injected::Noop);
+            self.metrics.keepalive_noops_total.inc();
+            debug!("keepalive NOOP sent to backend");
+        }
+        self.settle();
+    }
+
+    /// The gateway is shutting down.
+    pub fn on_shutdown(&mut self) {
+        self.reply_now(LocalReply::ShuttingDown);
+        self.close(Outcome::Shutdown);
+    }
+
+    // ----- client commands -----
+
+    fn on_client_line(&mut self, line: &[u8]) {
+        let Ok(cmd) = parse_command(line) else {
+            debug!("empty command line");
+            self.answer(LocalReply::SyntaxError);
+            return;
+        };
+        self.stats.commands += 1;
+        self.metrics.command(cmd.verb);
+        debug!(command = %redact_for_log(line), "client command");
+        let mode = self.cfg.backend_data_mode;
+        match cmd.verb {
+            // RFC 1639: a 228 passed through would leak the backend's address; refusing
+            // makes clients fall back to EPSV/PASV.
+            Verb::Lpsv | Verb::Lprt => {
+                self.refuse((Refusal::LprtLpsv, LocalReply::LongModeRefused))
+            }
+            // RFC 2428 §4: after EPSV ALL only EPSV may set up data connections.
+            Verb::Pasv | Verb::Port | Verb::Eprt if self.epsv_all => {
+                self.refuse((Refusal::EpsvAll, LocalReply::EpsvAllInEffect))
+            }
+            Verb::Epsv if cmd.arg.eq_ignore_ascii_case(b"ALL") => {
+                self.epsv_all = true;
+                if mode == BackendDataMode::Active {
+                    // Towards the backend ftpgate keeps using PORT/EPRT.
+                    self.answer(LocalReply::EpsvAllAccepted);
+                } else {
+                    self.forward(line, cmd.verb);
+                }
+            }
+            Verb::Port | Verb::Eprt => self.on_active_command(cmd.verb, cmd.arg, line),
+            Verb::Pasv | Verb::Epsv if mode == BackendDataMode::Active => {
+                self.answer_passive_locally(cmd.verb)
+            }
+            Verb::Pasv | Verb::Epsv => {
+                // The backend's reply sets up the data connection: a PORT remembered
+                // for passive translation is superseded.
+                self.translation = Translation::Idle;
+                self.forward(line, cmd.verb);
+            }
+            v if v.is_transfer() => self.on_transfer_command(line, v),
+            // After `234` the control channel becomes TLS, which a line relay cannot
+            // carry. Until ftpgate terminates TLS itself, refuse plainly: clients that
+            // require TLS stop, clients that merely prefer it continue in plain text.
+            Verb::Auth => self.refuse((Refusal::AuthTls, LocalReply::AuthUnsupported)),
+            Verb::User => {
+                self.stats.set_user(cmd.arg);
+                self.forward(line, cmd.verb);
+            }
+            Verb::Abor | Verb::Stat => {
+                // RFC 959 §4.1.3: relay the Telnet Synch the client sent, so servers
+                // that watch for urgent data notice the command during a transfer.
+                if let Some(dm) = find_synch(line) {
+                    self.out.urgent_at = Some(self.out.to_backend.len() + dm);
+                }
+                self.forward(line, cmd.verb);
+            }
+            verb => self.forward(line, verb),
+        }
+    }
+
+    /// `PORT`/`EPRT` from the client, checked against the bounce attack, then either
+    /// relayed (rewritten to a backend-side listener of ftpgate's) or, in passive
+    /// translation, answered by ftpgate and remembered for the transfer command.
+    fn on_active_command(&mut self, verb: Verb, arg: &[u8], line: &[u8]) {
+        let target = match check_active_target(
+            verb,
+            arg,
+            self.addrs.client_ip,
+            &self.cfg.active.allow_foreign,
+        ) {
+            Ok(t) => t,
+            Err(refused) => {
+                if refused.0 == Refusal::Bounce {
+                    warn!(verb = verb.as_str(), argument = %redact_for_log(arg), "bounce attempt refused: data address is not the client's");
+                }
+                return self.refuse(refused);
+            }
+        };
+        self.withdraw_data();
+        if self.cfg.backend_data_mode == BackendDataMode::Passive {
+            // The backend will be asked for EPSV when the transfer command comes.
+            self.translation = Translation::ClientPort(target);
+            return self.answer(LocalReply::ActiveAccepted(verb));
+        }
+        self.translation = Translation::Idle;
+        let (backend_side, ours) = match self.backend_side_listener() {
+            Ok(x) => x,
+            // The backend was never told: answer in its stead.
+            Err(why) => return self.refuse((Refusal::DataPort, LocalReply::CantPrepareData(why))),
+        };
+        let client = self.client_connect(target);
+        self.open_data(DataMode::Active, client, backend_side);
+        let announce = backend_announce(self.addrs.mode, self.cfg.public_v4(), ours);
+        let cmd = format_data_command(verb, announce);
+        debug!(original = %redact_for_log(line), rewritten = %cmd.trim_end(), "active command rewritten");
+        self.metrics.rewrite(rewrite_kind_of(&cmd));
+        self.queue_for_backend(cmd.as_bytes());
+        self.ledger.forwarded(verb);
+    }
+
+    /// Active translation: the client asked for passive mode; ftpgate answers with a
+    /// listener of its own and the backend gets PORT/EPRT at the transfer command.
+    fn answer_passive_locally(&mut self, verb: Verb) {
+        self.withdraw_data();
+        self.translation = Translation::Idle;
+        let announce = match verb {
+            Verb::Pasv => announce_v4(
+                self.addrs.mode,
+                self.cfg.public_v4(),
+                self.addrs.client_local.ip(),
+            )
+            .map(IpAddr::V4),
+            _ => Some(self.addrs.client_local.ip()),
+        };
+        let Some(announce) = announce else {
+            return self.refuse((Refusal::NoIpv4, LocalReply::NoIpv4ForPasv));
+        };
+        let (endpoint, port) = match self.client_side_listener(verb) {
+            Ok(x) => x,
+            Err(why) => return self.refuse((Refusal::DataPort, LocalReply::CantOpenPassive(why))),
+        };
+        self.translation = Translation::ClientListening(endpoint);
+        self.answer(match (verb, announce) {
+            (Verb::Pasv, IpAddr::V4(v4)) => LocalReply::PassiveAt(SocketAddrV4::new(v4, port)),
+            _ => LocalReply::ExtendedPassiveAt(port),
+        });
+    }
+
+    fn on_transfer_command(&mut self, line: &[u8], verb: Verb) {
+        self.last_transfer = Some(verb);
+        match std::mem::take(&mut self.translation) {
+            Translation::ClientPort(client) => {
+                self.translation = Translation::Awaiting {
+                    setup: Setup::Epsv { client },
+                    held: HeldCommand {
+                        line: line.to_vec(),
+                        verb,
+                    },
+                };
+                self.inject_setup(b"EPSV\r\n");
+            }
+            Translation::ClientListening(client) => match self.backend_side_listener() {
+                Ok((backend, ours)) => {
+                    let cmd = format_data_command(
+                        if ours.is_ipv4() {
+                            Verb::Port
+                        } else {
+                            Verb::Eprt
+                        },
+                        ours,
+                    );
+                    self.metrics.rewrite(rewrite_kind_of(&cmd));
+                    self.translation = Translation::Awaiting {
+                        setup: Setup::Port { client, backend },
+                        held: HeldCommand {
+                            line: line.to_vec(),
+                            verb,
+                        },
+                    };
+                    self.inject_setup(cmd.as_bytes());
+                }
+                Err(why) => self.refuse((Refusal::DataPort, LocalReply::CantOpenDataWith(why))),
+            },
+            other => {
+                self.translation = other;
+                self.forward(line, verb);
+            }
+        }
+    }
+
+    fn inject_setup(&mut self, cmd: &[u8]) {
+        debug!(command = %String::from_utf8_lossy(cmd).trim_end(), "data-setup command sent to backend");
+        self.queue_for_backend(cmd);
+        self.ledger.injected(Injected::DataSetup);
+    }
+
+    // ----- server replies -----
+
+    fn on_server_line(&mut self, line: &[u8]) {
+        let outcome = match self.ledger.on_server_line(line) {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(error = %e, line = %redact_for_log(line), "malformed reply from backend; closing session");
+                self.reply_now(LocalReply::InvalidServerReply);
+                return self.close(Outcome::BackendError);
+            }
+        };
+        // The code the client receives for a reply ending here, if it receives one.
+        let mut sent = outcome.ended.map(|e| e.code.0);
+        match outcome.disposition {
+            Disposition::Forward => self.push_line(line),
+            Disposition::Swallow => sent = None,
+            Disposition::Intercept => {
+                sent = None;
+                if let Some(ended) = outcome.ended.filter(|e| e.code.is_final()) {
+                    self.on_setup_reply(line, ended.code.0);
+                }
+            }
+            Disposition::RewritePasv | Disposition::RewriteEpsv => {
+                let from_client = match outcome.ended {
+                    Some(e) => matches!(e.origin, Some(Origin::Client(_)) | None),
+                    // Not the last line: a multi-line reply, whoever it belongs to.
+                    None => true,
+                };
+                if !from_client {
+                    self.push_line(line);
+                } else if !self.maps_passive() {
+                    self.fix_passive_line(line, outcome.disposition);
+                } else {
+                    sent = self.on_passive_line(line, outcome.line, outcome.disposition);
+                }
+            }
+        }
+        if let Some(code) = sent {
+            self.metrics.reply(code);
+        }
+        if outcome.ended.is_some() {
+            self.emit_local_replies();
+        }
+    }
+
+    /// Whether passive replies are mapped through ftpgate's own ports. On a gateway
+    /// without `map_passive` they pass through and clients connect out through NAT.
+    fn maps_passive(&self) -> bool {
+        self.addrs.mode == ListenerMode::Reverse || self.cfg.transparent.map_passive
+    }
+
+    /// One line of a client's `227`/`229`. Only a reply's final line is mapped (RFC
+    /// 959 §4.2); the lines before it are held so that, if it cannot be mapped, one
+    /// `425` replaces the whole reply. Returns the code sent when the reply ended.
+    fn on_passive_line(&mut self, line: &[u8], kind: ReplyLine, how: Disposition) -> Option<u16> {
+        let last = matches!(kind, ReplyLine::Single(_) | ReplyLine::End(_));
+        if !last {
+            self.held_reply
+                .get_or_insert_with(HeldReply::default)
+                .push(line);
+            return None;
+        }
+        let held = self.held_reply.take().unwrap_or_default();
+        let mapped = if held.overflowed() {
+            self.metrics.refuse(Refusal::PassiveReplyTooLong);
+            Err("reply from server too long".to_string())
+        } else {
+            self.map_passive(line, how)
+        };
+        match mapped {
+            Ok(rewritten) => {
+                for l in held.lines() {
+                    push_line(&mut self.out.to_client, l);
+                }
+                push_line(&mut self.out.to_client, &rewritten);
+                parse_code(line).map(|c| c.0)
+            }
+            Err(why) => {
+                warn!(reason = %why, original = %redact_for_log(line), "passive reply not mapped");
+                let reply = LocalReply::CantOpenPassive(why);
+                self.out.to_client.extend_from_slice(&reply.to_bytes());
+                Some(reply.code())
+            }
+        }
+    }
+
+    /// Maps a passive reply's final line to a port of ftpgate's, starting the data
+    /// connection; the error says why it could not be.
+    fn map_passive(&mut self, line: &[u8], how: Disposition) -> Result<Vec<u8>, String> {
+        let (verb, target) = if how == Disposition::RewritePasv {
+            let t = find_pasv_tuple(line)
+                .map_err(|e| format!("unparsable 227 reply from server ({e})"))?;
+            (Verb::Pasv, self.pasv_target(t.addr))
+        } else {
+            let p = find_epsv_port(line)
+                .map_err(|e| format!("unparsable 229 reply from server ({e})"))?;
+            // RFC 2428 §3: the data connection goes to the control connection's address.
+            (Verb::Epsv, SocketAddr::new(self.addrs.backend.ip(), p.port))
+        };
+        if target.port() == 0 {
+            return Err("server named data port 0".into());
+        }
+        let public = match verb {
+            Verb::Pasv => Some(
+                announce_v4(
+                    self.addrs.mode,
+                    self.cfg.public_v4(),
+                    self.addrs.client_local.ip(),
+                )
+                .ok_or("no IPv4 address to announce; use EPSV")?,
+            ),
+            _ => None,
+        };
+        let (client, port) = self.client_side_listener(verb)?;
+        let rewritten = match public {
+            Some(v4) => rewrite_227(line, SocketAddrV4::new(v4, port)),
+            None => rewrite_229(line, port),
+        }
+        .map_err(|e| format!("rewrite failed ({e})"))?;
+        let backend = self.backend_connect(target);
+        self.withdraw_data();
+        self.open_data(DataMode::Passive, client, backend);
+        self.metrics.rewrite(if public.is_some() {
+            RewriteKind::Pasv227
+        } else {
+            RewriteKind::Epsv229
+        });
+        debug!(original = %redact_for_log(line), rewritten = %redact_for_log(&rewritten), "passive reply rewritten");
+        Ok(rewritten)
+    }
+
+    /// Gateway mode without mapping: a `227` naming a private address, from a server
+    /// whose control address is public, names the control address instead.
+    fn fix_passive_line(&mut self, line: &[u8], how: Disposition) {
+        let fixable = how == Disposition::RewritePasv && self.cfg.transparent.fix_private_pasv;
+        let fixed = fixable
+            .then(|| find_pasv_tuple(line).ok())
+            .flatten()
+            .and_then(|t| {
+                let to = fix_private_pasv(*t.addr.ip(), self.addrs.backend.ip())?;
+                let fixed = rewrite_227(line, SocketAddrV4::new(to, t.addr.port())).ok()?;
+                info!(named = %t.addr.ip(), server = %to, "server named a private address in 227; using its control address");
+                Some(fixed)
+            });
+        match fixed {
+            Some(f) => {
+                self.metrics.rewrite(RewriteKind::Pasv227);
+                self.push_line(&f);
+            }
+            None => self.push_line(line),
+        }
+    }
+
+    /// Where to connect for a backend's `227`; a substitution is counted and logged.
+    fn pasv_target(&self, advertised: SocketAddrV4) -> SocketAddr {
+        let decision = passive_target(
+            advertised,
+            self.addrs.backend.ip(),
+            self.cfg.passive.target,
+            &self.cfg.passive.allow_targets,
+            |ip| self.edge.is_own_address(ip),
+        );
+        if let PassiveTargetDecision::Substituted { named, used } = decision {
+            self.metrics.refuse(Refusal::PassiveTarget);
+            warn!(%named, %used, "backend's 227 names an address ftpgate does not connect to; using its control address (see passive.allow_targets)");
+        }
+        decision.addr()
+    }
+
+    /// The backend answered ftpgate's data-setup command: open the data connection and
+    /// release the held transfer command, or answer the client in the backend's stead.
+    fn on_setup_reply(&mut self, line: &[u8], code: u16) {
+        let Translation::Awaiting { setup, held } = std::mem::take(&mut self.translation) else {
+            return;
+        };
+        let backend_ip = self.addrs.backend.ip();
+        let verdict = setup_reply(setup, line, code, backend_ip, |a| self.pasv_target(a));
+        match verdict {
+            SetupVerdict::RetryWithPasv { client } => {
+                self.translation = Translation::Awaiting {
+                    setup: Setup::Pasv { client },
+                    held,
+                };
+                self.inject_setup(b"PASV\r\n");
+            }
+            SetupVerdict::Connect { client, backend } => {
+                let client = self.client_connect(client);
+                let backend = self.backend_connect(backend);
+                self.withdraw_data();
+                self.open_data(DataMode::Active, client, backend);
+                self.forward(&held.line, held.verb);
+            }
+            SetupVerdict::Accept { client, backend } => {
+                self.withdraw_data();
+                self.open_data(DataMode::Passive, client, backend);
+                self.forward(&held.line, held.verb);
+            }
+            SetupVerdict::Refused => {
+                warn!(code, reply = %redact_for_log(line), "backend refused data setup");
+                self.answer(LocalReply::CantOpenData);
+            }
+        }
+    }
+
+    // ----- data endpoints -----
+
+    fn client_side_listener(
+        &mut self,
+        verb: Verb,
+    ) -> Result<(EndpointSpec<E::Listener>, u16), String> {
+        let ip = client_listener_ip(verb, self.addrs.client_local.ip());
+        let (port, listener) = self
+            .edge
+            .bind_data_listener(ListenerSide::Client, ip)
+            .map_err(|e| self.lease_error(e))?;
+        let expect = self.addrs.client_ip;
+        Ok((EndpointSpec::Accept { listener, expect }, port))
+    }
+
+    /// A listener on ftpgate's backend-side address for a backend's active-mode data
+    /// connection, accepting only that backend.
+    fn backend_side_listener(&mut self) -> Result<(EndpointSpec<E::Listener>, SocketAddr), String> {
+        let ip = self.addrs.backend_local.ip();
+        let (port, listener) = self
+            .edge
+            .bind_data_listener(ListenerSide::Backend, ip)
+            .map_err(|e| self.lease_error(e))?;
+        let expect = self.addrs.backend.ip();
+        Ok((
+            EndpointSpec::Accept { listener, expect },
+            SocketAddr::new(ip, port),
+        ))
+    }
+
+    fn client_connect(&self, target: SocketAddr) -> EndpointSpec<E::Listener> {
+        let local = client_connect_local(
+            self.addrs.mode,
+            self.cfg.active.source_port,
+            self.addrs.client_local.ip(),
+            target,
+        );
+        EndpointSpec::Connect { target, local }
+    }
+
+    /// Backends see data connections from the control connection's local address
+    /// (vsftpd refuses others: its `pasv_promiscuous=NO` check).
+    fn backend_connect(&self, target: SocketAddr) -> EndpointSpec<E::Listener> {
+        EndpointSpec::Connect {
+            target,
+            local: Some(SocketAddr::new(self.addrs.backend_local.ip(), 0)),
+        }
+    }
+
+    fn lease_error(&self, e: LeaseError) -> String {
+        if let LeaseError::Exhausted(n) = e {
+            self.metrics.data_port_exhausted_total.inc();
+            warn!(ports = n, "data-port range exhausted");
+        }
+        e.to_string()
+    }
+
+    fn withdraw_data(&mut self) {
+        self.actions.push(Action::WithdrawData);
+    }
+
+    fn open_data(
+        &mut self,
+        mode: DataMode,
+        client: EndpointSpec<E::Listener>,
+        backend: EndpointSpec<E::Listener>,
+    ) {
+        self.next_data_id += 1;
+        self.actions.push(Action::OpenData(DataSpec {
+            id: self.next_data_id,
+            mode,
+            client,
+            backend,
+        }));
+    }
+
+    // ----- output -----
+
+    fn forward(&mut self, line: &[u8], verb: Verb) {
+        // RFC 1123 §4.1.2.10: accept bare LF, but always send CRLF.
+        let line = trim_eol(line);
+        self.queue_for_backend(line);
+        self.queue_for_backend(b"\r\n");
+        self.ledger.forwarded(verb);
+    }
+
+    /// Queues bytes for the backend; a command sent while the backend owes nothing
+    /// starts the reply clock.
+    fn queue_for_backend(&mut self, bytes: &[u8]) {
+        if !self.ledger.awaiting_server() {
+            self.backend_progress = self.now;
+        }
+        self.out.to_backend.extend_from_slice(bytes);
+    }
+
+    fn push_line(&mut self, line: &[u8]) {
+        push_line(&mut self.out.to_client, line);
+    }
+
+    /// Answers the client's command in turn (after the replies owed before it).
+    fn answer(&mut self, reply: LocalReply) {
+        self.ledger.answer_locally(reply.to_bytes());
+    }
+
+    fn refuse(&mut self, (reason, reply): Refused) {
+        self.metrics.refuse(reason);
+        info!(reason = reason.label(), reply = %reply, "command refused");
+        self.answer(reply);
+    }
+
+    /// A reply that goes out at once: the session is ending.
+    fn reply_now(&mut self, reply: LocalReply) {
+        self.metrics.reply(reply.code());
+        self.out.to_client.extend_from_slice(&reply.to_bytes());
+    }
+
+    fn emit_local_replies(&mut self) {
+        while let Some(reply) = self.ledger.next_local_reply() {
+            if let Some(code) = parse_code(&reply) {
+                self.metrics.reply(code.0);
+            }
+            self.out.to_client.extend_from_slice(&reply);
+        }
+    }
+
+    fn close(&mut self, outcome: Outcome) {
+        if self.closing.is_none() {
+            self.closing = Some(outcome);
+            self.actions.push(Action::Close(outcome));
+        }
+    }
+
+    /// After every input: local replies whose turn came go out, and the keepalive
+    /// follows the transfer state.
+    fn settle(&mut self) {
+        self.emit_local_replies();
+        self.next_noop = keepalive::next_noop(
+            self.next_noop,
+            self.cfg.keepalive.noop_interval,
+            self.ledger.running_transfer().is_some(),
+            self.now,
+        );
+    }
+
+    /// A transfer or a translation is in flight: the session is not idle.
+    fn busy(&self) -> bool {
+        self.active_data > 0 || self.ledger.transfer_outstanding() || self.translation.holding()
+    }
+}
+
+fn push_line(out: &mut Vec<u8>, line: &[u8]) {
+    out.extend_from_slice(trim_eol(line));
+    out.extend_from_slice(b"\r\n");
+}
+
+fn rewrite_kind_of(cmd: &str) -> RewriteKind {
+    if cmd.starts_with("PORT") {
+        RewriteKind::Port
+    } else {
+        RewriteKind::Eprt
+    }
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

@@ -1,0 +1,695 @@
+//! The machine's decisions, driven with bytes and a fake edge: no sockets, no tasks.
+//! Each test names the client or server behaviour it stands for.
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::PassiveTarget;
+
+/// Data ports from a counter; `exhausted` makes every lease fail.
+#[derive(Default)]
+struct FakeEdge {
+    next_port: u16,
+    exhausted: bool,
+    own: Vec<IpAddr>,
+}
+
+impl SessionEdge for FakeEdge {
+    type Listener = (ListenerSide, u16);
+
+    fn bind_data_listener(
+        &mut self,
+        side: ListenerSide,
+        _ip: IpAddr,
+    ) -> Result<(u16, Self::Listener), LeaseError> {
+        if self.exhausted {
+            return Err(LeaseError::Exhausted(1000));
+        }
+        self.next_port += 1;
+        let port = 50000 + self.next_port;
+        Ok((port, (side, port)))
+    }
+
+    fn is_own_address(&self, ip: IpAddr) -> bool {
+        self.own.contains(&ip)
+    }
+}
+
+type M = SessionMachine<FakeEdge>;
+
+struct T {
+    m: M,
+    now: Instant,
+}
+
+const CLIENT: &str = "198.51.100.7";
+
+fn addrs(client: &str) -> Addresses {
+    Addresses {
+        mode: ListenerMode::Reverse,
+        client_ip: client.parse().unwrap(),
+        client_local: "203.0.113.10:21".parse().unwrap(),
+        backend: "10.0.0.2:21".parse().unwrap(),
+        backend_local: "10.0.0.1:40000".parse().unwrap(),
+    }
+}
+
+fn session_with(client: &str, f: impl FnOnce(&mut Config)) -> T {
+    let mut cfg = Config {
+        public_address: vec!["203.0.113.10".parse().unwrap()],
+        ..Config::default()
+    };
+    f(&mut cfg);
+    let now = Instant::now();
+    let m = SessionMachine::new(
+        Arc::new(cfg),
+        Arc::new(Metrics::new()),
+        FakeEdge::default(),
+        addrs(client),
+        now,
+    );
+    let mut t = T { m, now };
+    t.server("220 ready\r\n");
+    assert_eq!(t.take_client(), "220 ready\r\n");
+    t
+}
+
+fn session(f: impl FnOnce(&mut Config)) -> T {
+    session_with(CLIENT, f)
+}
+
+fn logged_in(f: impl FnOnce(&mut Config)) -> T {
+    let mut t = session(f);
+    t.client("USER u\r\nPASS p\r\n");
+    assert_eq!(t.take_backend(), "USER u\r\nPASS p\r\n");
+    t.server("331 pw\r\n230 ok\r\n");
+    assert_eq!(t.take_client(), "331 pw\r\n230 ok\r\n");
+    assert!(t.m.logged_in());
+    t
+}
+
+impl T {
+    fn client(&mut self, bytes: &str) {
+        self.client_bytes(bytes.as_bytes());
+    }
+
+    fn client_bytes(&mut self, bytes: &[u8]) {
+        let mut buf = bytes.to_vec();
+        self.m.on_client_input(&mut buf, self.now);
+        assert!(
+            buf.is_empty() || !self.m.wants_client_input(),
+            "left unread: {buf:?}"
+        );
+    }
+
+    fn server(&mut self, bytes: &str) {
+        let mut buf = bytes.as_bytes().to_vec();
+        self.m.on_server_input(&mut buf, self.now);
+    }
+
+    fn take_client(&mut self) -> String {
+        String::from_utf8(std::mem::take(&mut self.m.out.to_client)).unwrap()
+    }
+
+    fn take_backend(&mut self) -> String {
+        String::from_utf8(std::mem::take(&mut self.m.out.to_backend)).unwrap()
+    }
+
+    fn actions(&mut self) -> Vec<Action<(ListenerSide, u16)>> {
+        self.m.take_actions().collect()
+    }
+
+    fn opened(&mut self) -> Vec<DataSpec<(ListenerSide, u16)>> {
+        self.actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::OpenData(d) => Some(d),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closed(&mut self) -> Option<Outcome> {
+        self.actions().into_iter().find_map(|a| match a {
+            Action::Close(o) => Some(o),
+            _ => None,
+        })
+    }
+
+    fn refusals(&self, reason: Refusal) -> u64 {
+        self.m
+            .metrics
+            .refusals_total
+            .with_label_values(&[reason.label()])
+            .get()
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+}
+
+// ----- bounce checks at the machine level -----
+
+/// Bounce attempts with every address form: refused with the reply in turn, counted,
+/// and nothing reaches the backend nor opens a data connection.
+#[test]
+fn bounce_attempts_are_refused_in_every_address_form() {
+    let cases = [
+        (
+            CLIENT,
+            "PORT 203,0,113,9,0,25\r\n",
+            "500 Illegal PORT command",
+        ),
+        (
+            CLIENT,
+            "EPRT |1|127.0.0.1|22|\r\n",
+            "500 Illegal EPRT command",
+        ),
+        (
+            "2001:db8::7",
+            "EPRT |2|2001:db8::66|25|\r\n",
+            "500 Illegal EPRT command",
+        ),
+        (
+            "2001:db8::7",
+            "PORT 198,51,100,7,0,25\r\n",
+            "500 Illegal PORT command",
+        ),
+        // The client on a dual-stack listener is ::ffff:198.51.100.7 in the socket,
+        // 198.51.100.7 in its PORT: that is itself, not a bounce.
+        (
+            "::ffff:198.51.100.7",
+            "PORT 198,51,100,7,19,136\r\n",
+            "PORT 10,0,0,1,",
+        ),
+    ];
+    for (client, cmd, want) in cases {
+        let mut t = session_with(client, |_| {});
+        // Addresses are canonical in the machine, as the driver makes them.
+        t.m.addrs.client_ip = canonical_ip_of(client);
+        t.client(cmd);
+        let to_client = t.take_client();
+        let to_backend = t.take_backend();
+        if want.starts_with("500") {
+            assert!(to_client.starts_with(want), "{cmd}: {to_client}");
+            assert_eq!(to_backend, "", "{cmd}: nothing reaches the backend");
+            assert!(t.opened().is_empty(), "{cmd}: no data connection");
+            assert_eq!(t.refusals(Refusal::Bounce), 1, "{cmd}");
+        } else {
+            assert!(to_backend.starts_with(want), "{cmd}: {to_backend}");
+            assert_eq!(t.refusals(Refusal::Bounce), 0);
+        }
+    }
+}
+
+fn canonical_ip_of(s: &str) -> IpAddr {
+    crate::protocol::addr::canonical_ip(s.parse().unwrap())
+}
+
+/// curl's active mode: PORT naming itself becomes PORT naming ftpgate's backend-side
+/// listener, which accepts only the backend; ftpgate connects out to the client.
+#[test]
+fn port_is_rewritten_to_a_backend_side_listener() {
+    let mut t = logged_in(|_| {});
+    t.client("PORT 198,51,100,7,19,136\r\n");
+    let sent = t.take_backend();
+    assert!(sent.starts_with("PORT 10,0,0,1,"), "{sent}");
+    let opened = t.opened();
+    assert_eq!(opened.len(), 1);
+    let d = &opened[0];
+    assert_eq!(d.mode, DataMode::Active);
+    assert!(
+        matches!(d.backend, EndpointSpec::Accept { expect, .. } if expect == "10.0.0.2".parse::<IpAddr>().unwrap())
+    );
+    assert!(
+        matches!(d.client, EndpointSpec::Connect { target, .. } if target == "198.51.100.7:5000".parse().unwrap())
+    );
+    t.server("200 PORT ok\r\n");
+    assert_eq!(t.take_client(), "200 PORT ok\r\n");
+}
+
+// ----- EPSV ALL (RFC 2428 §4) -----
+
+#[test]
+fn epsv_all_forbids_other_data_commands_afterwards() {
+    for mode in [BackendDataMode::Same, BackendDataMode::Active] {
+        let mut t = logged_in(|c| c.backend_data_mode = mode);
+        t.client("EPSV ALL\r\n");
+        if mode == BackendDataMode::Same {
+            assert_eq!(
+                t.take_backend(),
+                "EPSV ALL\r\n",
+                "forwarded when the backend stays passive"
+            );
+            t.server("200 EPSV ALL ok\r\n");
+        } else {
+            assert_eq!(
+                t.take_backend(),
+                "",
+                "active translation keeps PORT towards the backend"
+            );
+        }
+        assert!(t.take_client().starts_with("200 "));
+        for cmd in [
+            "PASV",
+            "PORT 198,51,100,7,19,136",
+            "EPRT |1|198.51.100.7|5000|",
+        ] {
+            t.client(&format!("{cmd}\r\n"));
+            assert_eq!(
+                t.take_client(),
+                "500 EPSV ALL in effect; only EPSV is allowed.\r\n",
+                "{mode:?} {cmd}"
+            );
+            assert_eq!(t.take_backend(), "");
+        }
+        assert_eq!(t.refusals(Refusal::EpsvAll), 3);
+    }
+}
+
+// ----- mode translation -----
+
+/// Passive translation against a server without EPSV (pyftpdlib with EPSV disabled,
+/// old servers): EPSV refused, PASV tried, the held RETR released after the 227.
+#[test]
+fn epsv_refused_falls_back_to_pasv_and_the_transfer_command_waits() {
+    let mut t = logged_in(|c| c.backend_data_mode = BackendDataMode::Passive);
+    t.client("PORT 198,51,100,7,19,136\r\n");
+    assert_eq!(t.take_client(), "200 PORT command successful.\r\n");
+    assert_eq!(
+        t.take_backend(),
+        "",
+        "the backend is asked only at the transfer"
+    );
+    t.client("RETR f\r\nNOOP\r\n");
+    assert_eq!(t.take_backend(), "EPSV\r\n", "RETR held, NOOP not read");
+    assert!(
+        !t.m.wants_client_input(),
+        "the client is not read while RETR is held"
+    );
+    t.server("500 EPSV not understood\r\n");
+    assert_eq!(
+        t.take_client(),
+        "",
+        "ftpgate's own command: never shown to the client"
+    );
+    assert_eq!(t.take_backend(), "PASV\r\n");
+    assert!(t.opened().is_empty());
+    t.server("227 Entering Passive Mode (10,0,0,2,25,46)\r\n");
+    assert_eq!(
+        t.take_backend(),
+        "RETR f\r\n",
+        "released after the setup succeeded"
+    );
+    let opened = t.opened();
+    assert_eq!(opened.len(), 1);
+    assert!(
+        matches!(opened[0].backend, EndpointSpec::Connect { target, .. } if target == "10.0.0.2:6446".parse().unwrap())
+    );
+    assert!(
+        matches!(opened[0].client, EndpointSpec::Connect { target, .. } if target == "198.51.100.7:5000".parse().unwrap())
+    );
+    assert!(t.m.wants_client_input());
+    // The NOOP the client pipelined goes after RETR; replies come in command order.
+    t.client("NOOP\r\n");
+    assert_eq!(t.take_backend(), "NOOP\r\n");
+    t.server("150 opening\r\n226 done\r\n200 noop\r\n");
+    assert_eq!(t.take_client(), "150 opening\r\n226 done\r\n200 noop\r\n");
+}
+
+/// A backend that refuses the data setup outright: the client gets a 425 in its stead.
+#[test]
+fn refused_setup_answers_the_held_command_with_425() {
+    let mut t = logged_in(|c| c.backend_data_mode = BackendDataMode::Passive);
+    t.client("EPRT |1|198.51.100.7|5000|\r\nLIST\r\n");
+    assert_eq!(t.take_client(), "200 EPRT command successful.\r\n");
+    assert_eq!(t.take_backend(), "EPSV\r\n");
+    t.server("425 no data connections today\r\n");
+    assert_eq!(t.take_client(), "425 Can't open data connection.\r\n");
+    assert_eq!(t.take_backend(), "", "LIST never reaches the backend");
+    assert!(t.m.wants_client_input());
+}
+
+/// Active translation: the client's PASV is answered by ftpgate; the backend gets PORT
+/// at the transfer command; RETR waits for the PORT's 200.
+#[test]
+fn active_translation_answers_pasv_and_holds_retr_until_port_is_accepted() {
+    let mut t = logged_in(|c| c.backend_data_mode = BackendDataMode::Active);
+    t.client("PASV\r\n");
+    assert_eq!(t.take_backend(), "");
+    let reply = t.take_client();
+    assert!(
+        reply.starts_with("227 Entering Passive Mode (203,0,113,10,"),
+        "{reply}"
+    );
+    t.client("RETR f\r\n");
+    let port = t.take_backend();
+    assert!(port.starts_with("PORT 10,0,0,1,"), "{port}");
+    t.server("200 PORT ok\r\n");
+    assert_eq!(t.take_client(), "");
+    assert_eq!(t.take_backend(), "RETR f\r\n");
+    let opened = t.opened();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].mode, DataMode::Passive);
+    assert!(
+        matches!(opened[0].client, EndpointSpec::Accept { expect, .. } if expect == CLIENT.parse::<IpAddr>().unwrap())
+    );
+}
+
+// ----- local replies in command order -----
+
+/// lftp pipelines: a refused command between forwarded ones is answered in turn, after
+/// the replies owed before it and before those owed after it.
+#[test]
+fn local_replies_keep_command_order_under_pipelining() {
+    let mut t = logged_in(|_| {});
+    t.client("PWD\r\nLPSV\r\nSYST\r\nAUTH TLS\r\nNOOP\r\n");
+    assert_eq!(t.take_backend(), "PWD\r\nSYST\r\nNOOP\r\n");
+    assert_eq!(t.take_client(), "", "LPSV waits for PWD's reply");
+    t.server("257 \"/\"\r\n");
+    assert_eq!(
+        t.take_client(),
+        "257 \"/\"\r\n502 Command not implemented; use EPSV or EPRT.\r\n"
+    );
+    t.server("215-UNIX\r\n");
+    assert_eq!(
+        t.take_client(),
+        "215-UNIX\r\n",
+        "not inside a multi-line reply"
+    );
+    t.server("215 Type: L8\r\n200 ok\r\n");
+    assert_eq!(
+        t.take_client(),
+        "215 Type: L8\r\n502 AUTH is not supported through this gateway.\r\n200 ok\r\n"
+    );
+}
+
+/// The pipelining bound: past `control.max_pipelined_commands` owed replies the client
+/// is not read; lines already read wait in the buffer.
+#[test]
+fn pipelining_is_bounded() {
+    let mut t = logged_in(|c| c.control.max_pipelined_commands = 3);
+    let mut buf = b"NOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\n".to_vec();
+    t.m.on_client_input(&mut buf, t.now);
+    assert_eq!(t.take_backend(), "NOOP\r\nNOOP\r\nNOOP\r\n");
+    assert!(!t.m.wants_client_input());
+    assert_eq!(buf, b"NOOP\r\nNOOP\r\n", "unread lines stay");
+    t.server("200 a\r\n");
+    assert!(t.m.wants_client_input());
+    t.m.on_client_input(&mut buf, t.now);
+    assert_eq!(t.take_backend(), "NOOP\r\n");
+}
+
+// ----- keepalive -----
+
+/// vsftpd during a download: NOOPs only after the 150, only while nothing else is
+/// owed, and their replies (after the 226) are swallowed.
+#[test]
+fn keepalive_runs_only_during_a_transfer_and_replies_are_swallowed() {
+    let mut t = logged_in(|c| c.keepalive.noop_interval = Duration::from_secs(60));
+    assert_eq!(t.m.next_keepalive(), None);
+    t.client("RETR big\r\n");
+    t.take_backend();
+    assert_eq!(t.m.next_keepalive(), None, "not before the transfer starts");
+    t.server("150 opening\r\n");
+    t.take_client();
+    let due = t.m.next_keepalive().expect("armed during the transfer");
+    assert_eq!(due, t.now + Duration::from_secs(60));
+    t.advance(Duration::from_secs(60));
+    t.m.on_keepalive(t.now);
+    assert_eq!(t.take_backend(), "NOOP\r\n");
+    assert_eq!(t.m.next_keepalive(), Some(t.now + Duration::from_secs(60)));
+    // lftp sends STAT during the transfer: the client now waits for a reply, so no more.
+    t.client("STAT\r\n");
+    t.take_backend();
+    t.advance(Duration::from_secs(60));
+    t.m.on_keepalive(t.now);
+    assert_eq!(
+        t.take_backend(),
+        "",
+        "no NOOP while the client waits for a reply"
+    );
+    // proftpd answers NOOP and STAT at once, in order, before the transfer's 226: the
+    // 200 belongs to ftpgate's NOOP, the 211 to the client's STAT.
+    t.server("200 NOOP ok\r\n211 status\r\n226 done\r\n");
+    assert_eq!(t.take_client(), "211 status\r\n226 done\r\n");
+    assert_eq!(
+        t.m.next_keepalive(),
+        None,
+        "disarmed when the transfer ends"
+    );
+}
+
+#[test]
+fn keepalive_off_never_arms() {
+    let mut t = logged_in(|c| c.keepalive.noop_interval = Duration::ZERO);
+    t.client("RETR big\r\n");
+    t.server("150 opening\r\n");
+    assert_eq!(t.m.next_keepalive(), None);
+}
+
+// ----- deadlines -----
+
+/// A client dribbling a few bytes of a line (slowloris on the control port) is idle:
+/// only complete commands count as activity.
+#[test]
+fn partial_lines_do_not_reset_the_idle_clock() {
+    let mut t = logged_in(|c| c.timeouts.idle = Duration::from_secs(30));
+    let (due, kind) = t.m.next_deadline().unwrap();
+    assert_eq!(kind, Deadline::Idle);
+    t.advance(Duration::from_secs(20));
+    let mut buf = b"NO".to_vec();
+    t.m.on_client_input(&mut buf, t.now);
+    assert_eq!(
+        t.m.next_deadline().unwrap().0,
+        due,
+        "a partial line is not activity"
+    );
+    buf.extend_from_slice(b"OP\r\n");
+    t.m.on_client_input(&mut buf, t.now);
+    assert_eq!(
+        t.m.next_deadline(),
+        Some((t.now + Duration::from_secs(30), Deadline::Idle)),
+        "a complete command is"
+    );
+    t.server("200 ok\r\n");
+    assert_eq!(
+        t.m.next_deadline(),
+        Some((t.now + Duration::from_secs(30), Deadline::Idle))
+    );
+}
+
+#[test]
+fn login_deadline_runs_from_the_start_until_login() {
+    let mut t = session(|c| c.timeouts.login = Duration::from_secs(10));
+    let start = t.now;
+    t.advance(Duration::from_secs(5));
+    t.client("USER u\r\n");
+    t.server("331 pw\r\n");
+    assert_eq!(t.take_client(), "331 pw\r\n");
+    assert_eq!(
+        t.m.next_deadline(),
+        Some((start + Duration::from_secs(10), Deadline::Login))
+    );
+    t.advance(Duration::from_secs(5));
+    t.m.on_deadline(Deadline::Login, t.now);
+    assert_eq!(
+        t.take_client(),
+        "421 Login timeout; closing control connection.\r\n"
+    );
+    assert_eq!(t.closed(), Some(Outcome::Timeout));
+    assert!(!t.m.wants_client_input());
+}
+
+/// A backend that stops answering a LIST: the reply clock runs while a reply is owed
+/// and no data connection runs, and ends the session with 421.
+#[test]
+fn backend_reply_timeout_applies_while_a_reply_is_owed_and_no_data_moves() {
+    let mut t = logged_in(|c| {
+        c.timeouts.backend_reply = Duration::from_secs(300);
+        c.timeouts.idle = Duration::from_secs(900);
+    });
+    t.advance(Duration::from_secs(100));
+    t.client("LIST\r\n");
+    assert_eq!(
+        t.m.next_deadline(),
+        Some((t.now + Duration::from_secs(300), Deadline::BackendReply))
+    );
+    t.server("150 here it comes\r\n");
+    assert_eq!(t.take_client(), "150 here it comes\r\n");
+    t.advance(Duration::from_secs(10));
+    // A long transfer is progress, however long: no reply deadline while it runs.
+    t.m.on_data_event(DataEvent::Started { id: 1 }, t.now);
+    assert_eq!(t.m.next_deadline(), None);
+    t.advance(Duration::from_secs(3000));
+    t.m.on_data_event(
+        DataEvent::Finished(super::super::data::Finished {
+            id: 1,
+            mode: DataMode::Passive,
+            client_to_backend: 0,
+            backend_to_client: 10,
+            duration: Duration::from_secs(3000),
+            established: true,
+        }),
+        t.now,
+    );
+    assert_eq!(
+        t.m.next_deadline(),
+        Some((t.now + Duration::from_secs(300), Deadline::BackendReply))
+    );
+    t.m.on_deadline(Deadline::BackendReply, t.now);
+    assert_eq!(
+        t.take_client(),
+        "421 Server did not answer in time; closing control connection.\r\n"
+    );
+    assert_eq!(t.closed(), Some(Outcome::Timeout));
+}
+
+#[test]
+fn backend_reply_timeout_off_when_zero() {
+    let mut t = logged_in(|c| {
+        c.timeouts.backend_reply = Duration::ZERO;
+        c.timeouts.idle = Duration::ZERO;
+    });
+    t.client("LIST\r\n");
+    assert_eq!(t.m.next_deadline(), None);
+}
+
+// ----- passive replies -----
+
+#[test]
+fn single_line_227_and_229_are_mapped() {
+    let mut t = logged_in(|_| {});
+    t.client("PASV\r\n");
+    t.server("227 Entering Passive Mode (10,0,0,2,25,46).\r\n");
+    assert_eq!(
+        t.take_client(),
+        "227 Entering Passive Mode (203,0,113,10,195,81).\r\n"
+    );
+    let opened = t.opened();
+    assert!(
+        matches!(opened[0].backend, EndpointSpec::Connect { target, .. } if target == "10.0.0.2:6446".parse().unwrap())
+    );
+    t.client("EPSV\r\n");
+    t.server("229 Extended (|||6447|)\r\n");
+    assert_eq!(t.take_client(), "229 Extended (|||50002|)\r\n");
+}
+
+/// A multi-line 227: only the final line is mapped (one port), inner lines pass as
+/// text; if the final line cannot be mapped, one 425 replaces the whole block.
+#[test]
+fn multiline_passive_replies_map_only_the_final_line() {
+    let mut t = logged_in(|_| {});
+    t.client("PASV\r\n");
+    t.server("227-Data at (10,0,0,2,25,46)\r\n227-more text\r\n");
+    assert_eq!(t.take_client(), "", "held until the reply ends");
+    t.server("227 Entering Passive Mode (10,0,0,2,25,46)\r\n");
+    assert_eq!(
+        t.take_client(),
+        "227-Data at (10,0,0,2,25,46)\r\n227-more text\r\n227 Entering Passive Mode (203,0,113,10,195,81)\r\n"
+    );
+    assert_eq!(t.opened().len(), 1, "one port for one reply");
+
+    // A 5 000-tuple block leases nothing but the final line's port.
+    t.client("PASV\r\n");
+    for _ in 0..5000 {
+        t.server("227-(10,0,0,2,25,46)\r\n");
+    }
+    t.server("227 (10,0,0,2,25,46)\r\n");
+    assert_eq!(
+        t.take_client(),
+        "425 Can't open passive connection: reply from server too long.\r\n"
+    );
+    assert!(t.opened().is_empty());
+    assert_eq!(t.refusals(Refusal::PassiveReplyTooLong), 1);
+
+    // Pool exhausted on the final line: the client is not left inside a block.
+    t.m.edge.exhausted = true;
+    t.client("PASV\r\nNOOP\r\n");
+    t.server("227-first\r\n227 Entering Passive Mode (10,0,0,2,25,46)\r\n200 ok\r\n");
+    assert_eq!(
+        t.take_client(),
+        "425 Can't open passive connection: all 1000 data ports are in use.\r\n200 ok\r\n"
+    );
+}
+
+/// A compromised backend naming ftpgate's loopback service in its 227: ftpgate
+/// connects to the backend's control address instead, counts and logs it.
+#[test]
+fn hostile_227_targets_are_replaced_by_the_control_address() {
+    let cases = [
+        ("127,0,0,1,30,97", vec![], "10.0.0.2:7777"),
+        ("10,0,0,66,0,22", vec![], "10.0.0.2:22"),
+        ("10,0,0,66,0,22", vec!["10.0.0.0/24"], "10.0.0.66:22"),
+        ("10,0,0,2,0,22", vec![], "10.0.0.2:22"),
+    ];
+    for (tuple, allow, want) in cases {
+        let allow: Vec<ipnet::IpNet> = allow.iter().map(|n| n.parse().unwrap()).collect();
+        let mut t = logged_in(|c| {
+            c.passive.allow_targets = allow.clone();
+            c.passive.target = PassiveTarget::Reply;
+        });
+        t.client("PASV\r\n");
+        t.server(&format!("227 Entering Passive Mode ({tuple})\r\n"));
+        let opened = t.opened();
+        assert!(
+            matches!(opened[0].backend, EndpointSpec::Connect { target, .. } if target == want.parse().unwrap()),
+            "{tuple}: {:?}",
+            opened[0].backend
+        );
+        let substituted =
+            u64::from(want.starts_with("10.0.0.2:") && !tuple.starts_with("10,0,0,2,"));
+        assert_eq!(t.refusals(Refusal::PassiveTarget), substituted, "{tuple}");
+    }
+}
+
+#[test]
+fn unparsable_227_becomes_425() {
+    let mut t = logged_in(|_| {});
+    t.client("PASV\r\n");
+    t.server("227 no tuple here\r\n");
+    let r = t.take_client();
+    assert!(
+        r.starts_with("425 Can't open passive connection: unparsable 227"),
+        "{r}"
+    );
+}
+
+// ----- closing -----
+
+#[test]
+fn over_long_line_gets_500_and_closes() {
+    let mut t = logged_in(|c| c.control.max_line_length = 16);
+    let mut buf = vec![b'A'; 100];
+    t.m.on_client_input(&mut buf, t.now);
+    assert_eq!(
+        t.take_client(),
+        "500 Command line too long; closing control connection.\r\n"
+    );
+    assert_eq!(t.closed(), Some(Outcome::ClientError));
+}
+
+#[test]
+fn backend_failure_tells_the_client_and_knows_its_side() {
+    let mut t = logged_in(|_| {});
+    t.m.on_error(&SessionError::BackendRead(
+        std::io::ErrorKind::ConnectionReset.into(),
+    ));
+    assert_eq!(t.take_client(), "421 Connection to server lost.\r\n");
+    assert_eq!(t.closed(), Some(Outcome::BackendError));
+    let mut t = logged_in(|_| {});
+    t.m.on_error(&SessionError::ClientRead(
+        std::io::ErrorKind::ConnectionReset.into(),
+    ));
+    assert_eq!(t.take_client(), "");
+    assert_eq!(t.closed(), Some(Outcome::ClientError));
+}
+
+#[test]
+fn telnet_synch_of_abor_is_marked_urgent() {
+    let mut t = logged_in(|_| {});
+    t.client("NOOP\r\n");
+    t.client_bytes(b"\xff\xf4\xff\xf2ABOR\r\n");
+    assert_eq!(t.m.out.urgent_at, Some(6 + 2));
+}

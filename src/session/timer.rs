@@ -1,0 +1,43 @@
+//! A reusable timer: one timer-wheel entry per session, moved only when its deadline
+//! moves. Creating a timer per loop turn showed in profiles of the control path.
+
+use std::future::pending;
+use std::pin::Pin;
+
+use tokio::time::{sleep_until, Instant, Sleep};
+
+pub struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    at: Option<Instant>,
+}
+
+impl Default for Timer {
+    fn default() -> Self {
+        Timer {
+            sleep: Box::pin(sleep_until(Instant::now())),
+            at: None,
+        }
+    }
+}
+
+impl Timer {
+    /// Sets the deadline (`None` disarms).
+    pub fn arm(&mut self, at: Option<std::time::Instant>) {
+        let at = at.map(Instant::from_std);
+        if at != self.at {
+            if let Some(t) = at {
+                self.sleep.as_mut().reset(t);
+            }
+            self.at = at;
+        }
+    }
+
+    /// Resolves at the armed deadline; never while disarmed.
+    pub async fn fired(&mut self) {
+        if self.at.is_none() {
+            return pending().await;
+        }
+        (&mut self.sleep).await;
+        self.at = None;
+    }
+}

@@ -1,0 +1,82 @@
+//! The session's server side: a backend from the balancer (reverse mode) or the
+//! destination a client was going to before the gateway redirected it (transparent).
+//! I/O edge.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tracing::warn;
+
+use super::outcome::Outcome;
+use super::replies::LocalReply;
+use super::SessionContext;
+use crate::config::ListenerMode;
+use crate::metrics::{Refusal, TimeoutKind};
+use crate::net::{connect_from, is_local_ip, original_destination};
+use crate::protocol::addr::canonical_ip;
+
+/// Why no upstream connection was made: what the client is told and how the session
+/// ends.
+#[derive(Debug)]
+pub struct NoUpstream {
+    pub reply: LocalReply,
+    pub outcome: Outcome,
+}
+
+impl NoUpstream {
+    fn unavailable(reply: LocalReply) -> Self {
+        NoUpstream {
+            reply,
+            outcome: Outcome::BackendUnavailable,
+        }
+    }
+}
+
+/// Connects the session's server side.
+pub async fn connect_upstream(
+    client: &TcpStream,
+    mode: ListenerMode,
+    ctx: &SessionContext,
+) -> Result<(TcpStream, SocketAddr), NoUpstream> {
+    let timeout = ctx.config.timeouts.backend_connect;
+    if mode == ListenerMode::Reverse {
+        return ctx
+            .balancer
+            .connect(timeout, &ctx.metrics)
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "no backend for session");
+                NoUpstream::unavailable(LocalReply::NoBackend)
+            });
+    }
+    let dst = original_destination(client).map_err(|e| {
+        warn!(error = %e, "cannot recover the original destination");
+        NoUpstream::unavailable(LocalReply::UnknownDestination)
+    })?;
+    let dst = SocketAddr::new(canonical_ip(dst.ip()), dst.port());
+    // A connection made straight to a transparent listener, or redirected back to one,
+    // would otherwise connect to ftpgate itself, again and again.
+    let own_port = ctx.listen_addrs.iter().any(|l| l.port() == dst.port());
+    if own_port && is_local_ip(dst.ip()) {
+        ctx.metrics.refuse(Refusal::Loop);
+        warn!(destination = %dst, "refusing to connect to one of ftpgate's own listeners");
+        return Err(NoUpstream::unavailable(LocalReply::DestinationIsGateway));
+    }
+    let started = Instant::now();
+    match connect_from(dst, None, timeout).await {
+        Ok(s) => {
+            ctx.metrics
+                .backend_connect_duration_seconds
+                .observe(started.elapsed().as_secs_f64());
+            Ok((s, dst))
+        }
+        Err(e) => {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                ctx.metrics.timeout(TimeoutKind::BackendConnect);
+            }
+            warn!(destination = %dst, error = %e, "original destination unreachable");
+            Err(NoUpstream::unavailable(LocalReply::DestinationUnreachable))
+        }
+    }
+}
