@@ -20,12 +20,13 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::data::{DataEvent, DataMode, DataPlan, Endpoint, Finished};
 use super::state::{ControlState, Disposition, Injected, Origin};
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, ConnectError};
 use crate::config::{BackendDataMode, Config, ListenerMode, PassiveTarget};
 use crate::dataport::{LeaseError, PortPool};
 use crate::metrics::Metrics;
 use crate::net::{
-    connect_from, is_local_ip, original_destination, prepare_control_socket, send_urgent,
+    connect_from, is_local_ip, note_exhaustion, original_destination, prepare_control_socket,
+    send_urgent, LocalResource,
 };
 use crate::protocol::addr::{
     canonical_ip, find_epsv_port, find_pasv_tuple, format_eprt_arg, format_pasv_tuple,
@@ -33,6 +34,7 @@ use crate::protocol::addr::{
 };
 use crate::protocol::command::{parse_command, redact_for_log, Verb};
 use crate::protocol::line::{find_line, trim_eol, LineError};
+use crate::protocol::logtext::LogText;
 use crate::protocol::reply::{parse_code, ReplyLine};
 use crate::protocol::rewrite::{rewrite_227, rewrite_229};
 
@@ -46,6 +48,8 @@ const READ_CHUNK: usize = 4 * 1024;
 const MAX_UNANSWERED_NOOPS: usize = 256;
 /// Longest user name kept for the access log.
 const MAX_LOGGED_USER: usize = 64;
+/// ftpgate itself is out of descriptors or buffers: not the backends' fault.
+const LOCAL_RESOURCE_421: &[u8] = b"421 Service not available, local resource limit.\r\n";
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -122,9 +126,13 @@ async fn connect_upstream(
             .balancer
             .connect(timeout, &ctx.metrics)
             .await
-            .map_err(|e| {
-                warn!(error = %e, "no backend for session");
-                &b"421 Service not available: no backend reachable.\r\n"[..]
+            .map_err(|e| match e {
+                // Counted and logged (rate-limited) where it was detected.
+                ConnectError::LocalResource { .. } => LOCAL_RESOURCE_421,
+                ConnectError::NoBackend { .. } => {
+                    warn!(error = %e, "no backend for session");
+                    &b"421 Service not available: no backend reachable.\r\n"[..]
+                }
             });
     }
     let dst = original_destination(client).map_err(|e| {
@@ -149,6 +157,10 @@ async fn connect_upstream(
             Ok((s, dst))
         }
         Err(e) => {
+            if let Some(resource) = LocalResource::of(&e) {
+                note_exhaustion(&ctx.metrics, resource, "upstream connect", &e);
+                return Err(LOCAL_RESOURCE_421);
+            }
             if e.kind() == std::io::ErrorKind::TimedOut {
                 ctx.metrics.timeout("backend_connect");
             }
@@ -218,7 +230,7 @@ async fn serve(
     info!(
         target: "ftpgate::access",
         event = "session",
-        user = s.user.as_deref().unwrap_or("-"),
+        user = %LogText::from_str(s.user.as_deref().unwrap_or("-")),
         commands = s.commands,
         bytes_up = s.bytes_up,
         bytes_down = s.bytes_down,
@@ -589,7 +601,7 @@ impl Session<'_> {
             .commands_total
             .with_label_values(&[cmd.verb.as_str()])
             .inc();
-        debug!(command = %redact_for_log(line), "client command");
+        debug!(command = %LogText::from_str(&redact_for_log(line)), "client command");
         let mode = self.ctx.config.backend_data_mode;
         match cmd.verb {
             // RFC 1639: a 228 passed through would leak the backend's address; refusing
@@ -757,7 +769,7 @@ impl Session<'_> {
         };
         self.spawn_plan(plan);
         let (cmd, kind) = active_command(verb, self.backend_announce(ours));
-        debug!(original = %redact_for_log(line), rewritten = %cmd.trim_end(), "active command rewritten");
+        debug!(original = %LogText::from_str(&redact_for_log(line)), rewritten = %cmd.trim_end(), "active command rewritten");
         self.ctx
             .metrics
             .rewrites_total
@@ -968,7 +980,7 @@ impl Session<'_> {
     }
 
     fn inject_setup(&mut self, cmd: &[u8]) {
-        debug!(command = %String::from_utf8_lossy(cmd).trim_end(), "data-setup command sent to backend");
+        debug!(command = %LogText(trim_eol(cmd)), "data-setup command sent to backend");
         self.to_backend.extend_from_slice(cmd);
         self.state.injected(Injected::DataSetup);
     }
@@ -1030,7 +1042,7 @@ impl Session<'_> {
                 self.forward(&held_line, verb);
             }
             None => {
-                warn!(code, reply = %String::from_utf8_lossy(trim_eol(line)), "backend refused data setup");
+                warn!(code, reply = %LogText(trim_eol(line)), "backend refused data setup");
                 self.state
                     .answer_locally(b"425 Can't open data connection.\r\n".to_vec());
             }
@@ -1074,7 +1086,7 @@ impl Session<'_> {
         let outcome = match self.state.on_server_line(line) {
             Ok(o) => o,
             Err(e) => {
-                warn!(error = %e, line = %String::from_utf8_lossy(trim_eol(line)), "malformed reply from backend; closing session");
+                warn!(error = %e, line = %LogText(trim_eol(line)), "malformed reply from backend; closing session");
                 self.push_final_reply(
                     b"421 Invalid reply from server; closing control connection.\r\n",
                 );
@@ -1163,7 +1175,7 @@ impl Session<'_> {
                 true
             }
             Err(reason) => {
-                warn!(reason = %reason, original = %String::from_utf8_lossy(trim_eol(line)), "passive reply not mapped");
+                warn!(reason = %reason, original = %LogText(trim_eol(line)), "passive reply not mapped");
                 if single {
                     self.to_client.extend_from_slice(
                         format!("425 Can't open passive connection: {reason}.\r\n").as_bytes(),
@@ -1257,7 +1269,7 @@ impl Session<'_> {
             .rewrites_total
             .with_label_values(&[kind])
             .inc();
-        debug!(original = %String::from_utf8_lossy(trim_eol(line)), rewritten = %String::from_utf8_lossy(trim_eol(&rewritten)), "passive reply rewritten");
+        debug!(original = %LogText(trim_eol(line)), rewritten = %LogText(trim_eol(&rewritten)), "passive reply rewritten");
         Ok(rewritten)
     }
 }
