@@ -10,14 +10,14 @@
 //! probes of another: a Kubernetes liveness probe that times out restarts a healthy
 //! pod), a larger global cap, and everything ends with the shutdown token.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -54,7 +54,7 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// [`SourceSlot`] drops.
 #[derive(Debug, Default)]
 struct PerSource {
-    open: Mutex<HashMap<IpAddr, usize>>,
+    open: DashMap<IpAddr, usize>,
 }
 
 struct SourceSlot {
@@ -64,12 +64,14 @@ struct SourceSlot {
 
 impl PerSource {
     fn try_acquire(table: &Arc<PerSource>, ip: IpAddr) -> Option<SourceSlot> {
-        let mut open = table.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(ip).or_insert(0);
+        // The entry guard is held only for this check-and-increment (never across an
+        // `.await`).
+        let mut n = table.open.entry(ip).or_insert(0);
         if *n >= MAX_CONNECTIONS_PER_SOURCE {
             return None;
         }
         *n += 1;
+        drop(n);
         Some(SourceSlot {
             table: Arc::clone(table),
             ip,
@@ -79,13 +81,10 @@ impl PerSource {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
+        if let Some(mut n) = self.table.open.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
         }
+        self.table.open.remove_if(&self.ip, |_, n| *n == 0);
     }
 }
 
@@ -276,4 +275,29 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_source_cap_is_per_address_and_slots_come_back() {
+        let table = Arc::new(PerSource::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let mut held: Vec<SourceSlot> = (0..MAX_CONNECTIONS_PER_SOURCE)
+            .map(|_| PerSource::try_acquire(&table, a).expect("under the cap"))
+            .collect();
+        assert!(PerSource::try_acquire(&table, a).is_none(), "over the cap");
+        // Another source is not affected by the first one's flood.
+        let other = PerSource::try_acquire(&table, b).expect("other source");
+        held.pop();
+        assert!(
+            PerSource::try_acquire(&table, a).is_some(),
+            "a slot came back"
+        );
+        drop((held, other));
+        assert!(table.open.is_empty(), "no entries leak");
+    }
 }

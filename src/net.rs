@@ -274,6 +274,23 @@ mod tests {
     }
 
     #[test]
+    fn every_exhaustion_is_counted_even_when_the_log_is_rate_limited() {
+        let metrics = crate::metrics::Metrics::new();
+        let e = io::Error::from_raw_os_error(libc::EMFILE);
+        for _ in 0..3 {
+            note_exhaustion(&metrics, LocalResource::ProcessFds, "test", &e);
+        }
+        let count = |r: LocalResource| {
+            metrics
+                .local_resource_exhausted_total
+                .with_label_values(&[r.label()])
+                .get()
+        };
+        assert_eq!(count(LocalResource::ProcessFds), 3);
+        assert_eq!(count(LocalResource::Memory), 0);
+    }
+
+    #[test]
     fn accept_backoff_doubles_to_the_cap_and_resets() {
         let mut b = AcceptBackoff::default();
         let seen: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
