@@ -214,10 +214,10 @@ async fn wait_counter(what: &str, get: impl Fn() -> u64, pred: impl Fn(u64) -> b
     }
 }
 
-/// A client that resets its data connection in the middle of a download (and then
-/// one that does so mid-upload): `ftpgate_data_bytes_total` grows by at least what the
-/// client received (exactly what the server received, for the upload). It used to
-/// grow by 0.
+/// A client that resets its data connection in the middle of a download, one that
+/// just closes it mid-download, and one that resets mid-upload:
+/// `ftpgate_data_bytes_total` grows by at least what the client received (exactly
+/// what the server received, for the upload). It used to grow by 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_aborted_by_reset_count_the_bytes_they_moved() {
     let mock = MockFtp::start(MockOptions::default()).await;
@@ -254,6 +254,25 @@ async fn transfers_aborted_by_reset_count_the_bytes_they_moved() {
     assert!(c.reply().await.starts_with("226"));
     let counted = wait_counter("backend_to_client", &down, |v| v - down0 >= received).await;
     assert!(counted - down0 >= received);
+
+    // Download again; this time the client just closes mid-transfer (what ftplib does
+    // on ABOR): ftpgate's next write to it fails.
+    let down1 = down();
+    let mut data = TcpStream::connect(c.epsv().await).await.unwrap();
+    c.send(b"RETR slow:2048\r\n").await;
+    assert!(c.reply().await.starts_with("150"));
+    let mut received = 0u64;
+    while received < 32 * 1024 {
+        let n = tokio::time::timeout(WAIT, data.read(&mut buf))
+            .await
+            .expect("download progresses")
+            .unwrap();
+        assert_ne!(n, 0, "download ended early");
+        received += n as u64;
+    }
+    drop(data);
+    assert!(c.reply().await.starts_with("226"));
+    wait_counter("backend_to_client", &down, |v| v - down1 >= received).await;
 
     // Upload: 256 KiB, then RST; whatever reached the server is what counts.
     let mut data = TcpStream::connect(c.epsv().await).await.unwrap();
