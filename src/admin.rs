@@ -4,17 +4,20 @@
 //!
 //! Bounded by construction, since it may face the same networks as the FTP port: `GET`
 //! and `HEAD` only, request bodies never read, one request per connection (nothing
-//! idles on keep-alive), a header read timeout against slow clients, a whole-connection
-//! timeout, a cap on concurrent connections, and everything ends with the shutdown
-//! token.
+//! idles on keep-alive), a short first-byte timeout against silent connections, a
+//! header read timeout against slow clients (slowloris), a whole-connection timeout, a
+//! cap on concurrent connections per source address (so one client cannot starve the
+//! probes of another: a Kubernetes liveness probe that times out restarts a healthy
+//! pod), a larger global cap, and everything ends with the shutdown token.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -22,19 +25,68 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::metrics::Metrics;
+use crate::net::{note_exhaustion, AcceptBackoff, LocalResource, ACCEPT_BACKOFF_MIN};
+use crate::protocol::addr::canonical_ip;
 
-/// A scraper sends its request line and headers at once; anything slower is not one.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A probe or scraper writes its request as soon as it connects; a connection with no
+/// byte after this long is closed. Short, so silent connections cannot pile up.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A scraper sends its request line and headers at once; anything slower is not one
+/// (slowloris). Counted from the start of the request.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// Upper bound on one connection, including a slow reader of a large `/metrics`.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
-/// Scrapers and probes need a handful; more is a flood, refused by closing.
-const MAX_CONNECTIONS: usize = 64;
+/// Concurrent admin connections from one source address. Probes and scrapers need a
+/// handful each; the cap keeps one client (or one misbehaving network) from taking the
+/// slots that other sources' probes need. More from that address are closed at once.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 16;
+/// Concurrent admin connections in all: a backstop on memory and descriptors, large
+/// enough that many sources at their own cap do not reach it.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Open admin connections per source address; a slot is given back when its
+/// [`SourceSlot`] drops.
+#[derive(Debug, Default)]
+struct PerSource {
+    open: DashMap<IpAddr, usize>,
+}
+
+struct SourceSlot {
+    table: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn try_acquire(table: &Arc<PerSource>, ip: IpAddr) -> Option<SourceSlot> {
+        // The entry guard is held only for this check-and-increment (never across an
+        // `.await`).
+        let mut n = table.open.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        drop(n);
+        Some(SourceSlot {
+            table: Arc::clone(table),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Some(mut n) = self.table.open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+        }
+        self.table.open.remove_if(&self.ip, |_, n| *n == 0);
+    }
+}
 
 /// What the admin endpoints report on.
 #[derive(Debug)]
@@ -93,45 +145,97 @@ impl AdminState {
 /// Serves admin requests on `listener` until `shutdown` fires.
 pub async fn run(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_source = Arc::new(PerSource::default());
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => return,
         };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff.reset();
+                x
+            }
+            Err(e) => {
+                let delay = match LocalResource::of(&e) {
+                    Some(resource) => {
+                        note_exhaustion(&state.metrics, resource, "admin accept", &e);
+                        backoff.next_delay()
+                    }
+                    None => {
+                        debug!(error = %e, "admin accept failed");
+                        ACCEPT_BACKOFF_MIN
+                    }
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                continue;
+            }
+        };
+        let refused = |reason: &'static str| {
+            state
+                .metrics
+                .admin_connections_refused_total
+                .with_label_values(&[reason])
+                .inc();
+        };
+        let ip = canonical_ip(peer.ip());
+        let Some(source_slot) = PerSource::try_acquire(&per_source, ip) else {
+            refused("per_source_limit");
+            debug!(%peer, "admin connections from this source at their limit; closing a new one");
+            continue;
+        };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            refused("global_limit");
             debug!("admin connection limit reached; closing a new connection");
             continue;
         };
         let state = Arc::clone(&state);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req: Request<Incoming>| {
-                let response = respond(&state, &req);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
+            let _slots = (permit, source_slot);
             tokio::select! {
-                done = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => match done {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => debug!(error = %e, "admin connection error"),
-                    Err(_) => debug!("admin connection timed out"),
-                },
+                () = serve_connection(stream, &state) => {}
                 () = shutdown.cancelled() => {}
             }
         });
+    }
+}
+
+/// One admin connection: its first byte within [`FIRST_BYTE_TIMEOUT`], its headers
+/// within [`HEADER_READ_TIMEOUT`], all of it within [`CONNECTION_TIMEOUT`].
+async fn serve_connection(stream: TcpStream, state: &Arc<AdminState>) {
+    let mut probe = [0u8; 1];
+    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut probe)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => return, // closed or failed before a request
+        Err(_) => {
+            state
+                .metrics
+                .admin_connections_refused_total
+                .with_label_values(&["first_byte_timeout"])
+                .inc();
+            debug!("admin connection sent nothing; closed");
+            return;
+        }
+    }
+    let state = Arc::clone(state);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let response = respond(&state, &req);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "admin connection error"),
+        Err(_) => debug!("admin connection timed out"),
     }
 }
 
@@ -171,4 +275,29 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_source_cap_is_per_address_and_slots_come_back() {
+        let table = Arc::new(PerSource::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let mut held: Vec<SourceSlot> = (0..MAX_CONNECTIONS_PER_SOURCE)
+            .map(|_| PerSource::try_acquire(&table, a).expect("under the cap"))
+            .collect();
+        assert!(PerSource::try_acquire(&table, a).is_none(), "over the cap");
+        // Another source is not affected by the first one's flood.
+        let other = PerSource::try_acquire(&table, b).expect("other source");
+        held.pop();
+        assert!(
+            PerSource::try_acquire(&table, a).is_some(),
+            "a slot came back"
+        );
+        drop((held, other));
+        assert!(table.open.is_empty(), "no entries leak");
+    }
 }

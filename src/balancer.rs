@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::metrics::Metrics;
-use crate::net::connect_from;
+use crate::net::{connect_from, note_exhaustion, LocalResource};
 
 #[derive(Debug)]
 pub struct Balancer {
@@ -16,10 +16,18 @@ pub struct Balancer {
     next: AtomicUsize,
 }
 
+/// Why a session got no backend connection: the backends (each tried), or ftpgate
+/// itself (out of descriptors or buffers: no backend was at fault, none is marked down).
 #[derive(Debug, thiserror::Error)]
-#[error("no backend reachable ({tried} tried)")]
-pub struct NoBackend {
-    pub tried: usize,
+pub enum ConnectError {
+    #[error("no backend reachable ({tried} tried)")]
+    NoBackend { tried: usize },
+    #[error("local resource exhausted ({resource}): {source}")]
+    LocalResource {
+        resource: LocalResource,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Balancer {
@@ -42,7 +50,7 @@ impl Balancer {
         &self,
         timeout: Duration,
         metrics: &Metrics,
-    ) -> Result<(TcpStream, SocketAddr), NoBackend> {
+    ) -> Result<(TcpStream, SocketAddr), ConnectError> {
         // Backends the health checker (or an earlier session) found down go last, so a
         // black-holed backend does not cost every other session a full connect timeout;
         // they are still tried when nothing else answers.
@@ -66,6 +74,15 @@ impl Balancer {
                     return Ok((s, addr));
                 }
                 Err(e) => {
+                    if let Some(resource) = LocalResource::of(&e) {
+                        // Every other backend would fail the same way, and this one
+                        // is not down: stop here, touching no backend's state.
+                        note_exhaustion(metrics, resource, "backend connect", &e);
+                        return Err(ConnectError::LocalResource {
+                            resource,
+                            source: e,
+                        });
+                    }
                     if e.kind() == std::io::ErrorKind::TimedOut {
                         metrics.timeout(crate::metrics::TimeoutKind::BackendConnect);
                     }
@@ -78,7 +95,7 @@ impl Balancer {
                 }
             }
         }
-        Err(NoBackend {
+        Err(ConnectError::NoBackend {
             tried: self.backends.len(),
         })
     }
@@ -151,12 +168,11 @@ mod tests {
             l.local_addr().unwrap()
         };
         let b = Balancer::new(vec![dead, dead]);
-        assert_eq!(
+        assert!(matches!(
             b.connect(Duration::from_secs(5), &Metrics::new())
                 .await
-                .unwrap_err()
-                .tried,
-            2
-        );
+                .unwrap_err(),
+            ConnectError::NoBackend { tried: 2 }
+        ));
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::net::connect_from;
+use crate::net::{connect_from, note_exhaustion, LocalResource};
 
 /// How often every backend is checked. Short enough that `/readyz` follows an outage
 /// within a load balancer's usual probe period, long enough to be noise in the
@@ -64,6 +64,14 @@ pub async fn run(
             let (Some(&addr), Some(prev)) = (backends.get(i), last.get_mut(i)) else {
                 continue;
             };
+            // Out of descriptors or buffers here says nothing about the backend: keep
+            // its last verdict (readiness must not flap to "no backend reachable").
+            if let Err(e) = &result {
+                if let Some(resource) = LocalResource::of(e) {
+                    note_exhaustion(&metrics, resource, "health check", e);
+                    continue;
+                }
+            }
             let up = result.is_ok();
             metrics
                 .backend_up

@@ -42,6 +42,12 @@ pub struct Metrics {
     pub backend_connect_duration_seconds: Histogram,
     /// Time from a backend reply's bytes arriving to their write to the client finishing.
     pub reply_added_latency_seconds: Histogram,
+    /// By resource (`process_fds`, `system_fds`, `memory`): socket calls that failed
+    /// because ftpgate itself ran out (accepts, backend and data connects).
+    pub local_resource_exhausted_total: IntCounterVec,
+    /// By reason (`per_source_limit`, `global_limit`, `first_byte_timeout`): admin
+    /// connections closed without an answer.
+    pub admin_connections_refused_total: IntCounterVec,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
@@ -188,6 +194,16 @@ impl Metrics {
                     .buckets(fast_buckets),
                 )),
             ),
+            local_resource_exhausted_total: counters(
+                "ftpgate_local_resource_exhausted_total",
+                "Socket operations that failed because ftpgate ran out of a local resource, by resource.",
+                &["resource"],
+            ),
+            admin_connections_refused_total: counters(
+                "ftpgate_admin_connections_refused_total",
+                "Admin (metrics/health) connections closed without an answer, by reason.",
+                &["reason"],
+            ),
             registry: r,
         }
     }
@@ -262,6 +278,13 @@ impl Metrics {
         }
         for k in TimeoutKind::ALL {
             self.timeouts_total.with_label_values(&[k.label()]);
+        }
+        for res in crate::net::LocalResource::ALL {
+            self.local_resource_exhausted_total
+                .with_label_values(&[res.label()]);
+        }
+        for r in ["per_source_limit", "global_limit", "first_byte_timeout"] {
+            self.admin_connections_refused_total.with_label_values(&[r]);
         }
     }
 

@@ -166,3 +166,182 @@ pub fn drain_past_urgent_mark(
     }
     Ok(())
 }
+
+/// A local resource whose exhaustion makes socket calls fail: ftpgate's own limits,
+/// not anything a peer did. A metric label (`ftpgate_local_resource_exhausted_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalResource {
+    /// EMFILE: the process's descriptor limit (`RLIMIT_NOFILE`).
+    ProcessFds,
+    /// ENFILE: the system-wide descriptor table (`fs.file-max`).
+    SystemFds,
+    /// ENOBUFS / ENOMEM: kernel socket buffers or memory.
+    Memory,
+}
+
+impl LocalResource {
+    /// The exhausted resource behind `e`, if that is what `e` means.
+    pub fn of(e: &io::Error) -> Option<LocalResource> {
+        match e.raw_os_error()? {
+            libc::EMFILE => Some(LocalResource::ProcessFds),
+            libc::ENFILE => Some(LocalResource::SystemFds),
+            libc::ENOBUFS | libc::ENOMEM => Some(LocalResource::Memory),
+            _ => None,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LocalResource::ProcessFds => "process_fds",
+            LocalResource::SystemFds => "system_fds",
+            LocalResource::Memory => "memory",
+        }
+    }
+
+    pub const ALL: [LocalResource; 3] = [
+        LocalResource::ProcessFds,
+        LocalResource::SystemFds,
+        LocalResource::Memory,
+    ];
+}
+
+impl std::fmt::Display for LocalResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LocalResource::ProcessFds => "process file-descriptor limit",
+            LocalResource::SystemFds => "system file table",
+            LocalResource::Memory => "kernel buffers or memory",
+        })
+    }
+}
+
+/// At most one warning per this interval about resource exhaustion: at the limit every
+/// connection attempt fails, and a log line per failure would add disk I/O to the
+/// overload (the metric counts every one).
+const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Counts one failure for lack of `resource` and logs it, rate-limited process-wide.
+pub fn note_exhaustion(
+    metrics: &crate::metrics::Metrics,
+    resource: LocalResource,
+    during: &'static str,
+    error: &io::Error,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    // Milliseconds since EPOCH at which the next warning may go out.
+    static NEXT_LOG_MS: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    metrics
+        .local_resource_exhausted_total
+        .with_label_values(&[resource.label()])
+        .inc();
+    let now = u64::try_from(
+        EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX);
+    let next = NEXT_LOG_MS.load(Ordering::Relaxed);
+    let interval = u64::try_from(EXHAUSTION_LOG_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+    if now >= next
+        && NEXT_LOG_MS
+            .compare_exchange(
+                next,
+                now.saturating_add(interval),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            resource = resource.label(),
+            during,
+            error = %error,
+            suppressed,
+            "local resource exhausted ({resource}); refusing work until it frees up"
+        );
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Delay before retrying `accept` after a resource-exhaustion error: the pending
+/// connection stays queued and the listener stays readable, so retrying at once would
+/// spin. Doubles from [`ACCEPT_BACKOFF_MIN`] up to [`ACCEPT_BACKOFF_MAX`]; reset on the
+/// next successful accept.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Exponential backoff for accept loops (see [`ACCEPT_BACKOFF_MIN`]).
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    current: Option<Duration>,
+}
+
+impl AcceptBackoff {
+    /// The delay to wait now; the next one is twice as long, up to the maximum.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self
+            .current
+            .map_or(ACCEPT_BACKOFF_MIN, |c| (c * 2).min(ACCEPT_BACKOFF_MAX));
+        self.current = Some(d);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.current = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_errors_are_classified() {
+        let of = |n| LocalResource::of(&io::Error::from_raw_os_error(n));
+        assert_eq!(of(libc::EMFILE), Some(LocalResource::ProcessFds));
+        assert_eq!(of(libc::ENFILE), Some(LocalResource::SystemFds));
+        assert_eq!(of(libc::ENOBUFS), Some(LocalResource::Memory));
+        assert_eq!(of(libc::ENOMEM), Some(LocalResource::Memory));
+        assert_eq!(of(libc::ECONNREFUSED), None);
+        assert_eq!(of(libc::ETIMEDOUT), None);
+        assert_eq!(
+            LocalResource::of(&io::Error::new(io::ErrorKind::TimedOut, "x")),
+            None
+        );
+    }
+
+    #[test]
+    fn every_exhaustion_is_counted_even_when_the_log_is_rate_limited() {
+        let metrics = crate::metrics::Metrics::new();
+        let e = io::Error::from_raw_os_error(libc::EMFILE);
+        for _ in 0..3 {
+            note_exhaustion(&metrics, LocalResource::ProcessFds, "test", &e);
+        }
+        let count = |r: LocalResource| {
+            metrics
+                .local_resource_exhausted_total
+                .with_label_values(&[r.label()])
+                .get()
+        };
+        assert_eq!(count(LocalResource::ProcessFds), 3);
+        assert_eq!(count(LocalResource::Memory), 0);
+    }
+
+    #[test]
+    fn accept_backoff_doubles_to_the_cap_and_resets() {
+        let mut b = AcceptBackoff::default();
+        let seen: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert_eq!(seen[0], ACCEPT_BACKOFF_MIN);
+        assert_eq!(seen[1], ACCEPT_BACKOFF_MIN * 2);
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*seen.last().unwrap(), ACCEPT_BACKOFF_MAX);
+        b.reset();
+        assert_eq!(b.next_delay(), ACCEPT_BACKOFF_MIN);
+    }
+}

@@ -3,7 +3,8 @@
 //! Every byte is forwarded; EOF on one side becomes `shutdown(Write)` on the other
 //! (half-close), and the relay ends only when both directions are done
 //! (ARCHITECTURE invariant 5). An error in either direction ends the relay with that
-//! error.
+//! error, which still carries the bytes moved so far ([`RelayError::relayed`]): an
+//! aborted transfer (RST, ABOR, a close with unread data) is accounted like any other.
 //!
 //! Two implementations with the same semantics:
 //! - [`relay`]: any `AsyncRead + AsyncWrite` pair, through a user-space buffer per
@@ -25,6 +26,7 @@
 //! ```
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -57,7 +59,8 @@ pub fn relay_mode() -> RelayMode {
     }
 }
 
-/// Bytes relayed in each direction.
+/// Bytes relayed in each direction: bytes written to (accepted by) the receiving
+/// side, so what the other peer could read, never what was only read and dropped.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Relayed {
     /// From the first stream (the client side) to the second.
@@ -65,18 +68,91 @@ pub struct Relayed {
     pub b_to_a: u64,
 }
 
+/// A relay that ended with an error (reset, broken pipe, idle timeout), with what it
+/// had moved until then.
+#[derive(Debug, thiserror::Error)]
+#[error("relay failed after {} bytes a→b and {} bytes b→a", .relayed.a_to_b, .relayed.b_to_a)]
+pub struct RelayError {
+    pub relayed: Relayed,
+    #[source]
+    pub source: io::Error,
+}
+
+impl RelayError {
+    pub fn kind(&self) -> io::ErrorKind {
+        self.source.kind()
+    }
+}
+
+impl From<RelayError> for io::Error {
+    fn from(e: RelayError) -> io::Error {
+        e.source
+    }
+}
+
+/// Running byte counts, shared by both directions (one task, so relaxed order; atomics
+/// keep the relay future `Send`). Read on every exit path, error or not.
+#[derive(Default)]
+struct Counts {
+    a_to_b: AtomicU64,
+    b_to_a: AtomicU64,
+}
+
+impl Counts {
+    fn snapshot(&self) -> Relayed {
+        Relayed {
+            a_to_b: self.a_to_b.load(Ordering::Relaxed),
+            b_to_a: self.b_to_a.load(Ordering::Relaxed),
+        }
+    }
+
+    fn end(&self, r: io::Result<()>) -> Result<Relayed, RelayError> {
+        let relayed = self.snapshot();
+        r.map(|()| relayed)
+            .map_err(|source| RelayError { relayed, source })
+    }
+}
+
 /// Relays until both directions reach EOF.
-pub async fn relay<A, B>(a: &mut A, b: &mut B) -> io::Result<Relayed>
+pub async fn relay<A, B>(a: &mut A, b: &mut B) -> Result<Relayed, RelayError>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let (a_to_b, b_to_a) = tokio::io::copy_bidirectional_with_sizes(a, b, BUF, BUF).await?;
-    Ok(Relayed { a_to_b, b_to_a })
+    let counts = Counts::default();
+    let r = buffered(a, b, &counts, None).await;
+    counts.end(r)
+}
+
+/// The buffered relay, counting what each side accepted (`copy_bidirectional` reports
+/// counts only on success).
+async fn buffered<A, B>(
+    a: &mut A,
+    b: &mut B,
+    counts: &Counts,
+    progress: Option<&Progress>,
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut ma = Metered {
+        inner: a,
+        written: &counts.b_to_a,
+        progress,
+    };
+    let mut mb = Metered {
+        inner: b,
+        written: &counts.a_to_b,
+        progress,
+    };
+    tokio::io::copy_bidirectional_with_sizes(&mut ma, &mut mb, BUF, BUF)
+        .await
+        .map(drop)
 }
 
 /// [`relay`] for two TCP sockets: zero-copy `splice(2)` on Linux, same semantics.
-pub async fn relay_tcp(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<Relayed> {
+pub async fn relay_tcp(a: &mut TcpStream, b: &mut TcpStream) -> Result<Relayed, RelayError> {
     relay_tcp_with_idle(a, b, None).await
 }
 
@@ -87,24 +163,21 @@ pub async fn relay_tcp_with_idle(
     a: &mut TcpStream,
     b: &mut TcpStream,
     idle: Option<std::time::Duration>,
-) -> io::Result<Relayed> {
+) -> Result<Relayed, RelayError> {
     let progress = Progress::default();
+    let counts = Counts::default();
     let work = async {
         #[cfg(target_os = "linux")]
         if splice_enabled() {
             // Pipes cost two descriptors each; at the descriptor limit, relay through
             // buffers rather than fail the transfer.
             if let (Ok(ab), Ok(ba)) = (splice::Pipe::new(), splice::Pipe::new()) {
-                return splice::relay(a, b, ab, ba, &progress).await;
+                return splice::relay(a, b, ab, ba, &progress, &counts).await;
             }
         }
-        let mut ta = Tracked {
-            inner: &mut *a,
-            progress: &progress,
-        };
-        relay(&mut ta, b).await
+        buffered(a, b, &counts, Some(&progress)).await
     };
-    match idle {
+    let r = match idle {
         None => work.await,
         Some(idle) => tokio::select! {
             r = work => r,
@@ -113,7 +186,8 @@ pub async fn relay_tcp_with_idle(
                 "no data moved within the data idle timeout",
             )),
         },
-    }
+    };
+    counts.end(r)
 }
 
 /// When the relay last moved a byte, as nanoseconds since the relay started (an atomic
@@ -156,14 +230,15 @@ impl Progress {
     }
 }
 
-/// A stream that records progress whenever bytes are read from it or written to it
-/// (the buffered relay reads from and writes to each side).
-struct Tracked<'a, S: ?Sized> {
+/// A side of the buffered relay: counts the bytes written to it (what its peer gets)
+/// and, with a watchdog, records progress on every read or write.
+struct Metered<'a, S: ?Sized> {
     inner: &'a mut S,
-    progress: &'a Progress,
+    written: &'a AtomicU64,
+    progress: Option<&'a Progress>,
 }
 
-impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Tracked<'_, S> {
+impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Metered<'_, S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -172,21 +247,28 @@ impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Tracked<'_, S> {
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.progress.moved();
+            if let Some(p) = self.progress {
+                p.moved();
+            }
         }
         r
     }
 }
 
-impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Tracked<'_, S> {
+impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Metered<'_, S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
         let r = std::pin::Pin::new(&mut *self.inner).poll_write(cx, data);
-        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.progress.moved();
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.written.fetch_add(n as u64, Ordering::Relaxed);
+                if let Some(p) = self.progress {
+                    p.moved();
+                }
+            }
         }
         r
     }
@@ -223,7 +305,7 @@ mod splice {
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::{Progress, Relayed};
+    use super::{AtomicU64, Ordering, Progress};
 
     /// Pipe capacity asked for. The kernel default is 64 KiB; larger moves more per
     /// wake-up. Best effort: above `/proc/sys/fs/pipe-max-size` the call fails and the
@@ -290,14 +372,15 @@ mod splice {
         usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
-    /// Moves `from` → `to` until EOF on `from`, then half-closes `to`.
+    /// Moves `from` → `to` until EOF on `from`, then half-closes `to`. `total` counts
+    /// the bytes spliced out to `to`, kept current so an error loses none of them.
     async fn one_way(
         from: &TcpStream,
         to: &TcpStream,
         mut pipe: Pipe,
         progress: &Progress,
-    ) -> io::Result<u64> {
-        let mut total: u64 = 0;
+        total: &AtomicU64,
+    ) -> io::Result<()> {
         loop {
             // Fill: only when the pipe is empty, so `WouldBlock` means the socket has
             // nothing (not that the pipe is full).
@@ -313,7 +396,7 @@ mod splice {
             };
             if n == 0 {
                 socket2::SockRef::from(to).shutdown(Shutdown::Write)?;
-                return Ok(total);
+                return Ok(());
             }
             pipe.held = n;
             progress.moved();
@@ -325,7 +408,7 @@ mod splice {
                 }) {
                     Ok(m) => {
                         pipe.held -= m;
-                        total += m as u64;
+                        total.fetch_add(m as u64, Ordering::Relaxed);
                         progress.moved();
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -341,10 +424,13 @@ mod splice {
         ab: Pipe,
         ba: Pipe,
         progress: &Progress,
-    ) -> io::Result<Relayed> {
-        let (a_to_b, b_to_a) =
-            tokio::try_join!(one_way(a, b, ab, progress), one_way(b, a, ba, progress))?;
-        Ok(Relayed { a_to_b, b_to_a })
+        counts: &super::Counts,
+    ) -> io::Result<()> {
+        tokio::try_join!(
+            one_way(a, b, ab, progress, &counts.a_to_b),
+            one_way(b, a, ba, progress, &counts.b_to_a)
+        )
+        .map(drop)
     }
 }
 

@@ -13,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ftpgate::relay::{relay, relay_tcp, Relayed};
+use ftpgate::relay::{relay, relay_tcp, RelayError, Relayed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -42,7 +42,7 @@ async fn pair() -> (TcpStream, TcpStream) {
 struct Rig {
     client: TcpStream,
     server: TcpStream,
-    relay: JoinHandle<io::Result<Relayed>>,
+    relay: JoinHandle<Result<Relayed, RelayError>>,
 }
 
 async fn rig(which: Impl) -> Rig {
@@ -68,7 +68,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-async fn finish(relay: JoinHandle<io::Result<Relayed>>) -> io::Result<Relayed> {
+async fn finish(relay: JoinHandle<Result<Relayed, RelayError>>) -> Result<Relayed, RelayError> {
     tokio::time::timeout(HANG_GUARD, relay)
         .await
         .expect("relay hung")
@@ -259,7 +259,9 @@ fn reset(s: TcpStream) {
 }
 
 /// One side sends, the other receives a first byte, then the sender resets: the relay
-/// must end with an error instead of waiting for the peer that never closes.
+/// must end with an error instead of waiting for the peer that never closes, and the
+/// error must still say how many bytes reached the receiver (an aborted transfer is
+/// billed and logged like any other; it used to report 0).
 async fn reset_mid_transfer(which: Impl, client_resets: bool, seed: u8) {
     let Rig {
         client,
@@ -276,8 +278,27 @@ async fn reset_mid_transfer(which: Impl, client_resets: bool, seed: u8) {
     receiver.read_exact(&mut first).await.unwrap();
     reset(sender);
     let r = finish(relay).await;
-    assert!(r.is_err(), "{which:?}: {r:?}");
-    drop(receiver);
+    let Err(e) = r else {
+        panic!("{which:?}: relay did not fail: {r:?}");
+    };
+    // The relay task has ended and closed its sockets: the receiver now reads what the
+    // relay wrote, to EOF.
+    let mut rest = Vec::new();
+    tokio::time::timeout(HANG_GUARD, receiver.read_to_end(&mut rest))
+        .await
+        .expect("receiver sees EOF")
+        .expect("receiver reads to EOF");
+    let received = 1 + rest.len() as u64;
+    let (moved, other) = if client_resets {
+        (e.relayed.a_to_b, e.relayed.b_to_a)
+    } else {
+        (e.relayed.b_to_a, e.relayed.a_to_b)
+    };
+    assert_eq!(
+        moved, received,
+        "{which:?}: relay reported {moved} bytes, the receiver got {received}"
+    );
+    assert_eq!(other, 0, "{which:?}: nothing went the other way");
 }
 
 /// A client that resets mid-upload.

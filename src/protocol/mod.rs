@@ -5,6 +5,7 @@
 //! - [`reply`]: reply lines and the multi-line reply framer (RFC 959 §4.2).
 //! - [`addr`]: the address forms carried in `227`, `229`, `PORT`, `EPRT`.
 //! - [`rewrite`]: replace only the address part of a line, keeping every other byte.
+//! - [`logtext`]: network text escaped for logs (no control characters, no forged lines).
 //!
 //! Everything here is total on arbitrary bytes from the network: no panics, which the
 //! lints below enforce outside tests.
@@ -23,5 +24,6 @@
 pub mod addr;
 pub mod command;
 pub mod line;
+pub mod logtext;
 pub mod reply;
 pub mod rewrite;

@@ -9,6 +9,7 @@ use super::data::Finished;
 use super::outcome::Outcome;
 use crate::metrics::Metrics;
 use crate::protocol::command::Verb;
+use crate::protocol::logtext::LogText;
 
 /// Longest user name kept for the access log.
 const MAX_LOGGED_USER: usize = 64;
@@ -72,7 +73,7 @@ impl SessionStats {
         info!(
             target: "ftpgate::access",
             event = "session",
-            user = self.user.as_deref().unwrap_or("-"),
+            user = %LogText::from_str(self.user.as_deref().unwrap_or("-")),
             commands = self.commands,
             bytes_up = self.bytes_up,
             bytes_down = self.bytes_down,

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::dataport::PortLease;
 use crate::metrics::{Metrics, Refusal, TimeoutKind};
-use crate::net::connect_from;
+use crate::net::{connect_from, note_exhaustion, AcceptBackoff, LocalResource};
 use crate::protocol::addr::canonical_ip;
 use crate::relay::relay_tcp_with_idle;
 
@@ -142,17 +142,22 @@ impl DataPlan {
         };
         let _ = events.send(DataEvent::Started { id });
         let started = Instant::now();
-        match relay_tcp_with_idle(&mut c, &mut b, idle_timeout).await {
-            Ok(r) => {
-                finished.client_to_backend = r.a_to_b;
-                finished.backend_to_client = r.b_to_a;
-            }
+        // An aborted transfer (RST, ABOR, a close with unread data) still moved bytes:
+        // they are counted like those of a complete one.
+        let relayed = match relay_tcp_with_idle(&mut c, &mut b, idle_timeout).await {
+            Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 metrics.timeout(TimeoutKind::DataIdle);
                 info!(id, timeout = ?idle_timeout, "data connection idle; closed");
+                e.relayed
             }
-            Err(e) => debug!(id, error = %e, "data relay ended with error"),
-        }
+            Err(e) => {
+                debug!(id, error = %e.source, up = e.relayed.a_to_b, down = e.relayed.b_to_a, "data relay ended with error");
+                e.relayed
+            }
+        };
+        finished.client_to_backend = relayed.a_to_b;
+        finished.backend_to_client = relayed.b_to_a;
         drop(leases);
         finished.duration = started.elapsed();
         finished.established = true;
@@ -196,8 +201,14 @@ async fn open_both(
         connect_side(c, connect_timeout),
         connect_side(b, connect_timeout)
     );
-    let (c, lc) = c.map_err(|e| Unopened::Failed(format!("connect to client: {e}")))?;
-    let (b, lb) = b.map_err(|e| Unopened::Failed(format!("connect to backend: {e}")))?;
+    let failed = |side: &str, e: io::Error| {
+        if let Some(resource) = LocalResource::of(&e) {
+            note_exhaustion(metrics, resource, "data connect", &e);
+        }
+        Unopened::Failed(format!("connect to {side}: {e}"))
+    };
+    let (c, lc) = c.map_err(|e| failed("client", e))?;
+    let (b, lb) = b.map_err(|e| failed("backend", e))?;
     leases.extend(lc);
     leases.extend(lb);
     Ok((c, b, leases))
@@ -223,6 +234,7 @@ async fn accept_side(
             expect,
         } => {
             let port = lease.port();
+            let mut backoff = AcceptBackoff::default();
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
@@ -238,7 +250,17 @@ async fn accept_side(
                             metrics.refuse(Refusal::ForeignDataPeer);
                             warn!(port, side, peer = %peer, "data connection from foreign address refused");
                         }
-                        Err(e) => return Err(Unopened::Failed(format!("accept on port {port}: {e}"))),
+                        Err(e) => match LocalResource::of(&e) {
+                            // Out of descriptors: the peer stays queued; retry (backing
+                            // off, not spinning) until descriptors free up or the
+                            // accept deadline passes.
+                            Some(resource) => {
+                                note_exhaustion(metrics, resource, "data accept", &e);
+                                let retry = tokio::time::Instant::now() + backoff.next_delay();
+                                tokio::time::sleep_until(retry.min(deadline)).await;
+                            }
+                            None => return Err(Unopened::Failed(format!("accept on port {port}: {e}"))),
+                        },
                     },
                     () = tokio::time::sleep_until(deadline) => {
                         metrics.timeout(TimeoutKind::DataConnect);

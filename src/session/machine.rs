@@ -34,6 +34,7 @@ use crate::protocol::command::{
     find_synch, format_data_command, parse_command, redact_for_log, Verb,
 };
 use crate::protocol::line::{find_line, trim_eol, LineError};
+use crate::protocol::logtext::LogText;
 use crate::protocol::reply::{parse_code, ReplyLine};
 use crate::protocol::rewrite::{rewrite_227, rewrite_229};
 
@@ -389,7 +390,7 @@ impl<E: SessionEdge> SessionMachine<E> {
         };
         self.stats.commands += 1;
         self.metrics.command(cmd.verb);
-        debug!(command = %redact_for_log(line), "client command");
+        debug!(command = %LogText::from_str(&redact_for_log(line)), "client command");
         let mode = self.cfg.backend_data_mode;
         match cmd.verb {
             // RFC 1639: a 228 passed through would leak the backend's address; refusing
@@ -454,7 +455,7 @@ impl<E: SessionEdge> SessionMachine<E> {
             Ok(t) => t,
             Err(refused) => {
                 if refused.0 == Refusal::Bounce {
-                    warn!(verb = verb.as_str(), argument = %redact_for_log(arg), "bounce attempt refused: data address is not the client's");
+                    warn!(verb = verb.as_str(), argument = %LogText(arg), "bounce attempt refused: data address is not the client's");
                 }
                 return self.refuse(refused);
             }
@@ -475,7 +476,7 @@ impl<E: SessionEdge> SessionMachine<E> {
         self.open_data(DataMode::Active, client, backend_side);
         let announce = backend_announce(self.addrs.mode, self.cfg.public_v4(), ours);
         let cmd = format_data_command(verb, announce);
-        debug!(original = %redact_for_log(line), rewritten = %cmd.trim_end(), "active command rewritten");
+        debug!(original = %LogText::from_str(&redact_for_log(line)), rewritten = %cmd.trim_end(), "active command rewritten");
         self.metrics.rewrite(rewrite_kind_of(&cmd));
         self.queue_for_backend(cmd.as_bytes());
         self.ledger.forwarded(verb);
@@ -552,7 +553,7 @@ impl<E: SessionEdge> SessionMachine<E> {
     }
 
     fn inject_setup(&mut self, cmd: &[u8]) {
-        debug!(command = %String::from_utf8_lossy(cmd).trim_end(), "data-setup command sent to backend");
+        debug!(command = %LogText(trim_eol(cmd)), "data-setup command sent to backend");
         self.queue_for_backend(cmd);
         self.ledger.injected(Injected::DataSetup);
     }
@@ -563,7 +564,7 @@ impl<E: SessionEdge> SessionMachine<E> {
         let outcome = match self.ledger.on_server_line(line) {
             Ok(o) => o,
             Err(e) => {
-                warn!(error = %e, line = %redact_for_log(line), "malformed reply from backend; closing session");
+                warn!(error = %e, line = %LogText(trim_eol(line)), "malformed reply from backend; closing session");
                 self.reply_now(LocalReply::InvalidServerReply);
                 return self.close(Outcome::BackendError);
             }
@@ -635,7 +636,7 @@ impl<E: SessionEdge> SessionMachine<E> {
                 parse_code(line).map(|c| c.0)
             }
             Err(why) => {
-                warn!(reason = %why, original = %redact_for_log(line), "passive reply not mapped");
+                warn!(reason = %why, original = %LogText(trim_eol(line)), "passive reply not mapped");
                 let reply = LocalReply::CantOpenPassive(why);
                 self.out.to_client.extend_from_slice(&reply.to_bytes());
                 Some(reply.code())
@@ -684,7 +685,7 @@ impl<E: SessionEdge> SessionMachine<E> {
         } else {
             RewriteKind::Epsv229
         });
-        debug!(original = %redact_for_log(line), rewritten = %redact_for_log(&rewritten), "passive reply rewritten");
+        debug!(original = %LogText(trim_eol(line)), rewritten = %LogText(trim_eol(&rewritten)), "passive reply rewritten");
         Ok(rewritten)
     }
 
@@ -755,7 +756,7 @@ impl<E: SessionEdge> SessionMachine<E> {
                 self.forward(&held.line, held.verb);
             }
             SetupVerdict::Refused => {
-                warn!(code, reply = %redact_for_log(line), "backend refused data setup");
+                warn!(code, reply = %LogText(trim_eol(line)), "backend refused data setup");
                 self.answer(LocalReply::CantOpenData);
             }
         }

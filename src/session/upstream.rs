@@ -11,9 +11,10 @@ use tracing::warn;
 use super::outcome::Outcome;
 use super::replies::LocalReply;
 use super::SessionContext;
+use crate::balancer::ConnectError;
 use crate::config::ListenerMode;
 use crate::metrics::{Refusal, TimeoutKind};
-use crate::net::{connect_from, is_local_ip, original_destination};
+use crate::net::{connect_from, is_local_ip, note_exhaustion, original_destination, LocalResource};
 use crate::protocol::addr::canonical_ip;
 
 /// Why no upstream connection was made: what the client is told and how the session
@@ -31,6 +32,15 @@ impl NoUpstream {
             outcome: Outcome::BackendUnavailable,
         }
     }
+
+    /// ftpgate itself is out of descriptors or memory: not the backend's fault, and
+    /// not reported as "no backend reachable".
+    fn local_resource() -> Self {
+        NoUpstream {
+            reply: LocalReply::LocalResourceLimit,
+            outcome: Outcome::LocalResource,
+        }
+    }
 }
 
 /// Connects the session's server side.
@@ -45,9 +55,13 @@ pub async fn connect_upstream(
             .balancer
             .connect(timeout, &ctx.metrics)
             .await
-            .map_err(|e| {
-                warn!(error = %e, "no backend for session");
-                NoUpstream::unavailable(LocalReply::NoBackend)
+            .map_err(|e| match e {
+                // Counted and logged (rate-limited) where it was found.
+                ConnectError::LocalResource { .. } => NoUpstream::local_resource(),
+                ConnectError::NoBackend { .. } => {
+                    warn!(error = %e, "no backend for session");
+                    NoUpstream::unavailable(LocalReply::NoBackend)
+                }
             });
     }
     let dst = original_destination(client).map_err(|e| {
@@ -72,6 +86,10 @@ pub async fn connect_upstream(
             Ok((s, dst))
         }
         Err(e) => {
+            if let Some(resource) = LocalResource::of(&e) {
+                note_exhaustion(&ctx.metrics, resource, "upstream connect", &e);
+                return Err(NoUpstream::local_resource());
+            }
             if e.kind() == std::io::ErrorKind::TimedOut {
                 ctx.metrics.timeout(TimeoutKind::BackendConnect);
             }
