@@ -30,6 +30,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Probe(args) => ftpgate::probe::main(&args),
         Command::Run(args) => {
             let config = match args.resolve().and_then(|c| c.validate().map(|()| c)) {
                 Ok(c) => c,
