@@ -383,19 +383,9 @@ async fn open_and_transfer(
                     };
                 }
             };
-            let stream = match wrap(sess, tls, tcp, t).await {
-                Ok(s) => s,
-                Err(e) => {
-                    return Run {
-                        data: Timed::new(start.elapsed(), Err(e)),
-                        fallback: None,
-                        transfer: None,
-                    }
-                }
-            };
             let started = Instant::now();
             let first = sess.ctl.cmd(command).await;
-            let transfer = finish_transfer(opts, sess, command, first, Some(stream), dir).await;
+            let transfer = finish_transfer(opts, sess, command, first, Some(tcp), dir, tls).await;
             Run {
                 data,
                 fallback: None,
@@ -429,24 +419,12 @@ async fn open_and_transfer(
                 start.elapsed(),
                 accepted.as_ref().map(|_| ()).map_err(Clone::clone),
             );
-            let stream = match accepted {
-                Ok((tcp, _)) => match wrap(sess, tls, tcp, t).await {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        return Run {
-                            data: Timed::new(start.elapsed(), Err(e)),
-                            fallback: None,
-                            transfer: None,
-                        }
-                    }
-                },
-                Err(_) => None,
-            };
+            let stream = accepted.ok().map(|(tcp, _)| tcp);
             let first = match first {
                 Some(r) => r,
                 None => sess.ctl.reply().await,
             };
-            let transfer = finish_transfer(opts, sess, command, first, stream, dir).await;
+            let transfer = finish_transfer(opts, sess, command, first, stream, dir, tls).await;
             Run {
                 data,
                 fallback: None,
@@ -474,8 +452,9 @@ async fn finish_transfer(
     sess: &mut Session,
     command: &str,
     first: Outcome<Reply>,
-    stream: Option<DataStream>,
+    stream: Option<TcpStream>,
     dir: Direction,
+    tls: Option<&TlsClient>,
 ) -> TransferFacts {
     let t = opts.timeout;
     let mut facts = TransferFacts {
@@ -487,7 +466,7 @@ async fn finish_transfer(
         last: None,
     };
     let preliminary = matches!(&facts.first, Ok(r) if r.code / 100 == 1);
-    let Some(mut stream) = stream else {
+    let Some(tcp) = stream else {
         if preliminary {
             facts.data_error = Some(IoFailure::Other {
                 detail: "no data connection".into(),
@@ -499,6 +478,15 @@ async fn finish_transfer(
     if !preliminary {
         return facts;
     }
+    // FTPS servers (vsftpd) start the data TLS handshake after their 150.
+    let mut stream = match wrap(sess, tls, tcp, t).await {
+        Ok(s) => s,
+        Err(e) => {
+            facts.data_error = Some(e);
+            facts.last = Some(sess.ctl.reply().await);
+            return facts;
+        }
+    };
     let start = Instant::now();
     let moved = match dir {
         Direction::Download => {
@@ -626,15 +614,15 @@ async fn scratch_upload(
     let tcp = bounded(t, TcpStream::connect(data_addr))
         .await
         .map_err(|e| format!("data connection: {e}"))?;
-    let mut stream = wrap(&sess, tls, tcp, t)
-        .await
-        .map_err(|e| format!("data connection: {e}"))?;
     let command = format!("STOR {}", opts.scratch);
     match sess.ctl.cmd(&command).await {
         Ok(r) if r.code / 100 == 1 => {}
         Ok(r) => return Err(format!("{command}: {}", r.first_line())),
         Err(e) => return Err(format!("{command}: {e}")),
     }
+    let mut stream = wrap(&sess, tls, tcp, t)
+        .await
+        .map_err(|e| format!("data connection: {e}"))?;
     let chunk = [b'x'; 1024];
     let sent = match upload {
         Upload::Paced(idle) => {

@@ -154,6 +154,18 @@ impl FtpServer {
     }
 
     pub fn start_on(topo: &Topology, ns: &Netns, addr: SocketAddr, kind: ServerKind) -> FtpServer {
+        Self::start_with(topo, ns, addr, kind, "")
+    }
+
+    /// [`Self::start_on`] with `extra` appended to the configuration file
+    /// (vsftpd only: later keys override earlier ones), e.g. `pasv_address=...`.
+    pub fn start_with(
+        topo: &Topology,
+        ns: &Netns,
+        addr: SocketAddr,
+        kind: ServerKind,
+        extra: &str,
+    ) -> FtpServer {
         let root = FtpRoot::create();
         let conf_dir = tempfile::Builder::new()
             .prefix(&format!("ftpgate-{}-", kind.name()))
@@ -162,7 +174,7 @@ impl FtpServer {
         fs::set_permissions(conf_dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let log = fs::File::create(conf_dir.path().join("stderr.log")).unwrap();
         let mut cmd = match kind {
-            ServerKind::Vsftpd => vsftpd_command(ns, addr, root.path(), conf_dir.path()),
+            ServerKind::Vsftpd => vsftpd_command(ns, addr, root.path(), conf_dir.path(), extra),
             ServerKind::Proftpd => proftpd_command(ns, addr, root.path(), conf_dir.path()),
             ServerKind::Pyftpdlib => pyftpdlib_command(ns, addr, root.path()),
         };
@@ -261,7 +273,7 @@ fn read_banner(addr: SocketAddr) -> std::io::Result<String> {
     }
 }
 
-fn vsftpd_command(ns: &Netns, addr: SocketAddr, root: &Path, conf: &Path) -> Command {
+fn vsftpd_command(ns: &Netns, addr: SocketAddr, root: &Path, conf: &Path, extra: &str) -> Command {
     // secure_chroot_dir must exist, be owned by root and not be writable.
     let empty = conf.join("empty");
     fs::create_dir(&empty).unwrap();
@@ -298,6 +310,7 @@ vsftpd_log_file={conf}/vsftpd.log
 dual_log_enable=YES
 xferlog_file={conf}/xfer.log
 log_ftp_protocol=YES
+{extra}
 ",
         v6 = if addr.is_ipv6() { "6" } else { "" },
         ip = addr.ip(),
