@@ -179,9 +179,20 @@ fn decode(s: &str) -> Result<String, TargetError> {
 mod tests {
     use super::*;
 
+    /// URL, security, host, port, user, password, path.
+    type Case<'a> = (
+        &'a str,
+        Security,
+        &'a str,
+        u16,
+        Option<&'a str>,
+        Option<&'a str>,
+        &'a str,
+    );
+
     #[test]
     fn urls() {
-        let cases: &[(&str, Security, &str, u16, Option<&str>, Option<&str>, &str)] = &[
+        let cases: &[Case<'_>] = &[
             ("ftp://h", Security::Plain, "h", 21, None, None, ""),
             ("FTP://h:2121/", Security::Plain, "h", 2121, None, None, ""),
             (
