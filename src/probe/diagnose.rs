@@ -132,7 +132,7 @@ pub fn diagnose(facts: &Facts) -> Vec<Check> {
         out.push(banner(t));
     }
     if let Some(t) = &facts.feat {
-        out.push(simple("feat", t, "FEAT"));
+        out.push(feat(t));
     }
     if let Some(t) = &facts.tls {
         out.extend(tls(t));
@@ -245,6 +245,22 @@ fn text_of(r: &Reply) -> String {
         .unwrap_or_default()
         .trim()
         .to_owned()
+}
+
+/// FEAT: the feature names (the lines between `211-` and `211 `).
+fn feat(t: &Timed<Outcome<Reply>>) -> Check {
+    let mut c = simple("feat", t, "FEAT");
+    if let (Status::Pass, Ok(r)) = (c.status, &t.value) {
+        let names: Vec<&str> = r
+            .text
+            .lines()
+            .skip(1)
+            .filter(|l| l.starts_with(' '))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        c.reason = format!("features: {}", names.join(" "));
+    }
+    c
 }
 
 /// A command whose failure only means the server lacks it.
@@ -392,7 +408,22 @@ fn cwd(t: &Timed<Outcome<Reply>>) -> Check {
     .timed(t)
 }
 
+/// A mode's check, timed from its command to the end of its last transfer.
 fn mode(m: &ModeFacts) -> Check {
+    let mut c = mode_verdict(m);
+    let total = m.reply.elapsed
+        + m.data.as_ref().map(|d| d.elapsed).unwrap_or_default()
+        + m.fallback.as_ref().map(|d| d.elapsed).unwrap_or_default()
+        + m.list
+            .iter()
+            .chain(m.transfers.iter())
+            .map(|t| t.elapsed)
+            .sum::<std::time::Duration>();
+    c.elapsed_ms = Some(millis(total));
+    c
+}
+
+fn mode_verdict(m: &ModeFacts) -> Check {
     let step = m.mode.verb();
     let reply = match &m.reply.value {
         Ok(r) => r,
@@ -957,6 +988,18 @@ mod tests {
                 .collect(),
             setup_error: None,
         }
+    }
+
+    #[test]
+    fn feat_lists_feature_names() {
+        let f = Facts {
+            feat: Some(t(Ok(Reply::new(
+                211,
+                "211-Features:\n EPRT\n EPSV\n AUTH TLS\n211 End",
+            )))),
+            ..Facts::default()
+        };
+        assert_eq!(diagnose(&f)[0].reason, "features: EPRT EPSV AUTH");
     }
 
     #[test]
