@@ -295,6 +295,17 @@ fn tls_eof_check_finds_a_strict_server() {
         &args,
     );
     fixed.assert_all_pass();
+
+    // Implicit TLS (ftps://): TLS from the first byte, data connections too.
+    let _implicit = nat.vsftpd(990, (50100, 50149), &format!("{tls}implicit_ssl=YES\n"));
+    let implicit = run(
+        &topo.client,
+        &format!("ftps://{FTP_USER}:{FTP_PASS}@{}/upload/", PROXY_PUBLIC_V4),
+        &["--timeout", "5s", "--ca-file", &ca, "--stor"],
+    );
+    implicit.assert_all_pass();
+    assert!(reason(&implicit, "tls").contains("TLSv1"), "{implicit}");
+    implicit.assert_no_password();
 }
 
 /// Connects from `ns` until a session gets a `220` (the server may still be

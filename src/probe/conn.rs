@@ -149,6 +149,18 @@ impl DataStream {
             DataStream::Tls(s) => s.write_all(buf).await,
         }
     }
+    /// After [`Self::finish`]: reads until the server closes too. Closing with
+    /// unread bytes (TLS 1.3 session tickets) would make the kernel send RST,
+    /// which can reach the server before it has read the whole upload.
+    pub async fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
     /// Ends the upload: TLS `close_notify` then FIN when `close_notify`, else
     /// FIN only (a bare TCP close of a TLS stream).
     pub async fn finish(&mut self, close_notify: bool) -> std::io::Result<()> {

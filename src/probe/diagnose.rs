@@ -28,7 +28,6 @@ pub enum Verdict {
     BannerRejected,
     BannerTimeout,
     BadReply,
-    TlsNotOffered,
     TlsRejected,
     TlsHandshakeFailed,
     CertUntrusted,
@@ -311,11 +310,10 @@ fn tls(t: &Timed<TlsFacts>) -> Vec<Check> {
         }
     }
     let Some(hs) = &f.handshake else {
-        return vec![Check::new(
+        // Recorded for ftp:// URLs when FEAT lists AUTH TLS.
+        return vec![Check::pass(
             "tls",
-            Status::Warn,
-            Verdict::TlsNotOffered,
-            "the server does not offer AUTH TLS (FEAT)".into(),
+            "AUTH TLS offered (FEAT), not used with ftp://: probe ftpes:// to check it".into(),
         )
         .timed(t)];
     };

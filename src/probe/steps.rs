@@ -512,7 +512,7 @@ async fn finish_transfer(
                 }
             }
             match result {
-                Ok(()) => bounded(t, stream.finish(close_notify)).await,
+                Ok(()) => finish(&mut stream, close_notify, t).await,
                 Err(e) => Err(e),
             }
         }
@@ -633,7 +633,7 @@ async fn scratch_upload(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             match r {
-                Ok(()) => bounded(t, stream.finish(true)).await,
+                Ok(()) => finish(&mut stream, true, t).await,
                 Err(e) => Err(e),
             }
         }
@@ -645,7 +645,7 @@ async fn scratch_upload(
                 }
             }
             match r {
-                Ok(()) => bounded(t, stream.finish(close_notify)).await,
+                Ok(()) => finish(&mut stream, close_notify, t).await,
                 Err(e) => Err(e),
             }
         }
@@ -662,6 +662,13 @@ async fn scratch_upload(
         let _ = sess.ctl.cmd("QUIT").await;
     }
     Ok(reply)
+}
+
+/// Ends an upload and waits (bounded) for the server to close its side.
+async fn finish(stream: &mut DataStream, close_notify: bool, t: Duration) -> Outcome<()> {
+    bounded(t, stream.finish(close_notify)).await?;
+    let _ = tokio::time::timeout(t, stream.drain()).await;
+    Ok(())
 }
 
 #[derive(Clone, Copy)]

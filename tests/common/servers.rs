@@ -189,7 +189,9 @@ impl FtpServer {
             pid,
             conf_dir,
         };
-        server.wait_ready(topo, ns);
+        // An implicit-TLS server greets only after a handshake: ready once it accepts.
+        let implicit_tls = extra.contains("implicit_ssl=YES");
+        server.wait_ready(topo, ns, implicit_tls);
         server
     }
 
@@ -210,13 +212,19 @@ impl FtpServer {
 
     /// Polls the control port from inside `ns` until a complete 220 reply
     /// arrives; panics with the daemon's logs if it exits or the deadline hits.
-    fn wait_ready(&self, topo: &Topology, ns: &Netns) {
+    fn wait_ready(&self, topo: &Topology, ns: &Netns, accept_only: bool) {
         let addr = self.addr;
         let probe = ns.spawn_thread(move || {
             let deadline = Instant::now() + READY_TIMEOUT;
             let mut last_err = String::new();
             while Instant::now() < deadline {
-                match read_banner(addr) {
+                let greeting = if accept_only {
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                        .map(|_| "220 (accepting)".to_owned())
+                } else {
+                    read_banner(addr)
+                };
+                match greeting {
                     Ok(banner) if banner.starts_with("220") => return Ok(banner),
                     Ok(other) => last_err = format!("unexpected banner {other:?}"),
                     Err(e) => last_err = e.to_string(),
