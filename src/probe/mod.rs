@@ -221,3 +221,85 @@ pub fn main(args: &ProbeArgs) -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(argv: &[&str]) -> ProbeArgs {
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        match cli.command {
+            crate::cli::Command::Probe(a) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn credentials_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "from-file\nignored\n").unwrap();
+        let pw = pw.to_str().unwrap();
+        for (argv, user, pass) in [
+            (
+                vec!["ftpgate", "probe", "ftp://h/"],
+                "anonymous",
+                "ftpgate-probe@",
+            ),
+            (vec!["ftpgate", "probe", "ftp://u:p@h/"], "u", "p"),
+            (
+                vec!["ftpgate", "probe", "ftp://u:p@h/", "--user", "v"],
+                "v",
+                "p",
+            ),
+            (
+                vec!["ftpgate", "probe", "ftp://u:p@h/", "--password-file", pw],
+                "u",
+                "from-file",
+            ),
+        ] {
+            let o = options(&args(&argv)).unwrap();
+            assert_eq!(
+                (o.user.as_str(), o.password.as_str()),
+                (user, pass),
+                "{argv:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_errors() {
+        for argv in [
+            vec!["ftpgate", "probe", "http://h/"],
+            vec![
+                "ftpgate",
+                "probe",
+                "ftp://h/",
+                "--password-file",
+                "/nonexistent/pw",
+            ],
+            vec!["ftpgate", "probe", "ftp://h/", "--tls-eof-check"],
+        ] {
+            assert!(options(&args(&argv)).is_err(), "{argv:?}");
+        }
+        assert!(
+            crate::cli::Cli::try_parse_from(["ftpgate", "probe", "ftp://h/", "--modes", "x"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn debug_output_redacts_the_password() {
+        let a = args(&[
+            "ftpgate",
+            "probe",
+            "ftp://u:s3cret@h/",
+            "--modes",
+            "pasv,port",
+        ]);
+        assert_eq!(a.modes, vec![DataMode::Pasv, DataMode::Port]);
+        let d = format!("{a:?}");
+        assert!(!d.contains("s3cret") && d.contains("u:***@"), "{d}");
+    }
+}
