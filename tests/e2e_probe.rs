@@ -83,6 +83,9 @@ fn server_behind_nat_announcing_its_private_address() {
     );
     // The port itself is forwarded: clients that ignore the address work.
     assert!(reason(&broken, "PASV").contains("curl"), "{broken}");
+    let details = &broken.check("PASV")["details"];
+    assert_eq!(details["announced_is_private"], true, "{broken}");
+    assert_eq!(details["control_address_fallback_ok"], true, "{broken}");
     // EPSV carries no address, active mode is not affected.
     for step in ["EPSV", "EPRT", "PORT"] {
         assert_eq!(broken.check(step)["status"], "pass", "{step}:\n{broken}");

@@ -63,6 +63,60 @@ pub struct Check {
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remedy: Option<String>,
+    /// Structured facts behind the verdict, for scripts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Details>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Details {
+    Mode(ModeDetails),
+    Tls(TlsSession),
+    Idle(IdleDetails),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModeDetails {
+    /// The control connection's server address.
+    pub control: String,
+    /// Passive: the address the server announced; active: the one we announced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announced: Option<String>,
+    pub announced_is_control: bool,
+    pub announced_is_private: bool,
+    /// Time to open the data connection, or why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_connect_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_error: Option<String>,
+    /// Passive, announced address failed: whether the control address and that port worked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_address_fallback_ok: Option<bool>,
+    pub transfers: Vec<TransferDetails>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransferDetails {
+    pub command: String,
+    pub bytes: u64,
+    pub data_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_reply: Option<String>,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdleDetails {
+    pub requested_ms: u64,
+    pub runs: Vec<IdleRunDetails>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdleRunDetails {
+    pub idle_ms: u64,
+    pub ok: bool,
+    pub result: String,
 }
 
 impl Check {
@@ -75,6 +129,7 @@ impl Check {
             reply: None,
             reason,
             remedy: None,
+            details: None,
         }
     }
     fn pass(step: &str, reason: String) -> Check {
@@ -363,7 +418,9 @@ fn tls(t: &Timed<TlsFacts>) -> Vec<Check> {
     } else {
         Check::pass("tls", summary)
     };
-    vec![check.timed(t)]
+    let mut check = check.timed(t);
+    check.details = Some(Details::Tls(s.clone()));
+    vec![check]
 }
 
 fn login(t: &Timed<Outcome<Reply>>) -> Check {
@@ -418,7 +475,42 @@ fn mode(m: &ModeFacts) -> Check {
             .map(|t| t.elapsed)
             .sum::<std::time::Duration>();
     c.elapsed_ms = Some(millis(total));
+    c.details = Some(Details::Mode(mode_details(m)));
     c
+}
+
+fn mode_details(m: &ModeFacts) -> ModeDetails {
+    let announced = m.announced.as_ref().and_then(|a| a.as_ref().ok()).copied();
+    let peer = m.control.peer.ip().to_canonical();
+    ModeDetails {
+        control: m.control.peer.to_string(),
+        announced: announced.map(|a| a.to_string()),
+        announced_is_control: announced.is_some_and(|a| a.ip().to_canonical() == peer),
+        announced_is_private: announced.is_some_and(|a| is_private(a.ip())),
+        data_connect_ms: m
+            .data
+            .as_ref()
+            .filter(|d| d.value.is_ok())
+            .map(|d| millis(d.elapsed)),
+        data_error: m
+            .data
+            .as_ref()
+            .and_then(|d| d.value.as_ref().err())
+            .map(ToString::to_string),
+        control_address_fallback_ok: m.fallback.as_ref().map(|f| f.value.is_ok()),
+        transfers: m
+            .list
+            .iter()
+            .chain(m.transfers.iter())
+            .map(|t| TransferDetails {
+                command: t.value.command.clone(),
+                bytes: t.value.bytes,
+                data_ms: millis(t.value.data_elapsed),
+                final_reply: t.value.final_reply().map(|r| r.first_line().to_owned()),
+                ok: t.value.succeeded(),
+            })
+            .collect(),
+    }
 }
 
 fn mode_verdict(m: &ModeFacts) -> Check {
@@ -639,6 +731,26 @@ fn transfers(m: &ModeFacts, announced: SocketAddr) -> Check {
 }
 
 fn idle(i: &IdleFacts) -> Check {
+    let mut c = idle_verdict(i);
+    c.details = Some(Details::Idle(IdleDetails {
+        requested_ms: millis(i.requested),
+        runs: i
+            .runs
+            .iter()
+            .map(|r| IdleRunDetails {
+                idle_ms: millis(r.idle),
+                ok: r.ok(),
+                result: match &r.result {
+                    Ok(rep) => rep.first_line().to_owned(),
+                    Err(e) => e.to_string(),
+                },
+            })
+            .collect(),
+    }));
+    c
+}
+
+fn idle_verdict(i: &IdleFacts) -> Check {
     if let Some(e) = &i.setup_error {
         return Check::fail(
             "idle",
@@ -896,6 +1008,37 @@ mod tests {
         let c = mode(&m);
         assert_eq!(c.verdict, Verdict::PassivePrivateAddress);
         assert!(c.reason.contains("curl"), "{c:?}");
+    }
+
+    #[test]
+    fn mode_details_for_scripts() {
+        let mut m = mode_facts(
+            DataMode::Pasv,
+            Reply::new(227, "227 Entering Passive Mode (10,0,0,5,195,80)."),
+            "10.0.0.5:50000",
+            Err(IoFailure::Timeout { after_ms: 10 }),
+        );
+        m.fallback = Some(t(Ok(())));
+        let Some(Details::Mode(d)) = mode(&m).details else {
+            panic!("no mode details")
+        };
+        assert_eq!(d.announced.as_deref(), Some("10.0.0.5:50000"));
+        assert!(d.announced_is_private && !d.announced_is_control);
+        assert_eq!(d.control_address_fallback_ok, Some(true));
+        assert_eq!(d.data_connect_ms, None);
+        assert_eq!(d.data_error.as_deref(), Some("no answer within 10 ms"));
+        let ok = mode(&mode_facts(
+            DataMode::Epsv,
+            Reply::new(229, "229 (|||50000|)"),
+            "203.0.113.1:50000",
+            Ok(()),
+        ));
+        let Some(Details::Mode(d)) = ok.details else {
+            panic!("no mode details")
+        };
+        assert!(d.announced_is_control && !d.announced_is_private);
+        assert_eq!(d.transfers.len(), 1);
+        assert_eq!((d.transfers[0].bytes, d.transfers[0].ok), (42, true));
     }
 
     #[test]

@@ -77,6 +77,7 @@ mod tests {
             reply: Some("227 Entering Passive Mode (10,0,0,2,195,80).".into()),
             reason: "why".into(),
             remedy: (status == Status::Fail).then(|| "do this".into()),
+            details: None,
         }
     }
 
