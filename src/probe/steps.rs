@@ -76,6 +76,11 @@ pub async fn run(opts: &Options, tls: Option<Arc<TlsClient>>) -> Facts {
         return facts;
     };
     for &mode in &opts.modes {
+        if mode == DataMode::Port && sess.addrs.local.is_ipv6() {
+            // PORT carries only IPv4 addresses (RFC 959); EPRT covers IPv6.
+            opts.progress("PORT skipped: IPv6 control connection");
+            continue;
+        }
         if sess.ctl.desynced {
             // A reply may still be on its way: continue on a fresh session.
             let mut scratch = Facts::default();
