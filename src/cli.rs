@@ -36,6 +36,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Diagnose an FTP server through NAT, firewalls and load balancers
+    /// (exit 0: every check passed, 1: a check failed, 2: usage error).
+    Probe(Box<crate::probe::ProbeArgs>),
 }
 
 #[derive(Debug, Args, Default)]

@@ -14,6 +14,7 @@
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`health`]: periodic backend health checks feeding `ftpgate_backend_up`.
 //! - [`app`]: binds listeners and runs sessions until shutdown.
+//! - [`probe`]: `ftpgate probe`, diagnoses FTP through NAT, firewalls and load balancers.
 
 pub mod admin;
 pub mod app;
@@ -24,6 +25,7 @@ pub mod dataport;
 pub mod health;
 pub mod metrics;
 pub mod net;
+pub mod probe;
 pub mod protocol;
 pub mod relay;
 pub mod session;

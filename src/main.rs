@@ -35,6 +35,7 @@ fn main() -> ExitCode {
                 Err(errors) => config_errors(&path.to_string(), &errors),
             }
         }
+        Command::Probe(args) => ftpgate::probe::main(&args),
         Command::Run(args) => {
             let (config, deprecations) = match args
                 .resolve()

@@ -18,6 +18,7 @@ pub mod clients;
 pub mod firewall;
 pub mod gateway;
 pub mod netns;
+pub mod probe;
 pub mod proxy;
 pub mod servers;
 

@@ -154,6 +154,18 @@ impl FtpServer {
     }
 
     pub fn start_on(topo: &Topology, ns: &Netns, addr: SocketAddr, kind: ServerKind) -> FtpServer {
+        Self::start_with(topo, ns, addr, kind, "")
+    }
+
+    /// [`Self::start_on`] with `extra` appended to the configuration file
+    /// (vsftpd only: later keys override earlier ones), e.g. `pasv_address=...`.
+    pub fn start_with(
+        topo: &Topology,
+        ns: &Netns,
+        addr: SocketAddr,
+        kind: ServerKind,
+        extra: &str,
+    ) -> FtpServer {
         let root = FtpRoot::create();
         let conf_dir = tempfile::Builder::new()
             .prefix(&format!("ftpgate-{}-", kind.name()))
@@ -162,7 +174,7 @@ impl FtpServer {
         fs::set_permissions(conf_dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let log = fs::File::create(conf_dir.path().join("stderr.log")).unwrap();
         let mut cmd = match kind {
-            ServerKind::Vsftpd => vsftpd_command(ns, addr, root.path(), conf_dir.path()),
+            ServerKind::Vsftpd => vsftpd_command(ns, addr, root.path(), conf_dir.path(), extra),
             ServerKind::Proftpd => proftpd_command(ns, addr, root.path(), conf_dir.path()),
             ServerKind::Pyftpdlib => pyftpdlib_command(ns, addr, root.path()),
         };
@@ -177,7 +189,9 @@ impl FtpServer {
             pid,
             conf_dir,
         };
-        server.wait_ready(topo, ns);
+        // An implicit-TLS server greets only after a handshake: ready once it accepts.
+        let implicit_tls = extra.contains("implicit_ssl=YES");
+        server.wait_ready(topo, ns, implicit_tls);
         server
     }
 
@@ -198,13 +212,19 @@ impl FtpServer {
 
     /// Polls the control port from inside `ns` until a complete 220 reply
     /// arrives; panics with the daemon's logs if it exits or the deadline hits.
-    fn wait_ready(&self, topo: &Topology, ns: &Netns) {
+    fn wait_ready(&self, topo: &Topology, ns: &Netns, accept_only: bool) {
         let addr = self.addr;
         let probe = ns.spawn_thread(move || {
             let deadline = Instant::now() + READY_TIMEOUT;
             let mut last_err = String::new();
             while Instant::now() < deadline {
-                match read_banner(addr) {
+                let greeting = if accept_only {
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                        .map(|_| "220 (accepting)".to_owned())
+                } else {
+                    read_banner(addr)
+                };
+                match greeting {
                     Ok(banner) if banner.starts_with("220") => return Ok(banner),
                     Ok(other) => last_err = format!("unexpected banner {other:?}"),
                     Err(e) => last_err = e.to_string(),
@@ -261,7 +281,7 @@ fn read_banner(addr: SocketAddr) -> std::io::Result<String> {
     }
 }
 
-fn vsftpd_command(ns: &Netns, addr: SocketAddr, root: &Path, conf: &Path) -> Command {
+fn vsftpd_command(ns: &Netns, addr: SocketAddr, root: &Path, conf: &Path, extra: &str) -> Command {
     // secure_chroot_dir must exist, be owned by root and not be writable.
     let empty = conf.join("empty");
     fs::create_dir(&empty).unwrap();
@@ -298,6 +318,7 @@ vsftpd_log_file={conf}/vsftpd.log
 dual_log_enable=YES
 xferlog_file={conf}/xfer.log
 log_ftp_protocol=YES
+{extra}
 ",
         v6 = if addr.is_ipv6() { "6" } else { "" },
         ip = addr.ip(),
