@@ -11,7 +11,7 @@
 //! pod), a larger global cap, and everything ends with the shutdown token.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::farm::Farm;
 use crate::metrics::Metrics;
 use crate::net::{note_exhaustion, AcceptBackoff, LocalResource, ACCEPT_BACKOFF_MIN};
 use crate::protocol::addr::canonical_ip;
@@ -92,15 +93,16 @@ impl Drop for SourceSlot {
 #[derive(Debug)]
 pub struct AdminState {
     metrics: Arc<Metrics>,
-    backends: Vec<SocketAddr>,
+    farm: Arc<Farm>,
     serving: AtomicBool,
 }
 
 impl AdminState {
-    pub fn new(metrics: Arc<Metrics>, backends: Vec<SocketAddr>) -> Self {
+    /// Readiness follows `farm`'s health.
+    pub fn new(metrics: Arc<Metrics>, farm: Arc<Farm>) -> Self {
         AdminState {
             metrics,
-            backends,
+            farm,
             serving: AtomicBool::new(false),
         }
     }
@@ -111,34 +113,26 @@ impl AdminState {
     }
 
     /// `Ok` when ftpgate can take sessions; otherwise why not. Backend reachability is
-    /// `ftpgate_backend_up`, kept by the health checker and the balancer. Without
-    /// backends (transparent listeners only) every session has its own destination, so
-    /// serving is enough.
-    pub fn readiness(&self) -> Result<(), String> {
+    /// the farm's [`crate::farm::BackendHealth`], kept by the health checker and the
+    /// balancer: ready while one member is up and not draining. Without backends
+    /// (transparent listeners only) every session has its own destination, so serving
+    /// is enough. The body lists every member's state either way (after `ok` or the
+    /// reason), for the operator reading `curl /readyz`.
+    pub fn readiness(&self) -> Result<String, String> {
         if !self.serving.load(Ordering::Relaxed) {
             return Err("FTP listeners are not serving".into());
         }
-        if self.backends.is_empty() {
-            return Ok(());
+        let detail = self.farm.describe();
+        if self.farm.specs().is_empty() {
+            return Ok(detail);
         }
-        let up = self
-            .backends
-            .iter()
-            .filter(|b| {
-                self.metrics
-                    .backend_up
-                    .with_label_values(&[&b.to_string()])
-                    .get()
-                    > 0
-            })
-            .count();
-        if up == 0 {
+        if self.farm.usable_members() == 0 {
             return Err(format!(
-                "no backend reachable (0 of {} up)",
-                self.backends.len()
+                "no backend reachable (0 of {} up)\n{detail}",
+                self.farm.members().len()
             ));
         }
-        Ok(())
+        Ok(detail)
     }
 }
 
@@ -254,7 +248,7 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
         }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match state.readiness() {
-            Ok(()) => text(StatusCode::OK, "ok\n".into()),
+            Ok(detail) => text(StatusCode::OK, format!("ok\n{detail}")),
             Err(reason) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {reason}\n"),

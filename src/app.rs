@@ -18,7 +18,8 @@ use crate::admin::{self, AdminState};
 use crate::balancer::Balancer;
 use crate::config::{ListenerMode, ValidConfig};
 use crate::dataport::PortPool;
-use crate::health::{self, HEALTH_CHECK_INTERVAL};
+use crate::farm::{resolve, Farm};
+use crate::health;
 use crate::metrics::Metrics;
 use crate::net::{note_exhaustion, AcceptBackoff, LocalResource, ACCEPT_BACKOFF_MIN};
 use crate::session::limits::PreloginSlots;
@@ -70,11 +71,17 @@ impl Gateway {
             ),
             None => None,
         };
-        let admin_state = Arc::new(AdminState::new(
-            Arc::clone(&metrics),
+        let farm = Arc::new(Farm::new(
             config.backends.clone(),
+            config.balance,
+            config.routes.clone(),
+            Arc::clone(&metrics),
         ));
-        metrics.init_labels(&config.backends);
+        // Names resolve before "ready"; one that does not yet is logged and joins at
+        // the next round.
+        resolve::resolve_once(&farm).await;
+        let admin_state = Arc::new(AdminState::new(Arc::clone(&metrics), Arc::clone(&farm)));
+        metrics.init_labels(&[]);
         let pool = PortPool::new(config.data_ports, &metrics);
         let active_pool = match config.active.ports {
             Some(r) => PortPool::new(r, &metrics),
@@ -83,7 +90,7 @@ impl Gateway {
         let ctx = Arc::new(SessionContext {
             pool,
             active_pool,
-            balancer: Balancer::new(config.backends.clone()),
+            balancer: Balancer::new(farm),
             listen_addrs,
             config: Arc::new(config.into_inner()),
             prelogin: PreloginSlots::new(metrics.sessions_prelogin.clone()),
@@ -113,14 +120,21 @@ impl Gateway {
     /// Serves until `shutdown` fires, then waits (bounded) for sessions to end.
     pub async fn serve(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
+        let farm = Arc::clone(&self.ctx.balancer.farm);
         tracker.spawn(health::run(
-            self.ctx.config.backends.clone(),
+            Arc::clone(&farm),
+            self.ctx.config.health.clone(),
             self.ctx.config.timeouts.backend_connect,
-            HEALTH_CHECK_INTERVAL,
             Arc::clone(&self.ctx.metrics),
             shutdown.clone(),
         ));
-        info!(listeners = ?self.local_addrs(), backends = ?self.ctx.config.backends, data_ports = %self.ctx.config.data_ports, relay = ?crate::relay::relay_mode(), "ftpgate ready");
+        tracker.spawn(resolve::run(
+            Arc::clone(&farm),
+            self.ctx.config.backend_resolve_interval,
+            shutdown.clone(),
+        ));
+        let backends: Vec<String> = farm.specs().iter().map(ToString::to_string).collect();
+        info!(listeners = ?self.local_addrs(), ?backends, balance = farm.policy().label(), data_ports = %self.ctx.config.data_ports, relay = ?crate::relay::relay_mode(), "ftpgate ready");
         if let Some(admin) = self.admin {
             if let Ok(addr) = admin.local_addr() {
                 info!(%addr, "admin endpoint serving /metrics, /healthz, /readyz");

@@ -1,77 +1,88 @@
-//! Backend selection: round robin over the backends known up, and on a failed connect
-//! the next backend; backends known down are tried last.
+//! Backend connect: the farm's policy orders the members, a failed connect falls
+//! through to the next; members known down are tried last, draining ones never.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::farm::{Farm, SessionKey, SessionLease};
 use crate::metrics::Metrics;
 use crate::net::{connect_from, note_exhaustion, LocalResource};
 
+/// Connects sessions to the farm's members in the order its policy chooses.
 #[derive(Debug)]
 pub struct Balancer {
-    backends: Vec<SocketAddr>,
-    next: AtomicUsize,
+    /// Members, their health and load.
+    pub farm: Arc<Farm>,
 }
 
 /// Why a session got no backend connection: the backends (each tried), or ftpgate
 /// itself (out of descriptors or buffers: no backend was at fault, none is marked down).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// Every member tried failed (or none may take sessions: all draining).
     #[error("no backend reachable ({tried} tried)")]
-    NoBackend { tried: usize },
+    NoBackend {
+        /// Members tried.
+        tried: usize,
+    },
+    /// ftpgate ran out of a local resource.
     #[error("local resource exhausted ({resource}): {source}")]
     LocalResource {
+        /// Which one.
         resource: LocalResource,
+        /// The socket call's error.
         #[source]
         source: std::io::Error,
     },
 }
 
+/// A connected backend control connection and the session's claim on its member.
+#[derive(Debug)]
+pub struct Connected {
+    /// The control connection.
+    pub stream: TcpStream,
+    /// The member's address.
+    pub addr: SocketAddr,
+    /// Counts the session on the member until dropped.
+    pub lease: SessionLease,
+}
+
 impl Balancer {
-    pub fn new(backends: Vec<SocketAddr>) -> Self {
-        Balancer {
-            backends,
-            next: AtomicUsize::new(0),
-        }
+    /// A balancer over `farm`.
+    pub fn new(farm: Arc<Farm>) -> Self {
+        Balancer { farm }
     }
 
-    /// The order in which to try backends for the next session.
-    fn order(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        let n = self.backends.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(move |k| self.backends[(start + k) % n])
-    }
-
-    /// Connects to the next backend in turn, falling through to the others on failure.
+    /// Connects to the member the policy picks for `key`, falling through to the
+    /// others on failure (failover applies to every policy).
     pub async fn connect(
         &self,
+        key: SessionKey<'_>,
         timeout: Duration,
         metrics: &Metrics,
-    ) -> Result<(TcpStream, SocketAddr), ConnectError> {
-        // Backends the health checker (or an earlier session) found down go last, so a
-        // black-holed backend does not cost every other session a full connect timeout;
-        // they are still tried when nothing else answers.
-        let is_up = |a: &SocketAddr| {
-            metrics
-                .backend_up
-                .with_label_values(&[&a.to_string()])
-                .get()
-                != 0
-        };
-        let (up, down): (Vec<SocketAddr>, Vec<SocketAddr>) = self.order().partition(is_up);
-        for addr in up.into_iter().chain(down) {
+    ) -> Result<Connected, ConnectError> {
+        // Members known down come last (see `policy::try_order`), so a black-holed
+        // backend does not cost every other session a full connect timeout; they are
+        // still tried when nothing else answers.
+        let order = self.farm.try_order(key);
+        for &addr in &order {
             let label = addr.to_string();
             let started = std::time::Instant::now();
             match connect_from(addr, None, timeout).await {
-                Ok(s) => {
+                Ok(stream) => {
                     metrics
                         .backend_connect_duration_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    metrics.backend_up.with_label_values(&[&label]).set(1);
-                    return Ok((s, addr));
+                    self.farm.health.set(addr, true);
+                    let lease = self.farm.lease(addr);
+                    return Ok(Connected {
+                        stream,
+                        addr,
+                        lease,
+                    });
                 }
                 Err(e) => {
                     if let Some(resource) = LocalResource::of(&e) {
@@ -90,14 +101,12 @@ impl Balancer {
                         .backend_connect_errors_total
                         .with_label_values(&[&label])
                         .inc();
-                    metrics.backend_up.with_label_values(&[&label]).set(0);
+                    self.farm.health.set(addr, false);
                     tracing::warn!(backend = %addr, error = %e, "backend connect failed");
                 }
             }
         }
-        Err(ConnectError::NoBackend {
-            tried: self.backends.len(),
-        })
+        Err(ConnectError::NoBackend { tried: order.len() })
     }
 }
 
@@ -105,16 +114,22 @@ impl Balancer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_robin_visits_every_backend_once_per_session() {
-        let addrs: Vec<SocketAddr> = (1..=3)
-            .map(|i| format!("10.0.0.{i}:21").parse().unwrap())
-            .collect();
-        let b = Balancer::new(addrs.clone());
-        let first: Vec<_> = b.order().collect();
-        let second: Vec<_> = b.order().collect();
-        assert_eq!(first, addrs);
-        assert_eq!(second, vec![addrs[1], addrs[2], addrs[0]]);
+    use crate::farm::BalancePolicy;
+
+    fn balancer(addrs: Vec<SocketAddr>, metrics: &Arc<Metrics>) -> Balancer {
+        Balancer::new(Arc::new(Farm::new(
+            addrs.into_iter().map(Into::into).collect(),
+            BalancePolicy::RoundRobin,
+            Vec::new(),
+            Arc::clone(metrics),
+        )))
+    }
+
+    fn key() -> SessionKey<'static> {
+        SessionKey {
+            client_ip: "192.0.2.1".parse().unwrap(),
+            user: None,
+        }
     }
 
     #[tokio::test]
@@ -124,12 +139,17 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let b = Balancer::new(vec![dead, live.local_addr().unwrap()]);
-        let (_, chosen) = b
-            .connect(Duration::from_secs(5), &Metrics::new())
+        let metrics = Arc::new(Metrics::new());
+        let b = balancer(vec![dead, live.local_addr().unwrap()], &metrics);
+        let c = b
+            .connect(key(), Duration::from_secs(5), &metrics)
             .await
             .unwrap();
-        assert_eq!(chosen, live.local_addr().unwrap());
+        assert_eq!(c.addr, live.local_addr().unwrap());
+        assert!(
+            b.farm.health.is_down(dead),
+            "the failed connect marked it down"
+        );
     }
 
     #[tokio::test]
@@ -140,19 +160,16 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let metrics = Metrics::new();
-        metrics
-            .backend_up
-            .with_label_values(&[&live.to_string()])
-            .set(1);
-        metrics
-            .backend_up
-            .with_label_values(&[&dead.to_string()])
-            .set(0);
-        let b = Balancer::new(vec![dead, live]);
+        let metrics = Arc::new(Metrics::new());
+        let b = balancer(vec![dead, live], &metrics);
+        b.farm.health.set(live, true);
+        b.farm.health.set(dead, false);
         for _ in 0..4 {
-            let (_, chosen) = b.connect(Duration::from_secs(5), &metrics).await.unwrap();
-            assert_eq!(chosen, live);
+            let c = b
+                .connect(key(), Duration::from_secs(5), &metrics)
+                .await
+                .unwrap();
+            assert_eq!(c.addr, live);
         }
         let errors = metrics
             .backend_connect_errors_total
@@ -167,9 +184,14 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let b = Balancer::new(vec![dead, dead]);
+        let other = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let b = balancer(vec![dead, other], &metrics);
         assert!(matches!(
-            b.connect(Duration::from_secs(5), &Metrics::new())
+            b.connect(key(), Duration::from_secs(5), &metrics)
                 .await
                 .unwrap_err(),
             ConnectError::NoBackend { tried: 2 }

@@ -8,6 +8,9 @@ use clap::{Args, Parser, Subcommand};
 
 use std::time::Duration;
 
+use crate::farm::{BackendSpec, BalancePolicy};
+use crate::health::CheckKind;
+
 use crate::config::{
     BackendDataMode, Config, ConfigErrors, Deprecation, ListenerMode, Loaded, LogFormat, PortRange,
     RelayMode,
@@ -60,9 +63,20 @@ pub struct RunArgs {
     /// Map passive replies through ftpgate in transparent mode. YAML: transparent.map_passive.
     #[arg(long)]
     pub map_passive: bool,
-    /// FTP server to relay to (repeatable, round robin). YAML: backends.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub backend: Vec<SocketAddr>,
+    /// FTP server to relay to: ADDR:PORT or HOST:PORT, every A/AAAA record a member
+    /// (repeatable). YAML: backends.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub backend: Vec<BackendSpec>,
+    /// How sessions pick a backend: round-robin, least-connections, source-ip or user.
+    /// YAML: balance.
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub balance: Option<BalancePolicy>,
+    /// How often backend names are resolved again (0 disables). YAML: backend_resolve_interval.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub backend_resolve_interval: Option<Duration>,
+    /// Backend health check: tcp, banner or login. YAML: health.check.
+    #[arg(long, value_name = "KIND", value_enum)]
+    pub health_check: Option<CheckKind>,
     /// Address announced in rewritten passive replies (one IPv4, one IPv6). YAML: public_address.
     #[arg(long, value_name = "IP")]
     pub public_address: Vec<IpAddr>,
@@ -177,6 +191,15 @@ impl RunArgs {
         }
         if !self.backend.is_empty() {
             cfg.backends = self.backend.clone();
+        }
+        if let Some(b) = self.balance {
+            cfg.balance = b;
+        }
+        if let Some(d) = self.backend_resolve_interval {
+            cfg.backend_resolve_interval = d;
+        }
+        if let Some(c) = self.health_check {
+            cfg.health.check = c;
         }
         if !self.public_address.is_empty() {
             cfg.public_address = self.public_address.clone();

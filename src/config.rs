@@ -17,6 +17,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+use crate::farm::{BackendSpec, BalancePolicy, UserRoute};
+use crate::health::HealthConfig;
 use crate::protocol::line::DEFAULT_MAX_LINE;
 
 /// An error in the configuration, naming the key it concerns.
@@ -452,8 +454,19 @@ pub struct Config {
     /// listeners side by side); added to `listen`.
     pub listeners: Vec<ListenerConfig>,
     pub transparent: TransparentConfig,
-    /// FTP servers, chosen round robin; on connect failure the next is tried.
-    pub backends: Vec<SocketAddr>,
+    /// FTP servers (addresses or `host:port` names, with weight and drain), chosen by
+    /// `balance`; on connect failure the next is tried.
+    pub backends: Vec<BackendSpec>,
+    /// How a new session picks its backend.
+    pub balance: BalancePolicy,
+    /// Under `balance: user`: users routed to given backends, checked before the hash.
+    pub routes: Vec<UserRoute>,
+    /// Under `balance: user`: the text of ftpgate's own `220` greeting.
+    pub greeting: String,
+    /// How often backend names are resolved again; 0 disables re-resolution.
+    pub backend_resolve_interval: Duration,
+    /// Backend health checks.
+    pub health: HealthConfig,
     /// Addresses announced to clients in rewritten passive replies: at most one IPv4
     /// (named in `227`) and one IPv6. Without one, the local address of the client's
     /// control connection is announced.
@@ -476,6 +489,12 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// ftpgate's own `220` text under `balance: user` (the backend's banner is swallowed).
+pub const DEFAULT_GREETING: &str = "ftpgate ready";
+
+/// Re-resolution of backend names: about a cluster DNS record's TTL.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
 const DEFAULT_DATA_PORTS: PortRange = PortRange {
     lo: 50000,
     hi: 50999,
@@ -489,6 +508,11 @@ impl Default for Config {
             listeners: Vec::new(),
             transparent: TransparentConfig::default(),
             backends: Vec::new(),
+            balance: BalancePolicy::RoundRobin,
+            routes: Vec::new(),
+            greeting: DEFAULT_GREETING.to_owned(),
+            backend_resolve_interval: DEFAULT_RESOLVE_INTERVAL,
+            health: HealthConfig::default(),
             public_address: Vec::new(),
             data_ports: DEFAULT_DATA_PORTS,
             passive: PassiveConfig::default(),
@@ -515,7 +539,13 @@ struct RawConfig {
     mode: ListenerMode,
     listeners: Vec<ListenerConfig>,
     transparent: TransparentConfig,
-    backends: Vec<SocketAddr>,
+    backends: Vec<BackendSpec>,
+    balance: BalancePolicy,
+    routes: Vec<UserRoute>,
+    greeting: Option<String>,
+    #[serde(with = "humantime_serde")]
+    backend_resolve_interval: Option<Duration>,
+    health: HealthConfig,
     public_address: Vec<IpAddr>,
     data_ports: Option<PortRange>,
     passive: RawPassive,
@@ -646,6 +676,13 @@ impl RawConfig {
             listeners: self.listeners,
             transparent: self.transparent,
             backends: self.backends,
+            balance: self.balance,
+            routes: self.routes,
+            greeting: self.greeting.unwrap_or_else(|| DEFAULT_GREETING.to_owned()),
+            backend_resolve_interval: self
+                .backend_resolve_interval
+                .unwrap_or(DEFAULT_RESOLVE_INTERVAL),
+            health: self.health,
             public_address: self.public_address,
             data_ports: self.data_ports.unwrap_or(DEFAULT_DATA_PORTS),
             passive,
@@ -701,6 +738,13 @@ struct Problems(Vec<ConfigError>);
 impl Problems {
     fn add(&mut self, key: &'static str, reason: impl Into<String>) {
         self.0.push(ConfigError::invalid(key, reason));
+    }
+
+    /// A closure other modules validate their own sections with.
+    fn sink(&mut self, section: &'static str) -> impl FnMut(&str, String) + '_ {
+        move |key: &str, reason: String| {
+            self.add(section, format!("{key}: {reason}"));
+        }
     }
 }
 
@@ -822,6 +866,34 @@ impl Config {
         for b in self.backends.iter().filter(|b| b.port() == 0) {
             p.add("backends", format!("{b}: port 0 is not a backend port"));
         }
+        self.check_farm(p);
+    }
+
+    fn check_farm(&self, p: &mut Problems) {
+        let written: Vec<String> = self.backends.iter().map(ToString::to_string).collect();
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.user.is_none() && r.user_suffix.as_deref().is_none_or(str::is_empty) {
+                p.add("routes", format!("routes[{i}]: needs user or user_suffix"));
+            }
+            if r.backends.is_empty() {
+                p.add("routes", format!("routes[{i}]: needs at least one backend"));
+            }
+            for b in &r.backends {
+                let known = b
+                    .parse::<crate::farm::BackendHost>()
+                    .is_ok_and(|h| written.contains(&h.to_string()));
+                if !known {
+                    p.add("routes", format!("routes[{i}]: {b} is not one of backends"));
+                }
+            }
+        }
+        if !self.routes.is_empty() && self.balance != BalancePolicy::User {
+            p.add("routes", "only used with balance: user");
+        }
+        if self.greeting.contains(['\r', '\n']) {
+            p.add("greeting", "must be one line");
+        }
+        self.health.check(p.sink("health"));
     }
 
     fn check_addresses(&self, p: &mut Problems) {

@@ -7,12 +7,15 @@
 //!   control-channel driver (`driver`) and passive data mappings (`passive`).
 //! - [`dataport`]: the data-port pool (random choice, RAII leases).
 //! - [`relay`]: byte relay for data connections, half-close aware.
-//! - [`balancer`]: backend selection and failover.
+//! - [`farm`]: the server farm — named backends and their members, balancing
+//!   policies, user routes, backend health (pure where it decides).
+//! - [`balancer`]: backend connect with failover, in the farm's order.
 //! - [`net`]: socket helpers at the I/O edge.
 //! - [`config`], [`cli`]: YAML configuration, flags that override it, validation.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
-//! - [`health`]: periodic backend health checks feeding `ftpgate_backend_up`.
+//! - [`health`]: periodic backend health checks (`tcp`, `banner`, `login`) feeding the
+//!   farm's `BackendHealth`.
 //! - [`app`]: binds listeners and runs sessions until shutdown.
 //! - [`probe`]: `ftpgate probe`, diagnoses FTP through NAT, firewalls and load balancers.
 
@@ -22,6 +25,7 @@ pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod dataport;
+pub mod farm;
 pub mod health;
 pub mod metrics;
 pub mod net;

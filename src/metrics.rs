@@ -37,6 +37,16 @@ pub struct Metrics {
     pub backend_up: IntGaugeVec,
     pub backend_sessions_active: IntGaugeVec,
     pub backend_connect_errors_total: IntCounterVec,
+    /// By member: 1 while its backend entry says `drain: true`.
+    pub backend_draining: IntGaugeVec,
+    /// By configured backend (name or address as written): members it resolves to now.
+    pub backend_members: IntGaugeVec,
+    /// By configured backend: lookups that failed (its last members were kept).
+    pub backend_resolve_failures_total: IntCounterVec,
+    /// By policy and member: sessions the balancer placed (the policy's distribution).
+    pub balancer_picks_total: IntCounterVec,
+    /// By member and result (`pass`, `fail`): health checks run.
+    pub health_checks_total: IntCounterVec,
     /// By direction (`download`, `upload`, `listing`).
     pub transfer_duration_seconds: HistogramVec,
     pub backend_connect_duration_seconds: Histogram,
@@ -150,7 +160,7 @@ impl Metrics {
             ),
             backend_up: gauges(
                 "ftpgate_backend_up",
-                "1 when the backend accepted the last connection attempt (health check or session), else 0.",
+                "1 when the backend passed its health check (or accepted the last session), else 0.",
                 &["backend"],
             ),
             backend_sessions_active: gauges(
@@ -162,6 +172,31 @@ impl Metrics {
                 "ftpgate_backend_connect_errors_total",
                 "Failed control connections to a backend.",
                 &["backend"],
+            ),
+            backend_draining: gauges(
+                "ftpgate_backend_draining",
+                "1 when the backend takes no new sessions (drain: true).",
+                &["backend"],
+            ),
+            backend_members: gauges(
+                "ftpgate_backend_members",
+                "Members a configured backend resolves to now.",
+                &["backend"],
+            ),
+            backend_resolve_failures_total: counters(
+                "ftpgate_backend_resolve_failures_total",
+                "Failed lookups of a backend name (its last members were kept).",
+                &["backend"],
+            ),
+            balancer_picks_total: counters(
+                "ftpgate_balancer_picks_total",
+                "Sessions placed on a backend, by policy.",
+                &["policy", "backend"],
+            ),
+            health_checks_total: counters(
+                "ftpgate_health_checks_total",
+                "Backend health checks run, by result (pass, fail).",
+                &["backend", "result"],
             ),
             transfer_duration_seconds: register(
                 &r,
@@ -246,15 +281,25 @@ impl Metrics {
             .inc();
     }
 
+    /// Pre-creates the per-backend series of a member (at start, or when a name
+    /// resolves to a new address).
+    pub fn init_backend(&self, b: std::net::SocketAddr) {
+        let b = b.to_string();
+        self.backend_up.with_label_values(&[&b]);
+        self.backend_sessions_active.with_label_values(&[&b]);
+        self.backend_connect_errors_total.with_label_values(&[&b]);
+        self.backend_draining.with_label_values(&[&b]);
+        for r in ["pass", "fail"] {
+            self.health_checks_total.with_label_values(&[&b, r]);
+        }
+    }
+
     /// Pre-creates every label value the dashboards expect, so series exist (at 0)
     /// before the first event: `rate()` and `increase()` are right from the first
     /// scrape, and every family is visible in `/metrics` at once.
     pub fn init_labels(&self, backends: &[std::net::SocketAddr]) {
-        for b in backends {
-            let b = b.to_string();
-            self.backend_up.with_label_values(&[&b]);
-            self.backend_sessions_active.with_label_values(&[&b]);
-            self.backend_connect_errors_total.with_label_values(&[&b]);
+        for &b in backends {
+            self.init_backend(b);
         }
         for d in ["client_to_backend", "backend_to_client"] {
             self.data_bytes_total.with_label_values(&[d]);

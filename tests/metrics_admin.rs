@@ -252,7 +252,9 @@ async fn healthz_and_readyz_with_a_live_backend() {
     loop {
         let (status, body) = http_get(admin(&proxy), "/readyz").await;
         if status == 200 {
-            assert_eq!(body, "ok\n");
+            assert!(body.starts_with("ok\n"), "{body}");
+            // Every member's state is in the body.
+            assert!(body.contains(&format!("backend {} ", mock.addr)), "{body}");
             break;
         }
         assert_eq!(status, 503, "{body}");

@@ -26,10 +26,12 @@ use super::limits::PreloginSlot;
 use super::machine::{Action, Addresses, Deadline, Outbox, SessionMachine};
 use super::outcome::{Outcome, SessionError};
 use super::replies::LocalReply;
+use super::routing::{before_user, GateStep};
 use super::timer::Timer;
 use super::upstream::connect_upstream;
 use super::SessionContext;
 use crate::config::ListenerMode;
+use crate::farm::BalancePolicy;
 use crate::metrics::Refusal;
 use crate::net::{drain_past_urgent_mark, prepare_control_socket, send_urgent};
 use crate::protocol::addr::canonical_ip;
@@ -82,26 +84,34 @@ async fn serve(
         say_goodbye(&ctx.metrics, &mut client, LocalReply::TooManyPrelogin).await;
         return Outcome::Limited;
     };
-    let (backend, backend_addr) = match connect_upstream(&client, mode, ctx).await {
+    let client_ip = canonical_ip(peer.ip());
+    // `balance: user`: ftpgate greets and reads up to USER before any backend exists.
+    let mut cbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let routes_by_user = mode == ListenerMode::Reverse && ctx.config.balance == BalancePolicy::User;
+    let user = if routes_by_user {
+        match await_user(&mut client, &mut cbuf, ctx, started, shutdown).await {
+            Ok(user) => Some(user),
+            Err(outcome) => return outcome,
+        }
+    } else {
+        None
+    };
+    let upstream = match connect_upstream(&client, client_ip, user.as_deref(), mode, ctx).await {
         Ok(b) => b,
         Err(no) => {
             say_goodbye(&ctx.metrics, &mut client, no.reply).await;
             return no.outcome;
         }
     };
+    let (backend, backend_addr, _lease) = (upstream.stream, upstream.addr, upstream.lease);
     prepare_control_socket(&backend, keepalive);
     tracing::Span::current().record("backend", tracing::field::display(backend_addr));
     debug!("session started");
-    let backend_gauge = ctx
-        .metrics
-        .backend_sessions_active
-        .with_label_values(&[&backend_addr.to_string()]);
-    backend_gauge.inc();
     let canon = |a: SocketAddr| SocketAddr::new(canonical_ip(a.ip()), a.port());
     let unknown = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
     let addrs = Addresses {
         mode,
-        client_ip: canonical_ip(peer.ip()),
+        client_ip,
         client_local: client.local_addr().map(canon).unwrap_or(unknown),
         backend: canon(backend_addr),
         backend_local: backend.local_addr().map(canon).unwrap_or(unknown),
@@ -117,10 +127,75 @@ async fn serve(
         addrs,
         Instant::now(),
     );
-    let outcome = pump(&mut machine, client, backend, &mut slot, ctx, shutdown).await;
-    backend_gauge.dec();
+    if routes_by_user {
+        machine.greeted_locally();
+        // USER and whatever was pipelined behind it, in order; written to the backend
+        // once its (swallowed) greeting has arrived.
+        machine.on_client_input(&mut cbuf, Instant::now());
+    }
+    let outcome = pump(
+        &mut machine,
+        client,
+        backend,
+        cbuf,
+        &mut slot,
+        ctx,
+        shutdown,
+    )
+    .await;
     machine.stats().log_end(outcome, started.elapsed());
     outcome
+}
+
+/// `balance: user`: greets the client and answers it until `USER` (see
+/// [`super::routing`]), bounded by the login timeout and shutdown. The `USER` line
+/// and what follows stay in `cbuf`.
+async fn await_user(
+    client: &mut TcpStream,
+    cbuf: &mut Vec<u8>,
+    ctx: &SessionContext,
+    started: Instant,
+    shutdown: &CancellationToken,
+) -> Result<String, Outcome> {
+    let max_line = ctx.config.control.max_line_length;
+    let greeting = LocalReply::RoutingGreeting(ctx.config.greeting.clone());
+    ctx.metrics.reply(greeting.code());
+    let mut out = greeting.to_bytes();
+    let deadline = tokio::time::Instant::from_std(started + ctx.config.timeouts.login);
+    loop {
+        let step = before_user(cbuf, &mut out, max_line);
+        if !out.is_empty() {
+            let write = tokio::time::timeout_at(deadline, client.write_all(&out));
+            if !matches!(write.await, Ok(Ok(()))) {
+                return Err(Outcome::Closed);
+            }
+            out.clear();
+        }
+        match step {
+            GateStep::Routed(user) => return Ok(user),
+            GateStep::Close => {
+                let _ = grace(client.shutdown()).await;
+                return Err(Outcome::Closed);
+            }
+            GateStep::NeedMore => {}
+        }
+        cbuf.reserve(READ_CHUNK);
+        tokio::select! {
+            r = client.read_buf(cbuf) => match r {
+                Ok(0) | Err(_) => return Err(Outcome::Closed),
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                ctx.metrics.timeout(crate::metrics::TimeoutKind::Login);
+                say_goodbye(&ctx.metrics, client, LocalReply::LoginTimeout).await;
+                return Err(Outcome::Timeout);
+            }
+            () = shutdown.cancelled() => {
+                say_goodbye(&ctx.metrics, client, LocalReply::ShuttingDown).await;
+                return Err(Outcome::Shutdown);
+            }
+        }
+    }
 }
 
 /// The one reply of a session that never reached a backend.
@@ -158,6 +233,7 @@ async fn pump(
     m: &mut Machine,
     mut client: TcpStream,
     mut backend: TcpStream,
+    mut cbuf: Vec<u8>,
     slot: &mut PreloginSlot<'_>,
     ctx: &SessionContext,
     shutdown: &CancellationToken,
@@ -170,7 +246,6 @@ async fn pump(
     let mut newest_data: Option<CancellationToken> = None;
     let mut closing: Option<Outcome> = None;
     let (mut noop_timer, mut deadline_timer) = (Timer::default(), Timer::default());
-    let mut cbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut sbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let (mut cr, mut cw) = client.split();
     let (mut br, mut bw) = backend.split();

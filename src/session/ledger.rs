@@ -41,6 +41,9 @@ pub enum Injected {
     Noop,
     /// PASV/EPSV/PORT/EPRT for mode translation: the reply goes to the translation step.
     DataSetup,
+    /// The backend's greeting when ftpgate greeted the client itself (`balance:
+    /// user`): swallowed, the client has had its `220`.
+    Banner,
 }
 
 /// Who a server reply answers.
@@ -121,6 +124,18 @@ impl ReplyLedger {
             current: None,
             rewrite_passive,
             logged_in: false,
+        }
+    }
+
+    /// ftpgate greeted the client itself: the backend's greeting, still owed, is
+    /// swallowed instead of forwarded.
+    pub fn greeted_locally(&mut self) {
+        for p in &mut self.pending {
+            if let Pending::Server { origin, .. } = p {
+                if *origin == Origin::Greeting {
+                    *origin = Origin::Injected(Injected::Banner);
+                }
+            }
         }
     }
 
@@ -322,7 +337,7 @@ impl ReplyLedger {
             _ => None,
         });
         let disposition = match (origin, code.0) {
-            (Some(Origin::Injected(Injected::Noop)), _) => Disposition::Swallow,
+            (Some(Origin::Injected(Injected::Noop | Injected::Banner)), _) => Disposition::Swallow,
             (Some(Origin::Injected(Injected::DataSetup)), _) => Disposition::Intercept,
             (_, 227) if self.rewrite_passive => Disposition::RewritePasv,
             (_, 229) if self.rewrite_passive => Disposition::RewriteEpsv,
@@ -346,6 +361,22 @@ mod tests {
 
     fn origin(o: LineOutcome) -> Option<Origin> {
         o.ended.expect("reply ended").origin
+    }
+
+    #[test]
+    fn backend_banner_swallowed_after_user_routing_greeted_the_client() {
+        // balance: user — ftpgate said 220 itself; the client's USER is already queued
+        // when the backend's multi-line vsftpd banner arrives.
+        let mut s = ReplyLedger::new(true);
+        s.greeted_locally();
+        s.forwarded(Verb::User);
+        for line in ["220-welcome\r\n", "220 ready\r\n"] {
+            let o = s.on_server_line(line.as_bytes()).unwrap();
+            assert_eq!(o.disposition, Disposition::Swallow, "{line}");
+        }
+        let o = feed(&mut s, "331 password please\r\n");
+        assert_eq!(origin(o), Some(Origin::Client(Verb::User)));
+        assert_eq!(o.disposition, Disposition::Forward);
     }
 
     fn greeted() -> ReplyLedger {

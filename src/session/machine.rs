@@ -194,6 +194,12 @@ impl<E: SessionEdge> SessionMachine<E> {
         }
     }
 
+    /// ftpgate already sent the client its `220` (`balance: user`, see
+    /// [`super::routing`]): the backend's greeting is swallowed.
+    pub fn greeted_locally(&mut self) {
+        self.ledger.greeted_locally();
+    }
+
     // ----- queries the driver asks every turn -----
 
     /// Whether the driver should read the client: not while `max_pipelined_commands`

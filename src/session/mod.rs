@@ -16,6 +16,7 @@
 //! - [`driver`]: the async edge (sockets, timers, `select!`); [`edge`]: data ports and
 //!   data tasks for the machine; [`upstream`]: the backend connect; [`data`]: one data
 //!   connection; [`access`]: the access log; [`limits`]: the pre-login cap;
+//!   [`routing`]: `balance: user`, ftpgate's own greeting until `USER` (pure);
 //!   [`timer`]: a reusable timer.
 //!
 //! # The machine
@@ -59,6 +60,7 @@ pub mod machine;
 pub mod outcome;
 pub mod passive;
 pub mod replies;
+pub mod routing;
 pub mod timer;
 pub mod translate;
 pub mod upstream;

@@ -65,6 +65,14 @@ pub enum LocalReply {
     TooManyPrelogin,
     /// ftpgate itself ran out of a local resource (file descriptors, memory).
     LocalResourceLimit,
+    /// ftpgate's own greeting under `balance: user` (the text is `greeting`).
+    RoutingGreeting(String),
+    /// A command before `USER` under `balance: user`: no backend is chosen yet.
+    LoginFirst,
+    /// `NOOP` before `USER` under `balance: user`.
+    NoopOk,
+    /// `QUIT` before `USER` under `balance: user`.
+    Goodbye,
 }
 
 impl LocalReply {
@@ -93,6 +101,10 @@ impl LocalReply {
             | DestinationUnreachable
             | TooManyPrelogin
             | LocalResourceLimit => 421,
+            RoutingGreeting(_) => 220,
+            LoginFirst => 530,
+            NoopOk => 200,
+            Goodbye => 221,
         }
     }
 
@@ -156,6 +168,10 @@ impl fmt::Display for LocalReply {
                 "{code} Invalid reply from server; closing control connection."
             ),
             NoBackend => write!(f, "{code} Service not available: no backend reachable."),
+            RoutingGreeting(text) => write!(f, "{code} {text}"),
+            LoginFirst => write!(f, "{code} Please log in with USER first."),
+            NoopOk => write!(f, "{code} NOOP ok."),
+            Goodbye => write!(f, "{code} Goodbye."),
             UnknownDestination => write!(f, "{code} Service not available: unknown destination."),
             DestinationIsGateway => write!(
                 f,

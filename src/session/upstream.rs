@@ -2,7 +2,7 @@
 //! destination a client was going to before the gateway redirected it (transparent).
 //! I/O edge.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use tokio::net::TcpStream;
@@ -13,6 +13,7 @@ use super::replies::LocalReply;
 use super::SessionContext;
 use crate::balancer::ConnectError;
 use crate::config::ListenerMode;
+use crate::farm::{SessionKey, SessionLease};
 use crate::metrics::{Refusal, TimeoutKind};
 use crate::net::{connect_from, is_local_ip, note_exhaustion, original_destination, LocalResource};
 use crate::protocol::addr::canonical_ip;
@@ -43,18 +44,39 @@ impl NoUpstream {
     }
 }
 
-/// Connects the session's server side.
+/// A connected server side: the control connection, where it goes, and (in reverse
+/// mode) the session's claim on its farm member.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The control connection.
+    pub stream: TcpStream,
+    /// Its remote address.
+    pub addr: SocketAddr,
+    /// Counts the session on its member while held (reverse mode).
+    pub lease: Option<SessionLease>,
+}
+
+/// Connects the session's server side. `client_ip` is the client's real address and
+/// `user` the `USER` name under `balance: user`: what the policy keys on.
 pub async fn connect_upstream(
     client: &TcpStream,
+    client_ip: IpAddr,
+    user: Option<&str>,
     mode: ListenerMode,
     ctx: &SessionContext,
-) -> Result<(TcpStream, SocketAddr), NoUpstream> {
+) -> Result<Upstream, NoUpstream> {
     let timeout = ctx.config.timeouts.backend_connect;
     if mode == ListenerMode::Reverse {
+        let key = SessionKey { client_ip, user };
         return ctx
             .balancer
-            .connect(timeout, &ctx.metrics)
+            .connect(key, timeout, &ctx.metrics)
             .await
+            .map(|c| Upstream {
+                stream: c.stream,
+                addr: c.addr,
+                lease: Some(c.lease),
+            })
             .map_err(|e| match e {
                 // Counted and logged (rate-limited) where it was found.
                 ConnectError::LocalResource { .. } => NoUpstream::local_resource(),
@@ -83,7 +105,11 @@ pub async fn connect_upstream(
             ctx.metrics
                 .backend_connect_duration_seconds
                 .observe(started.elapsed().as_secs_f64());
-            Ok((s, dst))
+            Ok(Upstream {
+                stream: s,
+                addr: dst,
+                lease: None,
+            })
         }
         Err(e) => {
             if let Some(resource) = LocalResource::of(&e) {

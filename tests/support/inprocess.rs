@@ -37,7 +37,7 @@ impl Drop for Proxy {
 pub async fn start_proxy(backends: Vec<SocketAddr>, tweak: impl FnOnce(&mut Config)) -> Proxy {
     let mut cfg = Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
-        backends,
+        backends: backends.into_iter().map(Into::into).collect(),
         public_address: vec!["127.0.0.1".parse().unwrap()],
         data_ports: "41000-41999".parse().unwrap(),
         ..Config::default()
