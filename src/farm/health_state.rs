@@ -126,7 +126,8 @@ mod tests {
     #[test]
     fn rise_and_fall_need_consecutive_results() {
         // (results, rise, fall, verdict changes)
-        let table: &[(&[bool], u32, u32, &[Option<bool>])] = &[
+        type Row<'a> = (&'a [bool], u32, u32, &'a [Option<bool>]);
+        let table: &[Row<'_>] = &[
             // First result decides at once.
             (&[true], 2, 3, &[Some(true)]),
             // A vsftpd restarting: two failed checks do not reach fall=3.

@@ -70,6 +70,11 @@ impl Client {
             .await
             .unwrap()
             .unwrap();
+        Client::from_stream(s)
+    }
+
+    /// A client on a connection made elsewhere (e.g. from a chosen source address).
+    pub fn from_stream(s: TcpStream) -> Client {
         let (r, w) = s.into_split();
         Client {
             r: BufReader::new(r),

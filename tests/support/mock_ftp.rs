@@ -45,6 +45,7 @@ pub struct MockState {
 pub struct MockFtp {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<MockState>>,
+    accept: tokio::task::AbortHandle,
 }
 
 impl MockFtp {
@@ -53,12 +54,40 @@ impl MockFtp {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(MockState::default()));
         let st = Arc::clone(&state);
-        tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 tokio::spawn(control(s, Arc::clone(&st), opts.clone()));
             }
-        });
-        MockFtp { addr, state }
+        })
+        .abort_handle();
+        MockFtp {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    /// Stops accepting (the listener closes: new connections are refused); sessions
+    /// already open keep running.
+    pub async fn stop(&self) {
+        self.accept.abort();
+        // The abort lands at the task's next poll; wait until the port refuses.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while TcpStream::connect(self.addr).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "mock never stopped");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The user names this server was sent, in order.
+    pub fn users(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .filter_map(|l| {
+                let t = String::from_utf8_lossy(l);
+                t.strip_prefix("USER ").map(|u| u.trim_end().to_string())
+            })
+            .collect()
     }
 
     pub fn put_file(&self, name: &str, data: Vec<u8>) {

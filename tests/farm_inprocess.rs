@@ -1,0 +1,381 @@
+//! Server farms in-process on loopback: each balancing policy over 100 sessions
+//! against mock FTP servers, user routing (ftpgate's own greeting, the backend's
+//! swallowed, pipelined commands in order), drain, failover, and the `banner` and
+//! `login` health checks against servers that are broken in the ways real ones are.
+//! Loopback is a whole /8, so 127.0.1.x play distinct clients for `source-ip`.
+//!
+//! The distributions are printed (`--nocapture`) for the measurements.
+
+#[path = "support/inprocess.rs"]
+#[allow(dead_code)]
+mod inprocess;
+#[path = "support/mock_ftp.rs"]
+#[allow(dead_code)]
+mod mock_ftp;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ftpgate::farm::{BackendSpec, BalancePolicy};
+use ftpgate::health::{check_once, CheckKind, HealthConfig, Secret};
+use inprocess::{connect_from, start_proxy, Client, Proxy};
+use mock_ftp::{MockFtp, MockOptions};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+async fn mocks(n: usize) -> Vec<MockFtp> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(MockFtp::start(MockOptions::default()).await);
+    }
+    v
+}
+
+fn spec(addr: SocketAddr, weight: u32, drain: bool) -> BackendSpec {
+    BackendSpec {
+        weight,
+        drain,
+        ..BackendSpec::from(addr)
+    }
+}
+
+/// One short session as `user`: log in, quit.
+async fn session(proxy: &Proxy, user: &str) {
+    let mut c = Client::connect(proxy.addr).await;
+    assert!(c.reply().await.starts_with("220"));
+    assert!(c.cmd(&format!("USER {user}")).await.starts_with("331"));
+    assert!(c.cmd("PASS x").await.starts_with("230"));
+    c.quit().await;
+}
+
+fn users_per_backend(ms: &[MockFtp]) -> Vec<usize> {
+    ms.iter().map(|m| m.users().len()).collect()
+}
+
+async fn proxy_with(backends: Vec<BackendSpec>, policy: BalancePolicy, routes: &str) -> Proxy {
+    let routes = serde_yaml::from_str(routes).unwrap();
+    start_proxy(Vec::new(), move |c| {
+        c.backends = backends;
+        c.balance = policy;
+        c.routes = routes;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn weighted_round_robin_over_100_sessions_and_drain_takes_none() {
+    let ms = mocks(4).await;
+    let backends = vec![
+        spec(ms[0].addr, 1, false),
+        spec(ms[1].addr, 2, false),
+        spec(ms[2].addr, 1, false),
+        // Planned maintenance: keeps its sessions, takes no new ones.
+        spec(ms[3].addr, 5, true),
+    ];
+    let proxy = proxy_with(backends, BalancePolicy::RoundRobin, "[]").await;
+    for i in 0..100 {
+        session(&proxy, &format!("u{i}")).await;
+    }
+    let got = users_per_backend(&ms);
+    println!("round-robin weights 1/2/1 + drained(5): {got:?}");
+    assert_eq!(got, vec![25, 50, 25, 0]);
+    let picks = |m: &MockFtp| {
+        proxy
+            .metrics
+            .balancer_picks_total
+            .with_label_values(&["round-robin", &m.addr.to_string()])
+            .get()
+    };
+    assert_eq!(picks(&ms[1]), 50, "the distribution is in the metrics too");
+}
+
+#[tokio::test]
+async fn least_connections_steers_around_long_transfers() {
+    let ms = mocks(2).await;
+    let backends = vec![spec(ms[0].addr, 1, false), spec(ms[1].addr, 1, false)];
+    let proxy = proxy_with(backends, BalancePolicy::LeastConnections, "[]").await;
+    // Six long downloads (held open by the mock): three land on each server.
+    let mut long = Vec::new();
+    for i in 0..6 {
+        let mut c = Client::connect(proxy.addr).await;
+        assert!(c.reply().await.starts_with("220"));
+        assert!(c.cmd(&format!("USER long{i}")).await.starts_with("331"));
+        assert!(c.cmd("PASS x").await.starts_with("230"));
+        let data = c.epsv().await;
+        c.send(b"RETR hold\r\n").await;
+        let d = tokio::net::TcpStream::connect(data).await.unwrap();
+        assert!(c.reply().await.starts_with("150"));
+        long.push((c, d));
+    }
+    assert_eq!(users_per_backend(&ms), vec![3, 3]);
+    // The three on the second server finish.
+    let before: Vec<usize> = users_per_backend(&ms);
+    let mut kept = Vec::new();
+    for (i, (mut c, d)) in long.into_iter().enumerate() {
+        let on_second = ms[1].users().contains(&format!("long{i}"));
+        if on_second {
+            drop(d);
+            assert!(c.reply().await.starts_with("426"));
+            c.quit().await;
+        } else {
+            kept.push((c, d));
+        }
+    }
+    // Wait until ftpgate has seen those sessions end (the gauge mirrors the lease).
+    let gauge = proxy
+        .metrics
+        .backend_sessions_active
+        .with_label_values(&[&ms[1].addr.to_string()]);
+    let deadline = tokio::time::Instant::now() + inprocess::WAIT;
+    while gauge.get() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sessions never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..100 {
+        session(&proxy, &format!("s{i}")).await;
+    }
+    let after = users_per_backend(&ms);
+    let short: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    println!("least-connections, 3 long transfers on the first server: short sessions {short:?}");
+    assert_eq!(
+        short,
+        vec![0, 100],
+        "every short session avoided the busy server"
+    );
+    drop(kept);
+}
+
+#[tokio::test]
+async fn source_ip_keeps_clients_and_a_lost_member_moves_only_its_clients() {
+    let ms = mocks(3).await;
+    let backends = ms.iter().map(|m| spec(m.addr, 1, false)).collect();
+    let proxy = proxy_with(backends, BalancePolicy::SourceIp, "[]").await;
+    let clients: Vec<IpAddr> = (1..=100).map(|i| IpAddr::from([127, 0, 1, i])).collect();
+    // Which server each client lands on: the one whose USER log gained its name.
+    let place = |round: &str| {
+        let ms = &ms;
+        let proxy = &proxy;
+        let clients = clients.clone();
+        let round = round.to_string();
+        async move {
+            let mut at = HashMap::new();
+            for ip in clients {
+                let user = format!("{round}-{ip}");
+                let s = connect_from(ip, proxy.addr).await.unwrap();
+                let mut c = Client::from_stream(s);
+                assert!(c.reply().await.starts_with("220"));
+                assert!(c.cmd(&format!("USER {user}")).await.starts_with("331"));
+                c.quit().await;
+                let i = ms.iter().position(|m| m.users().contains(&user)).unwrap();
+                at.insert(ip, i);
+            }
+            at
+        }
+    };
+    let first = place("a").await;
+    let second = place("b").await;
+    assert_eq!(first, second, "every client kept its server");
+    let counts = |at: &HashMap<IpAddr, usize>| {
+        (0..3)
+            .map(|i| at.values().filter(|&&v| v == i).count())
+            .collect::<Vec<_>>()
+    };
+    println!(
+        "source-ip, 100 clients over 3 servers: {:?}",
+        counts(&first)
+    );
+    assert!(
+        counts(&first).iter().all(|&n| n >= 15),
+        "{:?}",
+        counts(&first)
+    );
+    // Server 2 goes away: its clients fail over, nobody else moves.
+    ms[2].stop().await;
+    let third = place("c").await;
+    println!("source-ip after losing server 2: {:?}", counts(&third));
+    for ip in &clients {
+        if first[ip] != 2 {
+            assert_eq!(third[ip], first[ip], "{ip} moved though its server stayed");
+        } else {
+            assert_ne!(third[ip], 2);
+        }
+    }
+}
+
+#[tokio::test]
+async fn user_routing_greets_routes_swallows_the_banner_and_keeps_order() {
+    let ms = mocks(3).await;
+    let backends = ms.iter().map(|m| spec(m.addr, 1, false)).collect();
+    let routes = format!(
+        "[{{user: alice, backends: ['{}']}}, {{user_suffix: '@acme', backends: ['{}']}}]",
+        ms[1].addr, ms[2].addr
+    );
+    let proxy = proxy_with(backends, BalancePolicy::User, &routes).await;
+
+    // A FileZilla-like client probes before USER, then pipelines the login.
+    let mut c = Client::connect(proxy.addr).await;
+    let greeting = c.reply().await;
+    assert_eq!(greeting, "220 ftpgate ready\r\n");
+    assert!(c.cmd("FEAT").await.starts_with("530"));
+    c.send(b"USER alice\r\nPASS x\r\nNOOP\r\n").await;
+    assert!(
+        c.reply().await.starts_with("331"),
+        "the backend's 220 is swallowed"
+    );
+    assert!(c.reply().await.starts_with("230"));
+    assert!(c.reply().await.starts_with("200"));
+    c.quit().await;
+    assert_eq!(ms[1].users(), ["alice"]);
+
+    for i in 0..20 {
+        session(&proxy, &format!("user{i}@acme")).await;
+    }
+    assert_eq!(
+        ms[2].users().len(),
+        20,
+        "the tenant's sessions all went to its server"
+    );
+    // Unrouted names: a consistent hash, so a name always returns to its server.
+    for round in 0..2 {
+        for i in 0..100 {
+            session(&proxy, &format!("person{i}")).await;
+        }
+        let _ = round;
+    }
+    let mut homes = HashMap::new();
+    for (k, m) in ms.iter().enumerate() {
+        for u in m.users().into_iter().filter(|u| u.starts_with("person")) {
+            homes.entry(u).or_insert_with(Vec::new).push(k);
+        }
+    }
+    assert_eq!(homes.len(), 100);
+    assert!(
+        homes.values().all(|v| v.len() == 2 && v[0] == v[1]),
+        "{homes:?}"
+    );
+    let counts: Vec<usize> = (0..3)
+        .map(|k| homes.values().filter(|v| v[0] == k).count())
+        .collect();
+    println!("user hash, 100 names over 3 servers: {counts:?}");
+    assert!(counts.iter().all(|&n| n >= 15), "{counts:?}");
+}
+
+// ----- health checks -----
+
+fn health(kind: CheckKind) -> HealthConfig {
+    HealthConfig {
+        check: kind,
+        timeout: Duration::from_secs(2),
+        user: Some("monitor".into()),
+        password: Some(Secret("not-logged".into())),
+        ..HealthConfig::default()
+    }
+}
+
+/// A server that accepts and answers every connection with `banner` (None: silence).
+async fn fake(banner: Option<&'static str>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            if let Some(b) = banner {
+                let _ = s.write_all(b.as_bytes()).await;
+            }
+            held.push(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn banner_check_finds_a_full_vsftpd_and_a_silent_server_tcp_does_not() {
+    let t = Duration::from_secs(2);
+    // vsftpd at max_clients: accepts, says 421, closes.
+    let full = fake(Some(
+        "421 There are too many connected users, please try later.\r\n",
+    ))
+    .await;
+    // A wedged daemon: the kernel accepts, nobody speaks.
+    let silent = fake(None).await;
+    let good = MockFtp::start(MockOptions::default()).await;
+    for addr in [full, silent] {
+        assert!(check_once(addr, &health(CheckKind::Tcp), t).await.is_ok());
+        assert!(check_once(addr, &health(CheckKind::Banner), t)
+            .await
+            .is_err());
+    }
+    assert!(check_once(good.addr, &health(CheckKind::Banner), t)
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn login_check_lists_over_a_real_data_connection() {
+    let t = Duration::from_secs(2);
+    let good = MockFtp::start(MockOptions::default()).await;
+    check_once(good.addr, &health(CheckKind::Login), t)
+        .await
+        .unwrap();
+    let seen: Vec<String> = good
+        .received()
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).trim_end().to_string())
+        .collect();
+    assert_eq!(
+        seen,
+        ["USER monitor", "PASS not-logged", "EPSV", "LIST", "QUIT"]
+    );
+    // Data ports firewalled: EPSV names a port where nothing answers. The banner
+    // check passes; only the login check (which connects there) fails.
+    let closed = inprocess::dead_addr().port();
+    let blocked = MockFtp::start(MockOptions {
+        epsv_reply: format!("229 Entering Extended Passive Mode (|||{closed}|)"),
+        ..MockOptions::default()
+    })
+    .await;
+    assert!(check_once(blocked.addr, &health(CheckKind::Banner), t)
+        .await
+        .is_ok());
+    assert!(check_once(blocked.addr, &health(CheckKind::Login), t)
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn the_balancer_skips_members_the_banner_check_finds_down() {
+    let full = fake(Some("421 Too many users.\r\n")).await;
+    let good = MockFtp::start(MockOptions::default()).await;
+    let proxy = start_proxy(vec![full, good.addr], |c| {
+        c.health.check = CheckKind::Banner;
+        c.health.interval = Duration::from_millis(50);
+    })
+    .await;
+    let up = |a: SocketAddr| {
+        proxy
+            .metrics
+            .backend_up
+            .with_label_values(&[&a.to_string()])
+            .get()
+    };
+    let deadline = tokio::time::Instant::now() + inprocess::WAIT;
+    while up(full) != 0 || up(good.addr) != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "checker never decided"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // TCP-wise the full server is fine; without the banner check half the sessions
+    // would get its 421.
+    for i in 0..10 {
+        let mut c = Client::connect(proxy.addr).await;
+        let greeting = c.reply().await;
+        assert!(greeting.starts_with("220"), "session {i}: {greeting}");
+        c.quit().await;
+    }
+}
