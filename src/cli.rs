@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::farm::{BackendSpec, BalancePolicy};
 use crate::health::CheckKind;
+use crate::proxy_protocol::ProxyVersion;
 
 use crate::config::{
     BackendDataMode, Config, ConfigErrors, Deprecation, ListenerMode, Loaded, LogFormat, PortRange,
@@ -74,6 +75,14 @@ pub struct RunArgs {
     /// How often backend names are resolved again (0 disables). YAML: backend_resolve_interval.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub backend_resolve_interval: Option<Duration>,
+    /// Connections from this network (a load balancer) must begin with a PROXY protocol
+    /// header, on the control and data ports (repeatable). YAML: proxy_protocol.accept_from.
+    #[arg(long, value_name = "CIDR")]
+    pub accept_proxy_protocol: Vec<ipnet::IpNet>,
+    /// Send a PROXY protocol header (v1 or v2) naming the client on backend control
+    /// connections. YAML: backend_proxy_protocol.
+    #[arg(long, value_name = "VERSION", value_enum)]
+    pub backend_proxy_protocol: Option<ProxyVersion>,
     /// Backend health check: tcp, banner or login. YAML: health.check.
     #[arg(long, value_name = "KIND", value_enum)]
     pub health_check: Option<CheckKind>,
@@ -197,6 +206,12 @@ impl RunArgs {
         }
         if let Some(d) = self.backend_resolve_interval {
             cfg.backend_resolve_interval = d;
+        }
+        if !self.accept_proxy_protocol.is_empty() {
+            cfg.proxy_protocol.accept_from = self.accept_proxy_protocol.clone();
+        }
+        if let Some(v) = self.backend_proxy_protocol {
+            cfg.backend_proxy_protocol = Some(v);
         }
         if let Some(c) = self.health_check {
             cfg.health.check = c;

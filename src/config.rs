@@ -20,6 +20,7 @@ use serde::{Deserialize, Deserializer};
 use crate::farm::{BackendSpec, BalancePolicy, UserRoute};
 use crate::health::HealthConfig;
 use crate::protocol::line::DEFAULT_MAX_LINE;
+use crate::proxy_protocol::{ProxyProtocolConfig, ProxyVersion};
 
 /// An error in the configuration, naming the key it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -467,6 +468,12 @@ pub struct Config {
     pub backend_resolve_interval: Duration,
     /// Backend health checks.
     pub health: HealthConfig,
+    /// PROXY protocol from load balancers in front of ftpgate.
+    pub proxy_protocol: ProxyProtocolConfig,
+    /// PROXY protocol header ftpgate sends on backend control connections; unset: none.
+    pub backend_proxy_protocol: Option<ProxyVersion>,
+    /// Also send the header on data connections ftpgate opens to backends.
+    pub backend_proxy_protocol_data: bool,
     /// Addresses announced to clients in rewritten passive replies: at most one IPv4
     /// (named in `227`) and one IPv6. Without one, the local address of the client's
     /// control connection is announced.
@@ -513,6 +520,9 @@ impl Default for Config {
             greeting: DEFAULT_GREETING.to_owned(),
             backend_resolve_interval: DEFAULT_RESOLVE_INTERVAL,
             health: HealthConfig::default(),
+            proxy_protocol: ProxyProtocolConfig::default(),
+            backend_proxy_protocol: None,
+            backend_proxy_protocol_data: false,
             public_address: Vec::new(),
             data_ports: DEFAULT_DATA_PORTS,
             passive: PassiveConfig::default(),
@@ -546,6 +556,9 @@ struct RawConfig {
     #[serde(with = "humantime_serde")]
     backend_resolve_interval: Option<Duration>,
     health: HealthConfig,
+    proxy_protocol: ProxyProtocolConfig,
+    backend_proxy_protocol: Option<ProxyVersion>,
+    backend_proxy_protocol_data: bool,
     public_address: Vec<IpAddr>,
     data_ports: Option<PortRange>,
     passive: RawPassive,
@@ -683,6 +696,9 @@ impl RawConfig {
                 .backend_resolve_interval
                 .unwrap_or(DEFAULT_RESOLVE_INTERVAL),
             health: self.health,
+            proxy_protocol: self.proxy_protocol,
+            backend_proxy_protocol: self.backend_proxy_protocol,
+            backend_proxy_protocol_data: self.backend_proxy_protocol_data,
             public_address: self.public_address,
             data_ports: self.data_ports.unwrap_or(DEFAULT_DATA_PORTS),
             passive,
@@ -894,6 +910,15 @@ impl Config {
             p.add("greeting", "must be one line");
         }
         self.health.check(p.sink("health"));
+        if self.backend_proxy_protocol_data && self.backend_proxy_protocol.is_none() {
+            p.add(
+                "backend_proxy_protocol_data",
+                "needs backend_proxy_protocol (v1 or v2)",
+            );
+        }
+        if self.proxy_protocol.timeout.is_zero() {
+            p.add("proxy_protocol.timeout", "must be above 0");
+        }
     }
 
     fn check_addresses(&self, p: &mut Problems) {

@@ -6,6 +6,7 @@
 //! - [`session`]: one client session — pure reply accounting (`state`), the async
 //!   control-channel driver (`driver`) and passive data mappings (`passive`).
 //! - [`dataport`]: the data-port pool (random choice, RAII leases).
+//! - [`proxy_protocol`]: PROXY protocol v1/v2 headers in (from trusted balancers) and out.
 //! - [`relay`]: byte relay for data connections, half-close aware.
 //! - [`farm`]: the server farm — named backends and their members, balancing
 //!   policies, user routes, backend health (pure where it decides).
@@ -31,5 +32,6 @@ pub mod metrics;
 pub mod net;
 pub mod probe;
 pub mod protocol;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod session;

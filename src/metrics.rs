@@ -47,6 +47,9 @@ pub struct Metrics {
     pub balancer_picks_total: IntCounterVec,
     /// By member and result (`pass`, `fail`): health checks run.
     pub health_checks_total: IntCounterVec,
+    /// By port (`control`, `data`) and result (`accepted`, `malformed`, `timeout`,
+    /// `closed`, `mismatch`): PROXY protocol headers from trusted balancers.
+    pub proxy_headers_total: IntCounterVec,
     /// By direction (`download`, `upload`, `listing`).
     pub transfer_duration_seconds: HistogramVec,
     pub backend_connect_duration_seconds: Histogram,
@@ -197,6 +200,11 @@ impl Metrics {
                 "ftpgate_health_checks_total",
                 "Backend health checks run, by result (pass, fail).",
                 &["backend", "result"],
+            ),
+            proxy_headers_total: counters(
+                "ftpgate_proxy_headers_total",
+                "PROXY protocol headers read from trusted sources, by port and result.",
+                &["port", "result"],
             ),
             transfer_duration_seconds: register(
                 &r,

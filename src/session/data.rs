@@ -24,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,10 @@ use crate::dataport::PortLease;
 use crate::metrics::{Metrics, Refusal, TimeoutKind};
 use crate::net::{connect_from, note_exhaustion, AcceptBackoff, LocalResource};
 use crate::protocol::addr::canonical_ip;
+use crate::proxy_protocol::{
+    encode_proxy_header, read_proxy_header, ProxyHeader, ProxyProtocolConfig, ProxyVersion,
+    ReadHeaderError,
+};
 use crate::relay::relay_tcp_with_idle;
 
 /// How one side of a data connection is obtained.
@@ -95,6 +100,11 @@ pub struct DataPlan {
     pub connect_timeout: Duration,
     /// Close the connection when no byte moved for this long.
     pub idle_timeout: Option<Duration>,
+    /// PROXY protocol on the client side's accepted connection (a balancer forwarding
+    /// the data ports too): whose connections must begin with a header.
+    pub client_proxy: Option<ProxyProtocolConfig>,
+    /// PROXY protocol header to send on a backend data connection ftpgate opens.
+    pub backend_header: Option<ProxyVersion>,
 }
 
 impl DataPlan {
@@ -114,7 +124,13 @@ impl DataPlan {
             accept_timeout,
             connect_timeout,
             idle_timeout,
+            client_proxy,
+            backend_header,
         } = self;
+        let proxy = DataProxy {
+            client: client_proxy,
+            backend_header,
+        };
         let mut finished = Finished {
             id,
             mode,
@@ -124,7 +140,7 @@ impl DataPlan {
             established: false,
         };
         let opened = tokio::select! {
-            r = open_both(client, backend, accept_timeout, connect_timeout, &metrics) => r,
+            r = open_both(client, backend, accept_timeout, connect_timeout, &proxy, &metrics) => r,
             () = cancel.cancelled() => {
                 debug!(id, "data mapping withdrawn before use");
                 Err(Unopened::Withdrawn)
@@ -180,6 +196,12 @@ enum Unopened {
 
 type Opened = (TcpStream, TcpStream, Vec<PortLease>);
 
+/// PROXY protocol on a data connection: in on the client side, out on the backend's.
+struct DataProxy {
+    client: Option<ProxyProtocolConfig>,
+    backend_header: Option<ProxyVersion>,
+}
+
 /// Accept sides first (a connection out is made only once the peers we wait for have
 /// shown up, so an absent client never ties up a backend data connection), then
 /// connect sides.
@@ -188,15 +210,25 @@ async fn open_both(
     backend: Endpoint,
     accept_timeout: Duration,
     connect_timeout: Duration,
+    proxy: &DataProxy,
     metrics: &Metrics,
 ) -> Result<Opened, Unopened> {
     let mut leases = Vec::new();
     let deadline = tokio::time::Instant::now() + accept_timeout;
     let (c, b) = tokio::join!(
-        accept_side(client, deadline, metrics, "client"),
-        accept_side(backend, deadline, metrics, "backend")
+        accept_side(client, deadline, metrics, "client", proxy.client.as_ref()),
+        accept_side(backend, deadline, metrics, "backend", None)
     );
     let (c, b) = (c?, b?);
+    // The client's real data address, for a header towards the backend.
+    let client_real = match &c {
+        Half::Accepted(_, _, real) => *real,
+        Half::ToConnect(target, _) => *target,
+    };
+    let backend_target = match &b {
+        Half::ToConnect(target, _) => Some(*target),
+        Half::Accepted(..) => None,
+    };
     let (c, b) = tokio::join!(
         connect_side(c, connect_timeout),
         connect_side(b, connect_timeout)
@@ -208,7 +240,17 @@ async fn open_both(
         Unopened::Failed(format!("connect to {side}: {e}"))
     };
     let (c, lc) = c.map_err(|e| failed("client", e))?;
-    let (b, lb) = b.map_err(|e| failed("backend", e))?;
+    let (mut b, lb) = b.map_err(|e| failed("backend", e))?;
+    // Only on a connection ftpgate opened: a backend connecting to us (active mode)
+    // knows who it connected to.
+    if let (Some(version), Some(target)) = (proxy.backend_header, backend_target) {
+        let header = encode_proxy_header(version, client_real, target);
+        match tokio::time::timeout(connect_timeout, b.write_all(&header)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(failed("backend", e)),
+            Err(_) => return Err(failed("backend", io::ErrorKind::TimedOut.into())),
+        }
+    }
     leases.extend(lc);
     leases.extend(lb);
     Ok((c, b, leases))
@@ -216,7 +258,8 @@ async fn open_both(
 
 /// A side after its accept phase: a stream (with its lease), or still to connect.
 enum Half {
-    Accepted(TcpStream, PortLease),
+    /// With the peer's real address (a PROXY header's source, else the TCP peer).
+    Accepted(TcpStream, PortLease, SocketAddr),
     ToConnect(SocketAddr, Option<SocketAddr>),
 }
 
@@ -225,6 +268,7 @@ async fn accept_side(
     deadline: tokio::time::Instant,
     metrics: &Metrics,
     side: &'static str,
+    proxy: Option<&ProxyProtocolConfig>,
 ) -> Result<Half, Unopened> {
     match ep {
         Endpoint::Connect { target, local } => Ok(Half::ToConnect(target, local)),
@@ -238,17 +282,23 @@ async fn accept_side(
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
-                        Ok((stream, peer)) if canonical_ip(peer.ip()) == expect => {
+                        Ok((mut stream, peer)) => {
+                            let Some(real) = data_peer(&mut stream, peer, proxy, deadline, metrics).await else {
+                                continue;
+                            };
+                            if canonical_ip(real.ip()) != expect {
+                                // Hijack attempt or a confused host (behind a balancer:
+                                // its header names another client): close before a
+                                // byte moves.
+                                drop(stream);
+                                metrics.refuse(Refusal::ForeignDataPeer);
+                                warn!(port, side, peer = %real, "data connection from foreign address refused");
+                                continue;
+                            }
                             // One connection per mapping: closing the listener now means
                             // nobody else can reach this port while it relays.
                             drop(listener);
-                            return Ok(Half::Accepted(stream, lease));
-                        }
-                        Ok((stream, peer)) => {
-                            // Hijack attempt or a confused host: close before a byte moves.
-                            drop(stream);
-                            metrics.refuse(Refusal::ForeignDataPeer);
-                            warn!(port, side, peer = %peer, "data connection from foreign address refused");
+                            return Ok(Half::Accepted(stream, lease, real));
                         }
                         Err(e) => match LocalResource::of(&e) {
                             // Out of descriptors: the peer stays queued; retry (backing
@@ -272,9 +322,44 @@ async fn accept_side(
     }
 }
 
+/// The real peer of an accepted data connection: the PROXY header's source when the
+/// peer is a trusted balancer (bounded by the header timeout and the accept deadline),
+/// else the peer. `None`: the header was bad or late; the connection is dropped and
+/// the port keeps waiting for its client.
+async fn data_peer(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    proxy: Option<&ProxyProtocolConfig>,
+    deadline: tokio::time::Instant,
+    metrics: &Metrics,
+) -> Option<SocketAddr> {
+    let Some(p) = proxy.filter(|p| p.expects_header(peer.ip())) else {
+        return Some(peer);
+    };
+    let read = tokio::time::timeout_at(deadline, read_proxy_header(stream, p.timeout))
+        .await
+        .unwrap_or(Err(ReadHeaderError::Timeout));
+    let result = match &read {
+        Ok(_) => "accepted",
+        Err(e) => e.label(),
+    };
+    metrics
+        .proxy_headers_total
+        .with_label_values(&["data", result])
+        .inc();
+    match read {
+        Ok(ProxyHeader::Proxied { source, .. }) => Some(source),
+        Ok(ProxyHeader::Local) => Some(peer),
+        Err(e) => {
+            debug!(balancer = %peer, error = %e, "PROXY protocol header on a data port refused");
+            None
+        }
+    }
+}
+
 async fn connect_side(half: Half, timeout: Duration) -> io::Result<(TcpStream, Option<PortLease>)> {
     match half {
-        Half::Accepted(s, lease) => Ok((s, Some(lease))),
+        Half::Accepted(s, lease, _) => Ok((s, Some(lease))),
         Half::ToConnect(target, local) => {
             let s = connect_from(target, local, timeout).await?;
             Ok((s, None))

@@ -19,7 +19,7 @@ use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, info_span, warn, Instrument};
 
 use super::edge::{spawn_data, PoolEdge};
 use super::limits::PreloginSlot;
@@ -35,6 +35,7 @@ use crate::farm::BalancePolicy;
 use crate::metrics::Refusal;
 use crate::net::{drain_past_urgent_mark, prepare_control_socket, send_urgent};
 use crate::protocol::addr::canonical_ip;
+use crate::proxy_protocol::{encode_proxy_header, read_proxy_header, ProxyHeader};
 
 /// Control lines are short; a small read size keeps idle sessions cheap (two buffers each).
 const READ_CHUNK: usize = 4 * 1024;
@@ -48,26 +49,77 @@ type Machine = SessionMachine<PoolEdge>;
 
 /// Serves one client connection to its end.
 pub async fn run_session(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     mode: ListenerMode,
     ctx: Arc<SessionContext>,
     shutdown: CancellationToken,
 ) {
+    // Behind a trusted balancer the header's source is the client, from here on:
+    // logs, access log, balancing, the data-port and bounce checks.
+    let Some((peer, proxied_dst)) =
+        client_behind_balancer(&mut client, peer, &ctx, &shutdown).await
+    else {
+        return;
+    };
     let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("session", id, client = %peer, backend = tracing::field::Empty);
     let metrics = Arc::clone(&ctx.metrics);
     metrics.sessions_active.inc();
-    let outcome = serve(client, peer, mode, &ctx, &shutdown)
+    let outcome = serve(client, peer, proxied_dst, mode, &ctx, &shutdown)
         .instrument(span)
         .await;
     metrics.sessions_active.dec();
     metrics.session_ended(outcome);
 }
 
+/// The real client of a control connection: the PROXY header's source when the peer
+/// is a trusted balancer (which must then send one), else the peer itself. `None`:
+/// the connection was closed (bad, slow or missing header; shutdown) without a reply
+/// and without touching a backend.
+async fn client_behind_balancer(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    ctx: &SessionContext,
+    shutdown: &CancellationToken,
+) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let pp = &ctx.config.proxy_protocol;
+    if !pp.expects_header(peer.ip()) {
+        return Some((peer, None));
+    }
+    let read = tokio::select! {
+        r = read_proxy_header(client, pp.timeout) => r,
+        () = shutdown.cancelled() => return None,
+    };
+    let result = match &read {
+        Ok(_) => "accepted",
+        Err(e) => e.label(),
+    };
+    ctx.metrics
+        .proxy_headers_total
+        .with_label_values(&["control", result])
+        .inc();
+    match read {
+        Ok(ProxyHeader::Proxied {
+            source,
+            destination,
+        }) => Some((
+            SocketAddr::new(canonical_ip(source.ip()), source.port()),
+            Some(destination),
+        )),
+        // The balancer's own health check: its address is the client's.
+        Ok(ProxyHeader::Local) => Some((peer, None)),
+        Err(e) => {
+            debug!(balancer = %peer, error = %e, "PROXY protocol header refused; connection closed");
+            None
+        }
+    }
+}
+
 async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
+    proxied_dst: Option<SocketAddr>,
     mode: ListenerMode,
     ctx: &SessionContext,
     shutdown: &CancellationToken,
@@ -103,7 +155,25 @@ async fn serve(
             return no.outcome;
         }
     };
-    let (backend, backend_addr, _lease) = (upstream.stream, upstream.addr, upstream.lease);
+    let (mut backend, backend_addr, _lease) = (upstream.stream, upstream.addr, upstream.lease);
+    if let Some(version) = ctx.config.backend_proxy_protocol {
+        // The backend (or the haproxy `accept-proxy` in front of it) learns the real
+        // client before the first FTP byte.
+        let dst = proxied_dst
+            .or_else(|| client.local_addr().ok())
+            .unwrap_or(peer);
+        let header = encode_proxy_header(version, peer, dst);
+        let sent = tokio::time::timeout(
+            ctx.config.timeouts.backend_connect,
+            backend.write_all(&header),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            warn!(backend = %backend_addr, "cannot send the PROXY protocol header");
+            say_goodbye(&ctx.metrics, &mut client, LocalReply::ConnectionLost).await;
+            return Outcome::BackendUnavailable;
+        }
+    }
     prepare_control_socket(&backend, keepalive);
     tracing::Span::current().record("backend", tracing::field::display(backend_addr));
     debug!("session started");

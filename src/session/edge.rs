@@ -68,6 +68,11 @@ pub fn spawn_data(
         accept_timeout: t.data_connect,
         connect_timeout: t.backend_connect,
         idle_timeout: (!t.data_idle.is_zero()).then_some(t.data_idle),
+        client_proxy: (!cfg.proxy_protocol.accept_from.is_empty())
+            .then(|| cfg.proxy_protocol.clone()),
+        backend_header: cfg
+            .backend_proxy_protocol
+            .filter(|_| cfg.backend_proxy_protocol_data),
     };
     let cancel = parent.child_token();
     tokio::spawn(
