@@ -6,6 +6,7 @@
 #[allow(dead_code)] // shared with tests that use other parts of it
 mod inprocess;
 #[path = "support/mock_ftp.rs"]
+#[allow(dead_code)] // shared with tests that use more of it
 mod mock_ftp;
 
 use std::net::SocketAddr;
