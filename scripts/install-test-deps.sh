@@ -33,6 +33,10 @@ PACKAGES=(
     iproute2 iptables conntrack nftables procps coreutils util-linux passwd
     # promtool and the prometheus server, for tests/metrics_admin.rs
     prometheus
+    # server farms (tests/e2e_farm.rs): a real PROXY-protocol load balancer, and a
+    # DNS server for named backends (dnsmasq-base: the binary without the system
+    # service that the dnsmasq package would start on port 53)
+    haproxy dnsmasq-base
     # proftpd-core's shared libraries (the package itself is unpacked below)
     libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
     libacl1 libcap2 libcrypt1 libidn2-0 libncursesw6 libpam0g libssl3
