@@ -277,6 +277,11 @@ fn haproxy_send_proxy_v2_on_control_and_data_ports() {
         "the intruder got data: {probe:?}\n{}",
         ctx()
     );
+    assert!(
+        probe.outcome == "eof" || probe.outcome.contains("reset"),
+        "the intruder's connection is closed at once: {probe:?}\n{}",
+        ctx()
+    );
     assert_eq!(sha, server.root.big_sha256());
     let logs = gate.logs();
     assert!(
@@ -654,4 +659,93 @@ fn banner_check_takes_a_full_vsftpd_out() {
     assert_eq!(seen, vec![second.to_string(); 4], "{}", ctx());
     hold_tx.send(()).unwrap();
     holder.join().unwrap();
+}
+
+#[test]
+fn login_check_finds_firewalled_data_ports_tcp_and_banner_do_not() {
+    if !common::e2e_enabled("login_check_finds_firewalled_data_ports_tcp_and_banner_do_not") {
+        return;
+    }
+    let topo = ReverseTopology::new();
+    let second = Ipv4Addr::new(10, 0, 0, 3);
+    topo.backend.addr("eth0", &format!("{second}/24"));
+    // The first server's passive ports are dropped by a firewall in front of it: it
+    // greets and logs in fine, and every transfer hangs.
+    let blocked = FtpServer::start_with(
+        &topo.topo,
+        &topo.backend,
+        topo.backend_addr(),
+        ServerKind::Vsftpd,
+        "pasv_min_port=40000\npasv_max_port=40009\n",
+    );
+    topo.backend.run_ok(
+        "iptables",
+        &[
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &BACKEND_V4.to_string(),
+            "--dport",
+            "40000:40009",
+            "-j",
+            "DROP",
+        ],
+    );
+    let good = FtpServer::start_on(
+        &topo.topo,
+        &topo.backend,
+        SocketAddr::new(IpAddr::V4(second), 21),
+        ServerKind::Vsftpd,
+    );
+    let cfg_dir = tempdir();
+    let cfg = cfg_dir.path().join("ftpgate.yaml");
+    let verdicts = |check: &str| -> (String, String) {
+        fs::write(
+            &cfg,
+            format!(
+                "health:\n  check: {check}\n  interval: 500ms\n  timeout: 2s\n  user: {FTP_USER}\n  password: {FTP_PASS}\n"
+            ),
+        )
+        .unwrap();
+        let mut opts = topo.ftpgate_options(blocked.addr);
+        opts.backend.push(good.addr);
+        opts.extra_args = vec!["--config".into(), cfg.display().to_string()];
+        let gate = topo.start_ftpgate(opts);
+        // Two full rounds: every member has its verdict.
+        wait_for(
+            "two health-check rounds",
+            || {
+                gate.logs().matches("backend up").count()
+                    + gate.logs().matches("backend down (health check)").count()
+                    >= 2
+            },
+            || gate.describe(),
+        );
+        let logs = gate.logs();
+        gate.assert_no_password();
+        (logs, gate.describe())
+    };
+    let down_line = format!("backend={}", blocked.addr);
+    for check in ["tcp", "banner"] {
+        let (logs, ctx) = verdicts(check);
+        assert!(
+            !logs
+                .lines()
+                .any(|l| l.contains("backend down") && l.contains(&down_line)),
+            "{check} cannot see the firewall\n{ctx}"
+        );
+    }
+    let (logs, ctx) = verdicts("login");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("backend down (health check)") && l.contains(&down_line)),
+        "login finds the firewalled data ports\n{ctx}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("backend up") && l.contains(&format!("backend={}", good.addr))),
+        "login passes a healthy vsftpd (EPSV + LIST over a real data connection)\n{ctx}"
+    );
 }
