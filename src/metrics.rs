@@ -312,6 +312,11 @@ impl Metrics {
         for d in ["client_to_backend", "backend_to_client"] {
             self.data_bytes_total.with_label_values(&[d]);
         }
+        for port in ["control", "data"] {
+            for result in ["accepted", "malformed", "timeout", "closed"] {
+                self.proxy_headers_total.with_label_values(&[port, result]);
+            }
+        }
         for k in RewriteKind::ALL {
             self.rewrites_total.with_label_values(&[k.label()]);
         }

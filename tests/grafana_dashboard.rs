@@ -26,6 +26,14 @@ fn exported_names() -> BTreeSet<String> {
     // The two families whose label values only traffic creates.
     m.commands_total.with_label_values(&["NOOP"]);
     m.replies_total.with_label_values(&["200"]);
+    m.balancer_picks_total
+        .with_label_values(&["round-robin", "127.0.0.1:21"]);
+    m.backend_members
+        .with_label_values(&["ftp.example.internal:21"]);
+    m.backend_resolve_failures_total
+        .with_label_values(&["ftp.example.internal:21"]);
+    m.proxy_headers_total
+        .with_label_values(&["control", "accepted"]);
     let mut names = BTreeSet::new();
     for line in m.render().lines() {
         let Some(rest) = line.strip_prefix("# TYPE ") else {
@@ -228,6 +236,12 @@ fn every_expression_names_only_exported_metrics() {
         "ftpgate_transfer_duration_seconds_bucket",
         "ftpgate_backend_connect_duration_seconds_bucket",
         "ftpgate_reply_added_latency_seconds_bucket",
+        // Server farms (issue 12): health state, policy distribution.
+        "ftpgate_backend_draining",
+        "ftpgate_balancer_picks_total",
+        "ftpgate_health_checks_total",
+        "ftpgate_backend_members",
+        "ftpgate_proxy_headers_total",
     ] {
         assert!(used.contains(needed), "no panel shows {needed}");
     }
