@@ -379,3 +379,120 @@ async fn the_balancer_skips_members_the_banner_check_finds_down() {
         c.quit().await;
     }
 }
+
+// ----- PROXY protocol in, in-process -----
+
+use ftpgate::proxy_protocol::{encode_proxy_header, ProxyVersion};
+
+async fn proxied_gate(backend: SocketAddr) -> Proxy {
+    start_proxy(vec![backend], |c| {
+        c.proxy_protocol.accept_from = vec!["127.0.0.1/32".parse().unwrap()];
+        c.proxy_protocol.timeout = Duration::from_millis(300);
+    })
+    .await
+}
+
+fn picks(proxy: &Proxy) -> u64 {
+    use prometheus::core::Collector;
+    proxy
+        .metrics
+        .balancer_picks_total
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+fn headers(proxy: &Proxy, port: &str, result: &str) -> u64 {
+    proxy
+        .metrics
+        .proxy_headers_total
+        .with_label_values(&[port, result])
+        .get()
+}
+
+#[tokio::test]
+async fn v1_ipv6_header_on_control_and_v2_on_the_data_port_name_the_client() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    mock.put_file("f.bin", inprocess::pattern(100_000));
+    let proxy = proxied_gate(mock.addr).await;
+    let client: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+    let intruder: SocketAddr = "[2001:db8::66]:40001".parse().unwrap();
+    let front: SocketAddr = "[2001:db8::1]:21".parse().unwrap();
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&encode_proxy_header(ProxyVersion::V1, client, front))
+        .await
+        .unwrap();
+    let mut c = Client::from_stream(s);
+    assert!(c.reply().await.starts_with("220"));
+    assert!(c.cmd("USER u").await.starts_with("331"));
+    assert!(c.cmd("PASS p").await.starts_with("230"));
+    let data = c.epsv().await;
+    // Behind the same balancer, another client's header: refused, the port waits on.
+    let mut bad = tokio::net::TcpStream::connect(data).await.unwrap();
+    bad.write_all(&encode_proxy_header(ProxyVersion::V2, intruder, front))
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let n = tokio::time::timeout(
+        inprocess::WAIT,
+        tokio::io::AsyncReadExt::read_to_end(&mut bad, &mut sink),
+    )
+    .await
+    .unwrap()
+    .unwrap_or(0);
+    assert_eq!(n, 0, "the intruder got nothing");
+    let mut good = tokio::net::TcpStream::connect(data).await.unwrap();
+    good.write_all(&encode_proxy_header(ProxyVersion::V2, client, front))
+        .await
+        .unwrap();
+    c.send(b"RETR f.bin\r\n").await;
+    assert!(c.reply().await.starts_with("150"));
+    let got = inprocess::read_all(good).await;
+    assert!(c.reply().await.starts_with("226"));
+    assert_eq!(got, inprocess::pattern(100_000));
+    assert_eq!(headers(&proxy, "control", "accepted"), 1);
+    assert_eq!(headers(&proxy, "data", "accepted"), 2);
+    assert_eq!(
+        proxy
+            .metrics
+            .refusals_total
+            .with_label_values(&["foreign_data_peer"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn malformed_slow_and_missing_headers_close_without_touching_a_backend() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    let proxy = proxied_gate(mock.addr).await;
+    for (bytes, result) in [
+        (b"PROXY TCP4 1.2.3.4 nonsense\r\n".as_slice(), "malformed"),
+        // A client that should have come through the balancer speaks FTP at once.
+        (b"USER anonymous\r\n".as_slice(), "malformed"),
+        // Slowloris: half a header, then nothing.
+        (b"PROXY TCP4 198.51".as_slice(), "timeout"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut got = Vec::new();
+        let n = tokio::time::timeout(
+            inprocess::WAIT,
+            tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got),
+        )
+        .await
+        .expect("closed within the header timeout")
+        .unwrap_or(0);
+        assert_eq!(
+            n,
+            0,
+            "{result}: no reply at all, got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        assert_eq!(headers(&proxy, "control", result) > 0, true, "{result}");
+    }
+    assert_eq!(picks(&proxy), 0, "no backend was chosen");
+    assert!(mock.received().is_empty(), "the backend never heard a byte");
+}
