@@ -749,3 +749,69 @@ fn login_check_finds_firewalled_data_ports_tcp_and_banner_do_not() {
         "login passes a healthy vsftpd (EPSV + LIST over a real data connection)\n{ctx}"
     );
 }
+
+#[test]
+fn user_routing_sends_each_user_to_its_real_server() {
+    if !common::e2e_enabled("user_routing_sends_each_user_to_its_real_server") {
+        return;
+    }
+    let topo = ReverseTopology::new();
+    let second = Ipv4Addr::new(10, 0, 0, 3);
+    topo.backend.addr("eth0", &format!("{second}/24"));
+    let a = topo.start_backend(ServerKind::Vsftpd);
+    let b = FtpServer::start_on(
+        &topo.topo,
+        &topo.backend,
+        SocketAddr::new(IpAddr::V4(second), 21),
+        ServerKind::Vsftpd,
+    );
+    // Route the user to the server the name's hash would NOT pick, so only the
+    // route (not luck) can put every session there.
+    let score = |s: &FtpServer| ftpgate::farm::policy::hrw_score(FTP_USER, s.addr, 1);
+    let (routed, first) = if score(&a) < score(&b) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let cfg_dir = tempdir();
+    let cfg = cfg_dir.path().join("ftpgate.yaml");
+    fs::write(
+        &cfg,
+        format!("balance: user\ngreeting: farm ready\nroutes:\n  - {{user: {FTP_USER}, backends: ['{}']}}\n", routed.addr),
+    )
+    .unwrap();
+    let mut opts = topo.ftpgate_options(first.addr);
+    opts.backend.push(routed.addr);
+    opts.extra_args = vec!["--config".into(), cfg.display().to_string()];
+    let gate = topo.start_ftpgate(opts);
+    let ctx = || {
+        format!(
+            "{}--- routed vsftpd ---\n{}\n--- other vsftpd ---\n{}",
+            gate.describe(),
+            routed.logs(),
+            first.logs()
+        )
+    };
+    let target = FtpTarget::new(topo.proxy_v4());
+    let work = tempfile::tempdir().unwrap();
+    // curl and lftp: ftpgate's own greeting, the server's swallowed, USER replayed.
+    for mode in [Passive::Epsv, Passive::Pasv] {
+        let out = work.path().join(format!("{mode:?}.bin"));
+        let t = clients::curl_download(&topo.client, &target, BIG_FILE, &out, mode);
+        t.assert_success(&ctx());
+        assert!(
+            t.stderr.contains("220 farm ready") || t.stdout.contains("220 farm ready"),
+            "{t}"
+        );
+        assert_eq!(
+            sha256_file(&out),
+            routed.root.big_sha256(),
+            "{mode:?}: the routed server's file\n{t}"
+        );
+        clients::lftp_list(&topo.client, &target, LIST_DIR, mode).assert_success(&ctx());
+    }
+    let logins = |s: &FtpServer| s.logs().matches("OK LOGIN").count();
+    assert_eq!(logins(&routed), 4, "{}", ctx());
+    assert_eq!(logins(&first), 0, "{}", ctx());
+    gate.assert_no_password();
+}
