@@ -125,6 +125,7 @@ impl Gateway {
             Arc::clone(&farm),
             self.ctx.config.health.clone(),
             self.ctx.config.timeouts.backend_connect,
+            self.ctx.config.backend_proxy_protocol,
             Arc::clone(&self.ctx.metrics),
             shutdown.clone(),
         ));

@@ -27,11 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::farm::health_state::Streak;
-use crate::farm::{Farm, Verdict};
+use crate::farm::Farm;
 use crate::metrics::Metrics;
 use crate::net::{connect_from, note_exhaustion, LocalResource};
 use crate::protocol::addr::{find_epsv_port, find_pasv_tuple};
 use crate::protocol::reply::{ReplyFramer, ReplyLine};
+use crate::proxy_protocol::{encode_local_header, ProxyVersion};
 
 /// How deep a health check goes (`--health-check`, YAML `health.check`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -142,9 +143,25 @@ pub async fn check_once(
     cfg: &HealthConfig,
     connect_timeout: Duration,
 ) -> Result<(), CheckError> {
+    check_once_with(addr, cfg, connect_timeout, None).await
+}
+
+/// [`check_once`] towards a backend that expects a PROXY protocol header
+/// (`backend_proxy_protocol`): the check opens with a `LOCAL` (v2) / `UNKNOWN` (v1)
+/// header, the spec's form for a balancer's own health checks, so an `accept-proxy`
+/// haproxy in front of the server does not drop it.
+pub async fn check_once_with(
+    addr: SocketAddr,
+    cfg: &HealthConfig,
+    connect_timeout: Duration,
+    proxy: Option<ProxyVersion>,
+) -> Result<(), CheckError> {
     let connect_timeout = connect_timeout.min(cfg.timeout);
     let run = async {
-        let stream = connect_from(addr, None, connect_timeout).await?;
+        let mut stream = connect_from(addr, None, connect_timeout).await?;
+        if let Some(version) = proxy {
+            stream.write_all(&encode_local_header(version)).await?;
+        }
         match cfg.check {
             CheckKind::Tcp => Ok(()),
             CheckKind::Banner => {
@@ -288,6 +305,7 @@ pub async fn run(
     farm: Arc<Farm>,
     cfg: HealthConfig,
     connect_timeout: Duration,
+    proxy: Option<ProxyVersion>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -307,7 +325,12 @@ pub async fn run(
         for m in members.iter() {
             let addr = m.addr;
             let cfg = Arc::clone(&cfg);
-            checks.spawn(async move { (addr, check_once(addr, &cfg, connect_timeout).await) });
+            checks.spawn(async move {
+                (
+                    addr,
+                    check_once_with(addr, &cfg, connect_timeout, proxy).await,
+                )
+            });
         }
         loop {
             // Dropping the JoinSet on shutdown aborts checks still in flight.
@@ -340,16 +363,14 @@ pub async fn run(
                 }
                 continue;
             };
-            let prev = farm.health.set(addr, up);
-            match (prev, &result) {
-                (Verdict::Down | Verdict::Unknown, _) if up => {
-                    info!(backend = %addr, check = ?cfg.check, "backend up")
-                }
-                (Verdict::Up | Verdict::Unknown, Err(e)) if !up => {
+            // The checker's own verdict changed (a session connect may have said
+            // so already; the log tells what the check found).
+            farm.health.set(addr, up);
+            match &result {
+                Ok(()) => info!(backend = %addr, check = ?cfg.check, "backend up"),
+                Err(e) => {
                     warn!(backend = %addr, check = ?cfg.check, error = %e, "backend down (health check)")
                 }
-                (_, Err(e)) => debug!(backend = %addr, error = %e, "backend still down"),
-                _ => {}
             }
         }
     }
@@ -358,7 +379,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::farm::BalancePolicy;
+    use crate::farm::{BalancePolicy, Verdict};
 
     #[test]
     fn password_never_appears_in_debug_output() {
@@ -399,6 +420,7 @@ mod tests {
             Arc::clone(&farm),
             cfg,
             Duration::from_secs(5),
+            None,
             Arc::clone(&metrics),
             shutdown.clone(),
         ));

@@ -244,6 +244,15 @@ pub fn encode_proxy_header(
     }
 }
 
+/// The header of a connection made on ftpgate's own behalf (health checks): v2
+/// `LOCAL`, v1 `UNKNOWN`; the receiver uses the connection's own addresses.
+pub fn encode_local_header(version: ProxyVersion) -> Vec<u8> {
+    match version {
+        ProxyVersion::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        ProxyVersion::V2 => local_v2(),
+    }
+}
+
 fn local_v2() -> Vec<u8> {
     let mut v = V2_SIGNATURE.to_vec();
     v.extend([0x20, 0x00, 0x00, 0x00]);

@@ -351,7 +351,13 @@ fn haproxy_accept_proxy_in_front_of_a_backend_sees_the_real_client() {
         ),
     );
     let mut opts = topo.ftpgate_options(SocketAddr::new(IpAddr::V4(BACKEND_V4), 2121));
-    opts.extra_args = vec!["--backend-proxy-protocol".into(), "v1".into()];
+    opts.extra_args = vec![
+        "--backend-proxy-protocol".into(),
+        "v1".into(),
+        // Health checks open with `PROXY UNKNOWN`, so the banner check passes too.
+        "--health-check".into(),
+        "banner".into(),
+    ];
     let gate = topo.start_ftpgate(opts);
     let ctx = || {
         format!(
@@ -388,6 +394,15 @@ fn haproxy_accept_proxy_in_front_of_a_backend_sees_the_real_client() {
     wait_for(
         "haproxy's log line",
         || lb.output().contains(&format!("seen-client={CLIENT_V4}")),
+        ctx,
+    );
+    wait_for(
+        "the banner check through accept-proxy",
+        || {
+            gate.logs().lines().any(|l| {
+                l.contains("backend up") && l.contains(&format!("backend={BACKEND_V4}:2121"))
+            })
+        },
         ctx,
     );
 }
