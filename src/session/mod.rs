@@ -16,7 +16,7 @@
 //! - [`driver`]: the async edge (sockets, timers, `select!`); [`edge`]: data ports and
 //!   data tasks for the machine; [`upstream`]: the backend connect; [`data`]: one data
 //!   connection; [`access`]: the access log; [`limits`]: the pre-login cap;
-//!   [`timer`]: a reusable timer.
+//!   [`writes`]: bounded control-connection writes; [`timer`]: a reusable timer.
 //!
 //! # The machine
 //! ```text
@@ -62,6 +62,7 @@ pub mod replies;
 pub mod timer;
 pub mod translate;
 pub mod upstream;
+pub mod writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
