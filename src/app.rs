@@ -20,7 +20,7 @@ use crate::config::{ListenerMode, ValidConfig};
 use crate::dataport::PortPool;
 use crate::health::{self, HEALTH_CHECK_INTERVAL};
 use crate::metrics::Metrics;
-use crate::net::{note_exhaustion, AcceptBackoff, LocalResource, ACCEPT_BACKOFF_MIN};
+use crate::net::AcceptBackoff;
 use crate::session::limits::PreloginSlots;
 use crate::session::{run_session, SessionContext};
 
@@ -167,20 +167,7 @@ async fn accept_loop(
                     tracker.spawn(run_session(stream, peer, mode, Arc::clone(&ctx), shutdown.clone()));
                     continue;
                 }
-                Err(e) => match LocalResource::of(&e) {
-                    // Out of descriptors: the connection stays queued and the listener
-                    // readable, so retrying at once would spin. Sessions ending free
-                    // descriptors; back off (50 ms doubling to 1 s) until then.
-                    Some(resource) => {
-                        note_exhaustion(&ctx.metrics, resource, "accept", &e);
-                        backoff.next_delay()
-                    }
-                    // ECONNABORTED and the like concern one connection only.
-                    None => {
-                        warn!(error = %e, "accept failed");
-                        ACCEPT_BACKOFF_MIN
-                    }
-                },
+                Err(e) => backoff.after_error(&e, &ctx.metrics, "accept"),
             },
             () = shutdown.cancelled() => return,
         };

@@ -295,6 +295,29 @@ impl AcceptBackoff {
     pub fn reset(&mut self) {
         self.current = None;
     }
+
+    /// How long an accept loop waits after `e`. Out of descriptors, the connection
+    /// stays queued and the listener readable, so retrying at once would spin: sessions
+    /// ending free descriptors, so back off (doubling up to the maximum) until then,
+    /// counting and logging the exhaustion. Anything else (ECONNABORTED and the like)
+    /// concerns one connection only: a short pause.
+    pub fn after_error(
+        &mut self,
+        e: &io::Error,
+        metrics: &crate::metrics::Metrics,
+        during: &'static str,
+    ) -> Duration {
+        match LocalResource::of(e) {
+            Some(resource) => {
+                note_exhaustion(metrics, resource, during, e);
+                self.next_delay()
+            }
+            None => {
+                tracing::debug!(error = %e, during, "accept failed");
+                ACCEPT_BACKOFF_MIN
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -176,30 +176,14 @@ pub fn is_private(ip: IpAddr) -> bool {
 /// The verdicts for every step present in `facts`, in probe order.
 pub fn diagnose(facts: &Facts) -> Vec<Check> {
     let mut out = Vec::new();
-    if let Some(t) = &facts.resolve {
-        out.push(resolve(t));
-    }
-    if let Some(t) = &facts.connect {
-        out.push(connect(t));
-    }
-    if let Some(t) = &facts.banner {
-        out.push(banner(t));
-    }
-    if let Some(t) = &facts.feat {
-        out.push(feat(t));
-    }
-    if let Some(t) = &facts.tls {
-        out.extend(tls(t));
-    }
-    if let Some(t) = &facts.login {
-        out.push(login(t));
-    }
-    if let Some(t) = &facts.cwd {
-        out.push(cwd(t));
-    }
-    if let Some(t) = &facts.syst {
-        out.push(simple("syst", t, "SYST"));
-    }
+    out.extend(facts.resolve.as_ref().map(resolve));
+    out.extend(facts.connect.as_ref().map(connect));
+    out.extend(facts.banner.as_ref().map(banner));
+    out.extend(facts.feat.as_ref().map(feat));
+    out.extend(facts.tls.as_ref().map(tls).into_iter().flatten());
+    out.extend(facts.login.as_ref().map(login));
+    out.extend(facts.cwd.as_ref().map(cwd));
+    out.extend(facts.syst.as_ref().map(|t| simple("syst", t, "SYST")));
     for m in &facts.modes {
         out.push(mode(m));
     }
@@ -424,40 +408,52 @@ fn tls(t: &Timed<TlsFacts>) -> Vec<Check> {
 }
 
 fn login(t: &Timed<Outcome<Reply>>) -> Check {
-    match &t.value {
-        Ok(r) if r.code / 100 == 2 => Check::pass("login", r.first_line().to_owned()),
-        Ok(r) => Check::fail(
-            "login",
-            Verdict::LoginFailed,
-            format!("login refused: {}", r.first_line()),
+    reply_step(
+        t,
+        ("login", Verdict::LoginFailed),
+        (
+            "login refused",
             "check user and password (--user, --password-file); anonymous needs anonymous_enable",
         ),
-        Err(e) => Check::fail(
-            "login",
-            Verdict::LoginFailed,
-            format!("no reply to USER/PASS: {e}"),
+        (
+            "no reply to USER/PASS",
             "the control connection broke during login: check server logs",
         ),
-    }
-    .with_reply(t.value.as_ref().ok())
-    .timed(t)
+    )
 }
 
 fn cwd(t: &Timed<Outcome<Reply>>) -> Check {
-    match &t.value {
-        Ok(r) if r.code / 100 == 2 => Check::pass("cwd", r.first_line().to_owned()),
-        Ok(r) => Check::fail(
-            "cwd",
-            Verdict::CwdFailed,
-            format!("cannot enter the URL's directory: {}", r.first_line()),
+    reply_step(
+        t,
+        ("cwd", Verdict::CwdFailed),
+        (
+            "cannot enter the URL's directory",
             "fix the path in the URL",
         ),
-        Err(e) => Check::fail(
-            "cwd",
-            Verdict::CwdFailed,
-            format!("no reply to CWD: {e}"),
+        (
+            "no reply to CWD",
             "the control connection broke: check server logs",
         ),
+    )
+}
+
+/// A step that passes on a 2xx reply: `(name, verdict)`, and for a refusal and for no
+/// reply at all `(reason, remedy)`.
+fn reply_step(
+    t: &Timed<Outcome<Reply>>,
+    (name, verdict): (&'static str, Verdict),
+    (refused, refused_remedy): (&str, &'static str),
+    (silent, silent_remedy): (&str, &'static str),
+) -> Check {
+    match &t.value {
+        Ok(r) if r.code / 100 == 2 => Check::pass(name, r.first_line().to_owned()),
+        Ok(r) => Check::fail(
+            name,
+            verdict,
+            format!("{refused}: {}", r.first_line()),
+            refused_remedy,
+        ),
+        Err(e) => Check::fail(name, verdict, format!("{silent}: {e}"), silent_remedy),
     }
     .with_reply(t.value.as_ref().ok())
     .timed(t)

@@ -121,6 +121,13 @@ pub struct Outbox {
     pub urgent_at: Option<usize>,
 }
 
+/// Which control connection bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Client,
+    Backend,
+}
+
 /// The session deadlines (the keepalive has its own timer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
@@ -255,50 +262,48 @@ impl<E: SessionEdge> SessionMachine<E> {
     /// Bytes from the client: handles every complete line, as far as pipelining
     /// allows, and removes them from `buf`. A partial line is not activity.
     pub fn on_client_input(&mut self, buf: &mut Vec<u8>, now: Instant) {
+        self.take_lines(Peer::Client, buf, now);
+    }
+
+    /// Bytes from the backend: handles every complete line and removes it from `buf`.
+    pub fn on_server_input(&mut self, buf: &mut Vec<u8>, now: Instant) {
+        self.take_lines(Peer::Backend, buf, now);
+    }
+
+    /// Frames `buf` into lines for as long as the machine takes them from `from`.
+    fn take_lines(&mut self, from: Peer, buf: &mut Vec<u8>, now: Instant) {
         self.now = now;
-        let max_line = self.cfg.control.max_line_length;
+        let max_line = match from {
+            Peer::Client => self.cfg.control.max_line_length,
+            Peer::Backend => MAX_REPLY_LINE,
+        };
         let mut used = 0;
-        while self.wants_client_input() {
+        while self.closing.is_none() && (from == Peer::Backend || self.wants_client_input()) {
             let rest = buf.get(used..).unwrap_or_default();
             match find_line(rest, max_line) {
                 Ok(Some(n)) => {
                     let line = rest.get(..n).unwrap_or_default();
                     used += n;
-                    self.last_activity = now;
-                    self.on_client_line(line);
+                    if from == Peer::Client {
+                        self.last_activity = now;
+                        self.on_client_line(line);
+                    } else {
+                        self.backend_progress = now;
+                        self.on_server_line(line);
+                    }
                 }
                 Ok(None) => break,
                 Err(LineError::TooLong { max }) => {
-                    self.metrics.refuse(Refusal::LineTooLong);
-                    warn!(max, "client line too long; closing session");
-                    self.reply_now(LocalReply::LineTooLong);
-                    self.close(Outcome::ClientError);
-                    break;
-                }
-            }
-        }
-        buf.drain(..used.min(buf.len()));
-        self.settle();
-    }
-
-    /// Bytes from the backend: handles every complete line and removes it from `buf`.
-    pub fn on_server_input(&mut self, buf: &mut Vec<u8>, now: Instant) {
-        self.now = now;
-        let mut used = 0;
-        while self.closing.is_none() {
-            let rest = buf.get(used..).unwrap_or_default();
-            match find_line(rest, MAX_REPLY_LINE) {
-                Ok(Some(n)) => {
-                    let line = rest.get(..n).unwrap_or_default();
-                    used += n;
-                    self.backend_progress = now;
-                    self.on_server_line(line);
-                }
-                Ok(None) => break,
-                Err(LineError::TooLong { .. }) => {
-                    warn!("backend reply line too long; closing session");
-                    self.reply_now(LocalReply::InvalidServerReply);
-                    self.close(Outcome::BackendError);
+                    if from == Peer::Client {
+                        self.metrics.refuse(Refusal::LineTooLong);
+                        warn!(max, "client line too long; closing session");
+                        self.reply_now(LocalReply::LineTooLong);
+                        self.close(Outcome::ClientError);
+                    } else {
+                        warn!(max, "backend reply line too long; closing session");
+                        self.reply_now(LocalReply::InvalidServerReply);
+                        self.close(Outcome::BackendError);
+                    }
                     break;
                 }
             }
@@ -472,7 +477,7 @@ impl<E: SessionEdge> SessionMachine<E> {
             // The backend was never told: answer in its stead.
             Err(why) => return self.refuse((Refusal::DataPort, LocalReply::CantPrepareData(why))),
         };
-        let client = self.client_connect(target);
+        let client = self.client_endpoint(target);
         self.open_data(DataMode::Active, client, backend_side);
         let announce = backend_announce(self.addrs.mode, self.cfg.public_v4(), ours);
         let cmd = format_data_command(verb, announce);
@@ -677,7 +682,7 @@ impl<E: SessionEdge> SessionMachine<E> {
             None => rewrite_229(line, port),
         }
         .map_err(|e| format!("rewrite failed ({e})"))?;
-        let backend = self.backend_connect(target);
+        let backend = self.backend_endpoint(target);
         self.withdraw_data();
         self.open_data(DataMode::Passive, client, backend);
         self.metrics.rewrite(if public.is_some() {
@@ -744,8 +749,8 @@ impl<E: SessionEdge> SessionMachine<E> {
                 self.inject_setup(b"PASV\r\n");
             }
             SetupVerdict::Connect { client, backend } => {
-                let client = self.client_connect(client);
-                let backend = self.backend_connect(backend);
+                let client = self.client_endpoint(client);
+                let backend = self.backend_endpoint(backend);
                 self.withdraw_data();
                 self.open_data(DataMode::Active, client, backend);
                 self.forward(&held.line, held.verb);
@@ -792,7 +797,7 @@ impl<E: SessionEdge> SessionMachine<E> {
         ))
     }
 
-    fn client_connect(&self, target: SocketAddr) -> EndpointSpec<E::Listener> {
+    fn client_endpoint(&self, target: SocketAddr) -> EndpointSpec<E::Listener> {
         let local = client_connect_local(
             self.addrs.mode,
             self.cfg.active.source_port,
@@ -804,7 +809,7 @@ impl<E: SessionEdge> SessionMachine<E> {
 
     /// Backends see data connections from the control connection's local address
     /// (vsftpd refuses others: its `pasv_promiscuous=NO` check).
-    fn backend_connect(&self, target: SocketAddr) -> EndpointSpec<E::Listener> {
+    fn backend_endpoint(&self, target: SocketAddr) -> EndpointSpec<E::Listener> {
         EndpointSpec::Connect {
             target,
             local: Some(SocketAddr::new(self.addrs.backend_local.ip(), 0)),

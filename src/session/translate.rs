@@ -196,39 +196,27 @@ mod tests {
         assert!(matches!(v, V::Refused));
     }
 
+    /// Active translation: both sides accept on ftpgate's listeners.
+    fn port_setup() -> Setup<u16> {
+        Setup::Port {
+            client: EndpointSpec::Accept {
+                listener: 1,
+                expect: client().ip(),
+            },
+            backend: EndpointSpec::Accept {
+                listener: 2,
+                expect: v4_backend(),
+            },
+        }
+    }
+
     #[test]
     fn port_accepted_by_any_2xx() {
         for line in ["200 PORT command successful\r\n", "250 ok\r\n"] {
-            let v = verdict(
-                Setup::Port {
-                    client: EndpointSpec::Accept {
-                        listener: 1,
-                        expect: client().ip(),
-                    },
-                    backend: EndpointSpec::Accept {
-                        listener: 2,
-                        expect: v4_backend(),
-                    },
-                },
-                line,
-                v4_backend(),
-            );
+            let v = verdict(port_setup(), line, v4_backend());
             assert!(matches!(v, V::Accept { .. }), "{line}");
         }
-        let v = verdict(
-            Setup::Port {
-                client: EndpointSpec::Accept {
-                    listener: 1,
-                    expect: client().ip(),
-                },
-                backend: EndpointSpec::Accept {
-                    listener: 2,
-                    expect: v4_backend(),
-                },
-            },
-            "500 Illegal PORT command\r\n",
-            v4_backend(),
-        );
+        let v = verdict(port_setup(), "500 Illegal PORT command\r\n", v4_backend());
         assert!(matches!(v, V::Refused));
     }
 
