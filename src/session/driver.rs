@@ -204,9 +204,9 @@ async fn pump(
             slot.release();
         }
         data.execute(m, &mut closing);
-        flush_backend(m, &mut bw, closing, shutdown).await;
+        flush_backend(m, &mut bw, closing, &mut deadline_timer, shutdown).await;
         data.execute(m, &mut closing);
-        if flush_client(m, &mut cw, closing, shutdown).await {
+        if flush_client(m, &mut cw, closing, &mut deadline_timer, shutdown).await {
             if let Some(t) = backend_read_at {
                 ctx.metrics
                     .reply_added_latency_seconds
@@ -262,6 +262,7 @@ async fn flush_backend(
     m: &mut Machine,
     bw: &mut WriteHalf<'_>,
     closing: Option<Outcome>,
+    timer: &mut Timer,
     shutdown: &CancellationToken,
 ) {
     if m.out.to_backend.is_empty() {
@@ -270,7 +271,7 @@ async fn flush_backend(
     let deadline = m.next_deadline();
     let r = match closing {
         Some(_) => grace(write_backend(bw, &m.out)).await,
-        None => bounded(write_backend(bw, &m.out), deadline, shutdown).await,
+        None => bounded(write_backend(bw, &m.out), timer, deadline, shutdown).await,
     };
     m.out.to_backend.clear();
     m.out.urgent_at = None;
@@ -288,6 +289,7 @@ async fn flush_client(
     m: &mut Machine,
     cw: &mut WriteHalf<'_>,
     closing: Option<Outcome>,
+    timer: &mut Timer,
     shutdown: &CancellationToken,
 ) -> bool {
     if m.out.to_client.is_empty() {
@@ -296,7 +298,7 @@ async fn flush_client(
     let deadline = m.next_deadline();
     let r = match closing {
         Some(_) => grace(cw.write_all(&m.out.to_client)).await,
-        None => bounded(cw.write_all(&m.out.to_client), deadline, shutdown).await,
+        None => bounded(cw.write_all(&m.out.to_client), timer, deadline, shutdown).await,
     };
     m.out.to_client.clear();
     match r {
