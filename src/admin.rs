@@ -97,6 +97,7 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// State for `metrics` and the `/readyz` check of `backends`; not serving until marked so.
     pub fn new(metrics: Arc<Metrics>, backends: Vec<SocketAddr>) -> Self {
         AdminState {
             metrics,

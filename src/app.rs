@@ -30,14 +30,28 @@ const CONTROL_BACKLOG: i32 = 1024;
 /// How long sessions get to say goodbye after shutdown before the process exits anyway.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// Why the gateway could not start: a listener failed to bind.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// An FTP listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind {
+        /// The FTP listener's address (`listeners[].listen`).
+        addr: SocketAddr,
+        /// The bind or listen error.
+        source: io::Error,
+    },
+    /// The admin listener (metrics, health) could not bind.
     #[error("cannot listen on {addr} for the admin endpoint (metrics): {source}")]
-    AdminBind { addr: SocketAddr, source: io::Error },
+    AdminBind {
+        /// The admin address (`admin.listen`).
+        addr: SocketAddr,
+        /// The bind or listen error.
+        source: io::Error,
+    },
 }
 
+/// The running gateway: its bound listeners and what every session shares.
 pub struct Gateway {
     listeners: Vec<(TcpListener, ListenerMode)>,
     ctx: Arc<SessionContext>,

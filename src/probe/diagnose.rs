@@ -7,12 +7,15 @@ use serde::Serialize;
 
 use super::facts::*;
 
+/// How a check came out; `status` in `--json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// The step worked.
     Pass,
     /// Worth knowing, not a failure (e.g. an unsupported optional command).
     Warn,
+    /// The step failed; the probe exits 1.
     Fail,
 }
 
@@ -20,47 +23,79 @@ pub enum Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// Nothing wrong.
     Ok,
+    /// The host name did not resolve.
     ResolveFailed,
+    /// The control connection was refused (TCP RST).
     ConnectRefused,
+    /// The control connection got no answer in time.
     ConnectTimeout,
+    /// The control connection failed otherwise (unreachable, reset).
     ConnectFailed,
+    /// The greeting was not `220` (e.g. `421`: too many connections).
     BannerRejected,
+    /// TCP connected but no greeting came.
     BannerTimeout,
+    /// A command got no reply, or not an FTP one: the control connection broke.
     BadReply,
+    /// `AUTH TLS` was refused or got no reply.
     TlsRejected,
+    /// The TLS handshake failed.
     TlsHandshakeFailed,
+    /// The certificate chain did not verify against the trust roots.
     CertUntrusted,
+    /// The certificate has expired.
     CertExpired,
+    /// The certificate does not name the URL's host.
     CertNameMismatch,
+    /// `USER`/`PASS` was not accepted.
     LoginFailed,
+    /// The URL's directory could not be entered.
     CwdFailed,
+    /// An optional command the server does not support (a warning).
     Unsupported,
+    /// The server refused a data-mode command.
     CommandFailed,
+    /// A `227` names a private address while the control address is public.
     PassivePrivateAddress,
+    /// A `227` names another address than the control one, which does not answer.
     PassiveAddressMismatch,
+    /// Connecting to the announced passive port timed out or failed.
     PassiveUnreachable,
+    /// The server refused `PORT`/`EPRT` with our address.
     ActiveRejected,
+    /// `PORT`/`EPRT` was accepted but the server never connected back.
     ActiveUnreachable,
+    /// The data connection opened but the transfer failed.
     TransferFailed,
+    /// No final reply after a transfer with an idle control connection.
     IdleDrop,
+    /// An upload ending without TLS `close_notify` got `426`.
     TlsEofStrict,
+    /// An optional check could not run (an earlier step failed).
     CheckFailed,
 }
 
+/// The verdict on one probe step (one entry of `checks` in `--json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
     /// `resolve`, `connect`, `banner`, `feat`, `tls`, `login`, `cwd`, `syst`,
     /// `EPSV`/`PASV`/`EPRT`/`PORT`, `idle`, `tls_eof`.
     pub step: String,
+    /// Pass, warn or fail.
     pub status: Status,
+    /// The machine-readable diagnosis.
     pub verdict: Verdict,
+    /// How long the step took, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub elapsed_ms: Option<u64>,
     /// The exact server reply the verdict is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// What happened, in words.
     pub reason: String,
+    /// For failures, one line on what to change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remedy: Option<String>,
     /// Structured facts behind the verdict, for scripts.
@@ -68,14 +103,19 @@ pub struct Check {
     pub details: Option<Details>,
 }
 
+/// The facts behind a check, by kind of step (`details` in `--json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Details {
+    /// A data-mode step.
     Mode(ModeDetails),
+    /// The `tls` step: the session and certificate.
     Tls(TlsSession),
+    /// The `idle` step.
     Idle(IdleDetails),
 }
 
+/// What a data-mode step saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModeDetails {
     /// The control connection's server address.
@@ -83,39 +123,57 @@ pub struct ModeDetails {
     /// Passive: the address the server announced; active: the one we announced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub announced: Option<String>,
+    /// Whether the announced address is the control connection's server address.
     pub announced_is_control: bool,
+    /// Whether the announced address is not routable on the Internet (RFC 1918, CGNAT,
+    /// loopback, link-local, ULA).
     pub announced_is_private: bool,
     /// Time to open the data connection, or why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_connect_ms: Option<u64>,
+    /// Why the data connection failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_error: Option<String>,
     /// Passive, announced address failed: whether the control address and that port worked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control_address_fallback_ok: Option<bool>,
+    /// The transfers made in this mode (`LIST`, then any `RETR`/`STOR`).
     pub transfers: Vec<TransferDetails>,
 }
 
+/// One transfer of a data-mode step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TransferDetails {
+    /// The command, e.g. `LIST` or `RETR x`.
     pub command: String,
+    /// Bytes moved over the data connection.
     pub bytes: u64,
+    /// How long the data connection was in use, in milliseconds.
     pub data_ms: u64,
+    /// The first line of the reply that completed the command.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub final_reply: Option<String>,
+    /// Whether the transfer succeeded (data intact, `2xx` final reply).
     pub ok: bool,
 }
 
+/// What the idle check saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IdleDetails {
+    /// The idle time asked for (`--idle-check`), in milliseconds.
     pub requested_ms: u64,
+    /// The runs, in the order made.
     pub runs: Vec<IdleRunDetails>,
 }
 
+/// One run of the idle check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IdleRunDetails {
+    /// How long the control connection stayed idle, in milliseconds.
     pub idle_ms: u64,
+    /// Whether the final reply arrived and was `2xx`.
     pub ok: bool,
+    /// The final reply's first line, or why none came.
     pub result: String,
 }
 

@@ -106,19 +106,27 @@ impl std::fmt::Debug for ProbeArgs {
     }
 }
 
+/// Why `ftpgate probe` cannot start (exit status 2).
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
+    /// The URL does not parse.
     #[error("{0}")]
     Url(#[from] target::TargetError),
+    /// `--password-file` could not be read.
     #[error("reading the password file {path}: {source}")]
     PasswordFile {
+        /// The file's path as given.
         path: String,
+        /// The read error.
         source: std::io::Error,
     },
+    /// `--tls-eof-check` with an `ftp://` URL.
     #[error("--tls-eof-check needs an ftpes:// or ftps:// URL")]
     TlsEofNeedsTls,
+    /// The TLS client could not be set up (`--ca-file`).
     #[error("TLS setup: {0}")]
     Tls(#[from] tls::TlsSetupError),
+    /// `--modes` named none.
     #[error("no data modes given")]
     NoModes,
 }

@@ -68,6 +68,7 @@ pub trait SessionEdge {
 /// The addresses of one session, fixed at its start (all canonical: no v4-mapped v6).
 #[derive(Debug, Clone, Copy)]
 pub struct Addresses {
+    /// Whether the session came in on a reverse or a transparent listener.
     pub mode: ListenerMode,
     /// The client's address.
     pub client_ip: IpAddr,
@@ -83,10 +84,17 @@ pub struct Addresses {
 #[derive(Debug)]
 pub enum EndpointSpec<L> {
     /// Accept on a bound listener, only from `expect`.
-    Accept { listener: L, expect: IpAddr },
+    Accept {
+        /// The bound listener.
+        listener: L,
+        /// The only peer IP accepted.
+        expect: IpAddr,
+    },
     /// Connect out to `target`, from `local` when set.
     Connect {
+        /// Where to connect.
         target: SocketAddr,
+        /// Local address to connect from; `None`: any.
         local: Option<SocketAddr>,
     },
 }
@@ -94,9 +102,13 @@ pub enum EndpointSpec<L> {
 /// A data connection to open.
 #[derive(Debug)]
 pub struct DataSpec<L> {
+    /// The data connection's id within its session.
     pub id: u64,
+    /// The client-facing mode.
     pub mode: DataMode,
+    /// The client side.
     pub client: EndpointSpec<L>,
+    /// The backend side.
     pub backend: EndpointSpec<L>,
 }
 
@@ -115,7 +127,9 @@ pub enum Action<L> {
 /// Bytes for the two control connections.
 #[derive(Debug, Default)]
 pub struct Outbox {
+    /// Bytes to write to the client, in order.
     pub to_client: Vec<u8>,
+    /// Bytes to write to the backend, in order.
     pub to_backend: Vec<u8>,
     /// Index in `to_backend` of a byte to send as TCP urgent data (Telnet Synch).
     pub urgent_at: Option<usize>,

@@ -78,14 +78,17 @@ use crate::metrics::Metrics;
 /// What every session shares.
 #[derive(Debug)]
 pub struct SessionContext {
+    /// The configuration the gateway started with.
     pub config: Arc<Config>,
     /// Ports for client-facing data listeners.
     pub pool: Arc<PortPool>,
     /// Ports for backend-facing data listeners (active mode); may be `pool` itself.
     pub active_pool: Arc<PortPool>,
+    /// Picks the backend for each reverse-mode session.
     pub balancer: Balancer,
     /// Every bound listener, for loop protection in transparent mode.
     pub listen_addrs: Vec<SocketAddr>,
+    /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
     /// Sessions not yet logged in (`limits.max_prelogin_sessions`).
     pub prelogin: limits::PreloginSlots,
