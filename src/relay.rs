@@ -300,7 +300,8 @@ fn splice_enabled() -> bool {
 
 #[cfg(target_os = "linux")]
 mod splice {
-    //! The only `unsafe` in ftpgate: three libc calls on descriptors we own.
+    //! Three libc calls on descriptors we own (the other `unsafe` of ftpgate: `SIOCATMARK`
+    //! in `net.rs` and `setrlimit` in `main.rs`).
 
     use std::io;
     use std::net::Shutdown;

@@ -40,7 +40,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(clap::Args)]
 pub struct ProbeArgs {
     /// ftp://, ftpes:// (explicit TLS) or ftps:// (implicit TLS) URL:
-    /// [user[:password]@]host[:port][/dir/]. Anonymous without a user.
+    /// `[user[:password]@]host[:port][/dir/]`. Anonymous without a user.
     #[arg(value_name = "URL")]
     pub url: String,
     /// User name (overrides the URL's).

@@ -1,6 +1,6 @@
 //! Pure FTP wire codec: no I/O, no allocation on the hot path where avoidable.
 //!
-//! - [`line`]: bounded line framer (CRLF or bare LF in, CRLF out).
+//! - [`line`](mod@line): bounded line framer (CRLF or bare LF in, CRLF out).
 //! - [`command`]: command lines (`VERB arg`), verb classification, log redaction.
 //! - [`reply`]: reply lines and the multi-line reply framer (RFC 959 §4.2).
 //! - [`addr`]: the address forms carried in `227`, `229`, `PORT`, `EPRT`.
