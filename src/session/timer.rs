@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use tokio::time::{sleep_until, Instant, Sleep};
 
+/// A deadline that can be moved without a new timer; pending forever while unset.
 pub struct Timer {
     sleep: Pin<Box<Sleep>>,
     at: Option<Instant>,
