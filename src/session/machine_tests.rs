@@ -709,3 +709,29 @@ fn telnet_synch_of_abor_is_marked_urgent() {
     t.client_bytes(b"\xff\xf4\xff\xf2ABOR\r\n");
     assert_eq!(t.m.out.urgent_at, Some(6 + 2));
 }
+
+// ----- balance: user -----
+
+/// ftpgate greeted the client itself (`routing`): the backend's multi-line vsftpd
+/// banner is swallowed, and the USER/PASS the client pipelined before the backend
+/// existed go out in order and are answered in order.
+#[test]
+fn user_routing_swallows_the_backend_banner_and_keeps_pipelined_order() {
+    let now = Instant::now();
+    let mut t = T {
+        m: SessionMachine::new(
+            Arc::new(Config::default()),
+            Arc::new(Metrics::new()),
+            FakeEdge::default(),
+            addrs(CLIENT),
+            now,
+        ),
+        now,
+    };
+    t.m.greeted_locally();
+    t.client("USER alice\r\nPASS x\r\nPWD\r\n");
+    assert_eq!(t.take_backend(), "USER alice\r\nPASS x\r\nPWD\r\n");
+    t.server("220-Welcome\r\n220 vsFTPd ready\r\n331 pw\r\n230 ok\r\n257 \"/\"\r\n");
+    assert_eq!(t.take_client(), "331 pw\r\n230 ok\r\n257 \"/\"\r\n");
+    assert!(t.m.logged_in());
+}

@@ -31,6 +31,10 @@
 //!   shutdown     ──on_shutdown──────▶ 421, Close(Shutdown) ──────────┘ Action::Close(outcome)
 //!                  SessionEdge ◀──── bind a data port / is this address ours?
 //! ```
+//! Before the machine exists: a trusted balancer's PROXY header is read (its source is
+//! `Addresses::client_ip`), and under `balance: user` the [`routing`] room greets and
+//! answers until `USER`; the machine then starts with `greeted_locally` (the backend's
+//! `220` swallowed) and the USER line onwards as its first client input.
 //!
 //! # Command side, per client command
 //! ```text
