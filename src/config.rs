@@ -1099,6 +1099,52 @@ mod tests {
     }
 
     #[test]
+    fn farm_settings_that_cannot_work_name_their_key() {
+        let table = [
+            (
+                "balance: user\nroutes: [{user: alice, backends: ['10.0.0.9:21']}]\n",
+                "routes: routes[0]: 10.0.0.9:21 is not one of backends",
+            ),
+            (
+                "routes: [{user: alice, backends: ['10.0.0.2:21']}]\n",
+                "routes: only used with balance: user",
+            ),
+            (
+                "balance: user\nroutes: [{backends: ['10.0.0.2:21']}]\n",
+                "routes: routes[0]: needs user or user_suffix",
+            ),
+            (
+                "backend_proxy_protocol_data: true\n",
+                "backend_proxy_protocol_data: needs backend_proxy_protocol (v1 or v2)",
+            ),
+            (
+                "health: {check: login}\n",
+                "health: user: required by check: login",
+            ),
+            (
+                "health: {rise: 0}\n",
+                "health: rise/fall: must be at least 1",
+            ),
+        ];
+        for (yaml, want) in table {
+            let cfg = Config::from_yaml(&format!(
+                "listen: ['127.0.0.1:2121']\nbackends: ['10.0.0.2:21']\n{yaml}"
+            ))
+            .unwrap()
+            .config;
+            assert_eq!(first_error(&cfg), want, "{yaml}");
+        }
+        // Names, weights, drain and a route by the name as written are all fine.
+        let ok = Config::from_yaml(
+            "listen: ['127.0.0.1:2121']\nbackends: ['ftp-0.ftp.svc:21', {address: '10.0.0.3:21', weight: 3, drain: true}]\n\
+             balance: user\nroutes: [{user_suffix: '@acme', backends: ['FTP-0.ftp.svc:21']}]\n",
+        )
+        .unwrap()
+        .config;
+        assert!(ok.problems().is_empty(), "{:?}", ok.problems());
+    }
+
+    #[test]
     fn example_config_in_repo_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ftpgate.yaml");
         let loaded = Config::from_file(&path).expect("example parses");

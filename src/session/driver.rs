@@ -152,7 +152,17 @@ async fn serve(
             return no.outcome;
         }
     };
-    let (mut backend, backend_addr, _lease) = (upstream.stream, upstream.addr, upstream.lease);
+    let (mut backend, backend_addr, lease) = (upstream.stream, upstream.addr, upstream.lease);
+    // Farm members are counted by their lease; a transparent session's destination is
+    // counted here, as before farms existed.
+    let destination_gauge = lease.is_none().then(|| {
+        let g = ctx
+            .metrics
+            .backend_sessions_active
+            .with_label_values(&[&backend_addr.to_string()]);
+        g.inc();
+        g
+    });
     if let Some(version) = ctx.config.backend_proxy_protocol {
         // The backend (or the haproxy `accept-proxy` in front of it) learns the real
         // client before the first FTP byte.
@@ -210,6 +220,10 @@ async fn serve(
         shutdown,
     )
     .await;
+    if let Some(g) = destination_gauge {
+        g.dec();
+    }
+    drop(lease);
     machine.stats().log_end(outcome, started.elapsed());
     outcome
 }
