@@ -350,61 +350,67 @@ fn haproxy_accept_proxy_in_front_of_a_backend_sees_the_real_client() {
              backend vs\n  server v {BACKEND_V4}:21\n"
         ),
     );
-    let mut opts = topo.ftpgate_options(SocketAddr::new(IpAddr::V4(BACKEND_V4), 2121));
-    opts.extra_args = vec![
-        "--backend-proxy-protocol".into(),
-        "v1".into(),
-        // Health checks open with `PROXY UNKNOWN`, so the banner check passes too.
-        "--health-check".into(),
-        "banner".into(),
-    ];
-    let gate = topo.start_ftpgate(opts);
-    let ctx = || {
-        format!(
-            "{}--- haproxy ---\n{}\n--- vsftpd ---\n{}",
-            gate.describe(),
-            lb.output(),
-            server.logs()
-        )
-    };
-    let control = topo.proxy_v4();
-    let pwd = topo
-        .client
-        .spawn_thread(move || {
-            let deadline = Instant::now() + WAIT;
-            loop {
-                // haproxy may still be starting: ftpgate then answers 421.
-                match FtpControl::connect(control) {
-                    Ok(mut c) => {
-                        c.login(FTP_USER, FTP_PASS)?;
-                        let pwd = c.cmd("PWD")?;
-                        let _ = c.cmd("QUIT");
-                        return Ok::<_, std::io::Error>(pwd);
+    // ftpgate's header in both versions, each parsed by a real haproxy.
+    for version in ["v1", "v2"] {
+        let mut opts = topo.ftpgate_options(SocketAddr::new(IpAddr::V4(BACKEND_V4), 2121));
+        opts.extra_args = vec![
+            "--backend-proxy-protocol".into(),
+            version.into(),
+            // Health checks open with `PROXY UNKNOWN` / v2 `LOCAL`, so the banner check
+            // passes too.
+            "--health-check".into(),
+            "banner".into(),
+        ];
+        let gate = topo.start_ftpgate(opts);
+        let ctx = || {
+            format!(
+                "{}--- haproxy ---\n{}\n--- vsftpd ---\n{}",
+                gate.describe(),
+                lb.output(),
+                server.logs()
+            )
+        };
+        let control = topo.proxy_v4();
+        let seen = format!("seen-client={CLIENT_V4}");
+        let seen_before = lb.output().matches(&seen).count();
+        let pwd = topo
+            .client
+            .spawn_thread(move || {
+                let deadline = Instant::now() + WAIT;
+                loop {
+                    // haproxy may still be starting: ftpgate then answers 421.
+                    match FtpControl::connect(control) {
+                        Ok(mut c) => {
+                            c.login(FTP_USER, FTP_PASS)?;
+                            let pwd = c.cmd("PWD")?;
+                            let _ = c.cmd("QUIT");
+                            return Ok::<_, std::io::Error>(pwd);
+                        }
+                        Err(e) if Instant::now() > deadline => return Err(e),
+                        // Retry interval while haproxy comes up.
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
                     }
-                    Err(e) if Instant::now() > deadline => return Err(e),
-                    // Retry interval while haproxy comes up.
-                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
-            }
-        })
-        .join()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
-    assert_eq!(pwd.0, 257, "{pwd:?}");
-    wait_for(
-        "haproxy's log line",
-        || lb.output().contains(&format!("seen-client={CLIENT_V4}")),
-        ctx,
-    );
-    wait_for(
-        "the banner check through accept-proxy",
-        || {
-            gate.logs().lines().any(|l| {
-                l.contains("backend up") && l.contains(&format!("backend={BACKEND_V4}:2121"))
             })
-        },
-        ctx,
-    );
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+        assert_eq!(pwd.0, 257, "{pwd:?}");
+        wait_for(
+            "haproxy's log line",
+            || lb.output().matches(&seen).count() > seen_before,
+            ctx,
+        );
+        wait_for(
+            "the banner check through accept-proxy",
+            || {
+                gate.logs().lines().any(|l| {
+                    l.contains("backend up") && l.contains(&format!("backend={BACKEND_V4}:2121"))
+                })
+            },
+            ctx,
+        );
+    }
 }
 
 /// Points the system resolver of `ns` (glibc, through `ip netns exec`'s bind mount of
