@@ -496,3 +496,56 @@ async fn malformed_slow_and_missing_headers_close_without_touching_a_backend() {
     assert_eq!(picks(&proxy), 0, "no backend was chosen");
     assert!(mock.received().is_empty(), "the backend never heard a byte");
 }
+
+#[tokio::test]
+async fn backend_control_and_data_connections_open_with_a_header_naming_the_client() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    let proxy = start_proxy(vec![mock.addr], |c| {
+        c.backend_proxy_protocol = Some(ProxyVersion::V1);
+        c.backend_proxy_protocol_data = true;
+    })
+    .await;
+    // The client comes from 127.0.0.9 (loopback is a /8): that is what the headers name.
+    let client_ip: IpAddr = "127.0.0.9".parse().unwrap();
+    let s = connect_from(client_ip, proxy.addr).await.unwrap();
+    let client_port = s.local_addr().unwrap().port();
+    let mut c = Client::from_stream(s);
+    assert!(c.reply().await.starts_with("220"));
+    assert!(c.cmd("USER u").await.starts_with("331"));
+    assert!(c.cmd("PASS p").await.starts_with("230"));
+    let data = c.epsv().await;
+    let mut d = connect_from(client_ip, data).await.unwrap();
+    let data_port = d.local_addr().unwrap().port();
+    c.send(b"STOR up.bin\r\n").await;
+    assert!(c.reply().await.starts_with("150"));
+    let body = inprocess::pattern(50_000);
+    d.write_all(&body).await.unwrap();
+    drop(d);
+    assert!(c.reply().await.starts_with("226"));
+    // (Health checks open with `PROXY UNKNOWN`; the session's header names the client.)
+    let control_header = mock
+        .received()
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).to_string())
+        .find(|l| l.starts_with("PROXY TCP4"))
+        .expect("a header on the session's control connection");
+    assert_eq!(
+        control_header,
+        format!(
+            "PROXY TCP4 127.0.0.9 127.0.0.1 {client_port} {}\r\n",
+            proxy.addr.port()
+        )
+    );
+    // The backend's data port received the header, then exactly the file.
+    let stored = mock.file("up.bin").unwrap();
+    let line_end = stored.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let data_header = String::from_utf8_lossy(&stored[..line_end]).to_string();
+    assert!(
+        data_header.starts_with(&format!("PROXY TCP4 127.0.0.9 127.0.0.1 {data_port} ")),
+        "{data_header}"
+    );
+    assert!(
+        stored[line_end..] == body[..],
+        "data after the header is the file"
+    );
+}

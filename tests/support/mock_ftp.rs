@@ -115,6 +115,11 @@ async fn control(stream: TcpStream, state: Arc<Mutex<MockState>>, opts: MockOpti
             return;
         }
         state.lock().unwrap().received.push(line.clone());
+        // A PROXY protocol v1 header from ftpgate (`backend_proxy_protocol: v1`):
+        // recorded, not answered, as a server behind `accept-proxy` would.
+        if line.starts_with(b"PROXY ") {
+            continue;
+        }
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let (verb, arg) = text.split_once(' ').unwrap_or((&text, ""));
         let reply = match verb.to_ascii_uppercase().as_str() {
