@@ -320,8 +320,18 @@ async fn pump(
             cbuf.reserve(READ_CHUNK);
         }
         sbuf.reserve(READ_CHUNK);
-        let deadline = m.next_deadline();
-        deadline_timer.arm(deadline.map(|(at, _)| at));
+        // Armed no later than the machine's next deadline, nor than the earliest a
+        // backend-reply deadline could start from now: then a command sent this turn
+        // never has to move the timer earlier (see `Timer::arm_early`).
+        let now = Instant::now();
+        let reply_bound = Some(ctx.config.timeouts.backend_reply)
+            .filter(|d| !d.is_zero())
+            .map(|d| now + d);
+        let wake = match (m.next_deadline().map(|(at, _)| at), reply_bound) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        deadline_timer.arm_early(wake);
         noop_timer.arm(m.next_keepalive());
         let mut backend_read_at = None;
         tokio::select! {
@@ -348,8 +358,10 @@ async fn pump(
             Some(ev) = data_rx.recv() => m.on_data_event(ev, Instant::now()),
             () = noop_timer.fired() => m.on_keepalive(Instant::now()),
             () = deadline_timer.fired() => {
-                if let Some((_, kind)) = deadline {
-                    m.on_deadline(kind, Instant::now());
+                // The timer may fire early; only a deadline really due counts.
+                let now = Instant::now();
+                if let Some((at, kind)) = m.next_deadline().filter(|(at, _)| *at <= now) {
+                    m.on_deadline(kind, at.max(now));
                 }
             }
             () = shutdown.cancelled() => m.on_shutdown(),

@@ -33,6 +33,21 @@ impl Timer {
         }
     }
 
+    /// Sets a deadline that may fire early: the timer is moved only when `at` is
+    /// earlier than what is armed (or nothing is), and left alone when `at` is later
+    /// or `None` — the caller re-checks when it fires and arms again. Moving a tokio
+    /// timer earlier wakes the runtime's timer driver, a cross-thread unpark that
+    /// showed as 30% more CPU per command when every command moved the deadline.
+    pub fn arm_early(&mut self, at: Option<std::time::Instant>) {
+        let Some(at) = at.map(Instant::from_std) else {
+            return;
+        };
+        if self.at.is_none_or(|cur| at < cur) {
+            self.sleep.as_mut().reset(at);
+            self.at = Some(at);
+        }
+    }
+
     /// Resolves at the armed deadline; never while disarmed.
     pub async fn fired(&mut self) {
         if self.at.is_none() {

@@ -26,21 +26,32 @@ pub enum Interrupt {
 }
 
 /// Runs `write` unless a session deadline or shutdown comes first. `timer` is the
-/// session's deadline timer, armed for `deadline`: reused, since a timer per write
-/// showed in profiles. The write is polled first, so one that completes at once (the
-/// usual case) touches neither the timer nor the shutdown token.
+/// session's deadline timer (reused: a timer per write showed in profiles), which may
+/// fire early (see [`Timer::arm_early`]): only a deadline really due interrupts. The
+/// write is polled first, so one that completes at once (the usual case) touches
+/// neither the timer nor the shutdown token.
 pub async fn bounded<F: Future<Output = io::Result<()>>>(
     write: F,
     timer: &mut Timer,
     deadline: Option<(Instant, Deadline)>,
     shutdown: &CancellationToken,
 ) -> Result<io::Result<()>, Interrupt> {
-    timer.arm(deadline.map(|(at, _)| at));
-    tokio::select! {
-        biased;
-        r = write => Ok(r),
-        () = timer.fired() => Err(Interrupt::Deadline(deadline.map_or(Deadline::Idle, |(_, k)| k))),
-        () = shutdown.cancelled() => Err(Interrupt::Shutdown),
+    tokio::pin!(write);
+    timer.arm_early(deadline.map(|(at, _)| at));
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut write => return Ok(r),
+            () = timer.fired() => {
+                if let Some((at, kind)) = deadline {
+                    if at <= Instant::now() {
+                        return Err(Interrupt::Deadline(kind));
+                    }
+                    timer.arm_early(Some(at));
+                }
+            }
+            () = shutdown.cancelled() => return Err(Interrupt::Shutdown),
+        }
     }
 }
 
