@@ -549,3 +549,44 @@ async fn backend_control_and_data_connections_open_with_a_header_naming_the_clie
         "data after the header is the file"
     );
 }
+
+#[tokio::test]
+async fn source_ip_balancing_keys_on_the_proxy_header_source() {
+    use ftpgate::farm::policy::hrw_score;
+    let ms = mocks(2).await;
+    let backends: Vec<BackendSpec> = ms.iter().map(|m| spec(m.addr, 1, false)).collect();
+    let proxy = start_proxy(Vec::new(), move |c| {
+        c.backends = backends;
+        c.balance = BalancePolicy::SourceIp;
+        c.proxy_protocol.accept_from = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let front: SocketAddr = "203.0.113.1:21".parse().unwrap();
+    // Every connection comes from the balancer (127.0.0.1); only the headers differ.
+    for i in 0..20u8 {
+        let client = SocketAddr::from(([198, 51, 100, i + 1], 40000));
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(&encode_proxy_header(ProxyVersion::V2, client, front))
+            .await
+            .unwrap();
+        let mut c = Client::from_stream(s);
+        assert!(c.reply().await.starts_with("220"));
+        let user = format!("c{i}");
+        assert!(c.cmd(&format!("USER {user}")).await.starts_with("331"));
+        c.quit().await;
+        let key = client.ip().to_string();
+        let want = if hrw_score(&key, ms[0].addr, 1) > hrw_score(&key, ms[1].addr, 1) {
+            0
+        } else {
+            1
+        };
+        assert!(
+            ms[want].users().contains(&user),
+            "client {client} on its hashed server"
+        );
+    }
+    assert!(
+        ms.iter().all(|m| !m.users().is_empty()),
+        "the headers spread the clients"
+    );
+}
