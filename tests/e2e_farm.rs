@@ -513,6 +513,8 @@ fn dnsmasq_names_re_resolve_while_a_session_runs() {
         "ftp.farm.test:21".into(),
         "--backend-resolve-interval".into(),
         "300ms".into(),
+        "--admin-listen".into(),
+        "127.0.0.1:9464".into(),
     ];
     // dnsmasq answers once it is up; ftpgate resolves at start.
     wait_for(
@@ -617,6 +619,50 @@ fn dnsmasq_names_re_resolve_while_a_session_runs() {
         ctx,
     );
     list(2);
+    // Counted, and the last members are still the farm (in /metrics and /readyz).
+    let metrics = http_get(&topo.proxy, "/metrics");
+    let failures = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("ftpgate_backend_resolve_failures_total{backend=\"ftp.farm.test:21\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(failures >= 1.0, "{metrics}");
+    assert!(
+        metrics.contains("ftpgate_backend_members{backend=\"ftp.farm.test:21\"} 2"),
+        "{metrics}"
+    );
+    let ready = http_get(&topo.proxy, "/readyz");
+    for ip in &ips[1..] {
+        assert!(
+            ready.contains(&format!("backend {ip}:21 (ftp.farm.test:21)")),
+            "{ready}"
+        );
+    }
+}
+
+/// `GET path` from the admin listener on the proxy host's loopback; the whole response.
+fn http_get(ns: &Netns, path: &'static str) -> String {
+    ns.spawn_thread(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:9464".parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .join()
+    .unwrap()
 }
 
 #[test]
