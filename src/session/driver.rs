@@ -17,15 +17,15 @@ use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info_span, Instrument};
 
 use super::data::DataEvent;
 use super::edge::{spawn_data, PoolEdge};
+use super::front::{await_user, client_behind_balancer, send_backend_header};
 use super::limits::PreloginSlot;
 use super::machine::{Action, Addresses, SessionMachine};
 use super::outcome::{Outcome, SessionError};
 use super::replies::LocalReply;
-use super::routing::{before_user, GateStep};
 use super::timer::Timer;
 use super::upstream::connect_upstream;
 use super::writes::{bounded, grace, write_backend, Interrupt, CLOSE_GRACE};
@@ -35,10 +35,9 @@ use crate::farm::BalancePolicy;
 use crate::metrics::Refusal;
 use crate::net::{drain_past_urgent_mark, prepare_control_socket};
 use crate::protocol::addr::canonical_ip;
-use crate::proxy_protocol::{encode_proxy_header, read_proxy_header, ProxyHeader};
 
 /// Control lines are short; a small read size keeps idle sessions cheap (two buffers each).
-const READ_CHUNK: usize = 4 * 1024;
+pub(super) const READ_CHUNK: usize = 4 * 1024;
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -68,49 +67,6 @@ pub async fn run_session(
         .await;
     metrics.sessions_active.dec();
     metrics.session_ended(outcome);
-}
-
-/// The real client of a control connection: the PROXY header's source when the peer
-/// is a trusted balancer (which must then send one), else the peer itself. `None`:
-/// the connection was closed (bad, slow or missing header; shutdown) without a reply
-/// and without touching a backend.
-async fn client_behind_balancer(
-    client: &mut TcpStream,
-    peer: SocketAddr,
-    ctx: &SessionContext,
-    shutdown: &CancellationToken,
-) -> Option<(SocketAddr, Option<SocketAddr>)> {
-    let pp = &ctx.config.proxy_protocol;
-    if !pp.expects_header(peer.ip()) {
-        return Some((peer, None));
-    }
-    let read = tokio::select! {
-        r = read_proxy_header(client, pp.timeout) => r,
-        () = shutdown.cancelled() => return None,
-    };
-    let result = match &read {
-        Ok(_) => "accepted",
-        Err(e) => e.label(),
-    };
-    ctx.metrics
-        .proxy_headers_total
-        .with_label_values(&["control", result])
-        .inc();
-    match read {
-        Ok(ProxyHeader::Proxied {
-            source,
-            destination,
-        }) => Some((
-            SocketAddr::new(canonical_ip(source.ip()), source.port()),
-            Some(destination),
-        )),
-        // The balancer's own health check: its address is the client's.
-        Ok(ProxyHeader::Local) => Some((peer, None)),
-        Err(e) => {
-            debug!(balancer = %peer, error = %e, "PROXY protocol header refused; connection closed");
-            None
-        }
-    }
 }
 
 async fn serve(
@@ -163,23 +119,10 @@ async fn serve(
         g.inc();
         g
     });
-    if let Some(version) = ctx.config.backend_proxy_protocol {
-        // The backend (or the haproxy `accept-proxy` in front of it) learns the real
-        // client before the first FTP byte.
-        let dst = proxied_dst
-            .or_else(|| client.local_addr().ok())
-            .unwrap_or(peer);
-        let header = encode_proxy_header(version, peer, dst);
-        let sent = tokio::time::timeout(
-            ctx.config.timeouts.backend_connect,
-            backend.write_all(&header),
-        )
-        .await;
-        if !matches!(sent, Ok(Ok(()))) {
-            warn!(backend = %backend_addr, "cannot send the PROXY protocol header");
-            say_goodbye(&ctx.metrics, &mut client, LocalReply::ConnectionLost).await;
-            return Outcome::BackendUnavailable;
-        }
+    let dst = proxied_dst.or_else(|| client.local_addr().ok());
+    if !send_backend_header(&mut backend, backend_addr, peer, dst, ctx).await {
+        say_goodbye(&ctx.metrics, &mut client, LocalReply::ConnectionLost).await;
+        return Outcome::BackendUnavailable;
     }
     prepare_control_socket(&backend, keepalive);
     tracing::Span::current().record("backend", tracing::field::display(backend_addr));
@@ -228,59 +171,12 @@ async fn serve(
     outcome
 }
 
-/// `balance: user`: greets the client and answers it until `USER` (see
-/// [`super::routing`]), bounded by the login timeout and shutdown. The `USER` line
-/// and what follows stay in `cbuf`.
-async fn await_user(
-    client: &mut TcpStream,
-    cbuf: &mut Vec<u8>,
-    ctx: &SessionContext,
-    started: Instant,
-    shutdown: &CancellationToken,
-) -> Result<String, Outcome> {
-    let max_line = ctx.config.control.max_line_length;
-    let greeting = LocalReply::RoutingGreeting(ctx.config.greeting.clone());
-    ctx.metrics.reply(greeting.code());
-    let mut out = greeting.to_bytes();
-    let deadline = tokio::time::Instant::from_std(started + ctx.config.timeouts.login);
-    loop {
-        let step = before_user(cbuf, &mut out, max_line);
-        if !out.is_empty() {
-            let write = tokio::time::timeout_at(deadline, client.write_all(&out));
-            if !matches!(write.await, Ok(Ok(()))) {
-                return Err(Outcome::Closed);
-            }
-            out.clear();
-        }
-        match step {
-            GateStep::Routed(user) => return Ok(user),
-            GateStep::Close => {
-                let _ = grace(client.shutdown()).await;
-                return Err(Outcome::Closed);
-            }
-            GateStep::NeedMore => {}
-        }
-        cbuf.reserve(READ_CHUNK);
-        tokio::select! {
-            r = client.read_buf(cbuf) => match r {
-                Ok(0) | Err(_) => return Err(Outcome::Closed),
-                Ok(_) => {}
-            },
-            () = tokio::time::sleep_until(deadline) => {
-                ctx.metrics.timeout(crate::metrics::TimeoutKind::Login);
-                say_goodbye(&ctx.metrics, client, LocalReply::LoginTimeout).await;
-                return Err(Outcome::Timeout);
-            }
-            () = shutdown.cancelled() => {
-                say_goodbye(&ctx.metrics, client, LocalReply::ShuttingDown).await;
-                return Err(Outcome::Shutdown);
-            }
-        }
-    }
-}
-
 /// The one reply of a session that never reached a backend.
-async fn say_goodbye(metrics: &crate::metrics::Metrics, client: &mut TcpStream, reply: LocalReply) {
+pub(super) async fn say_goodbye(
+    metrics: &crate::metrics::Metrics,
+    client: &mut TcpStream,
+    reply: LocalReply,
+) {
     metrics.reply(reply.code());
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         let _ = client.write_all(&reply.to_bytes()).await;

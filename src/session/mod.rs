@@ -17,6 +17,7 @@
 //!   data tasks for the machine; [`upstream`]: the backend connect; [`data`]: one data
 //!   connection; [`access`]: the access log; [`limits`]: the pre-login cap;
 //!   [`routing`]: `balance: user`, ftpgate's own greeting until `USER` (pure);
+//!   [`front`]: the client side before the machine (PROXY header, user greeting);
 //!   [`writes`]: bounded control-connection writes; [`timer`]: a reusable timer.
 //!
 //! # The machine
@@ -57,6 +58,7 @@ pub mod active;
 pub mod data;
 pub mod driver;
 pub mod edge;
+pub mod front;
 pub mod keepalive;
 pub mod ledger;
 pub mod limits;
