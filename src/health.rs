@@ -1,6 +1,6 @@
 //! Backend health checks: a background task that checks every member on an interval
-//! and records verdicts in the farm's [`BackendHealth`] (which `/readyz`, the
-//! balancer and the `ftpgate_backend_up` gauge follow).
+//! and records verdicts in the farm's [`BackendHealth`](crate::farm::BackendHealth)
+//! (which `/readyz`, the balancer and the `ftpgate_backend_up` gauge follow).
 //!
 //! Three depths (`health.check`), each finding what the previous cannot:
 //! - `tcp`: the connect succeeds (no credentials; what a session needs first).
