@@ -22,7 +22,7 @@ use tracing::{debug, info_span, Instrument};
 use super::data::DataEvent;
 use super::edge::{spawn_data, PoolEdge};
 use super::limits::PreloginSlot;
-use super::machine::{Action, Addresses, SessionMachine};
+use super::machine::{Action, Addresses, Deadline, SessionMachine};
 use super::outcome::{Outcome, SessionError};
 use super::replies::LocalReply;
 use super::timer::Timer;
@@ -155,6 +155,7 @@ async fn pump(
     let (mut cr, mut cw) = client.split();
     let (mut br, mut bw) = backend.split();
 
+    let mut deadline = m.next_deadline();
     loop {
         let read_client = m.wants_client_input();
         if read_client {
@@ -168,7 +169,7 @@ async fn pump(
         let reply_bound = Some(ctx.config.timeouts.backend_reply)
             .filter(|d| !d.is_zero())
             .map(|d| now + d);
-        let wake = match (m.next_deadline().map(|(at, _)| at), reply_bound) {
+        let wake = match (deadline.map(|(at, _)| at), reply_bound) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -216,9 +217,12 @@ async fn pump(
             slot.release();
         }
         data.execute(m, &mut closing);
-        flush_backend(m, &mut bw, closing, &mut deadline_timer, shutdown).await;
+        // One deadline for both writes and the next turn's timer: only an error
+        // between them changes it, and an error closes the session anyway.
+        deadline = m.next_deadline();
+        flush_backend(m, &mut bw, closing, deadline, &mut deadline_timer, shutdown).await;
         data.execute(m, &mut closing);
-        if flush_client(m, &mut cw, closing, &mut deadline_timer, shutdown).await {
+        if flush_client(m, &mut cw, closing, deadline, &mut deadline_timer, shutdown).await {
             if let Some(t) = backend_read_at {
                 ctx.metrics
                     .reply_added_latency_seconds
@@ -274,13 +278,13 @@ async fn flush_backend(
     m: &mut Machine,
     bw: &mut WriteHalf<'_>,
     closing: Option<Outcome>,
+    deadline: Option<(Instant, Deadline)>,
     timer: &mut Timer,
     shutdown: &CancellationToken,
 ) {
     if m.out.to_backend.is_empty() {
         return;
     }
-    let deadline = m.next_deadline();
     let r = match closing {
         Some(_) => grace(write_backend(bw, &m.out)).await,
         None => bounded(write_backend(bw, &m.out), timer, deadline, shutdown).await,
@@ -301,13 +305,13 @@ async fn flush_client(
     m: &mut Machine,
     cw: &mut WriteHalf<'_>,
     closing: Option<Outcome>,
+    deadline: Option<(Instant, Deadline)>,
     timer: &mut Timer,
     shutdown: &CancellationToken,
 ) -> bool {
     if m.out.to_client.is_empty() {
         return false;
     }
-    let deadline = m.next_deadline();
     let r = match closing {
         Some(_) => grace(cw.write_all(&m.out.to_client)).await,
         None => bounded(cw.write_all(&m.out.to_client), timer, deadline, shutdown).await,
