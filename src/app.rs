@@ -36,6 +36,9 @@ pub enum AppError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot listen on {addr} for the admin endpoint (metrics): {source}")]
     AdminBind { addr: SocketAddr, source: io::Error },
+    /// A certificate, key or CA file in `tls:` could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 pub struct Gateway {
@@ -75,6 +78,15 @@ impl Gateway {
             config.backends.clone(),
         ));
         metrics.init_labels(&config.backends);
+        let tls = crate::tls::TlsContexts::load(&config.tls)?;
+        if let Some(at) = tls.cert_not_after {
+            metrics
+                .tls_certificate_expiry_seconds
+                .set(at - crate::tls::unix_now());
+        }
+        if config.tls.backend_insecure {
+            tracing::warn!("tls.backend_insecure: backend certificates are NOT verified; anyone on the path to the backends can read and change FTPS sessions");
+        }
         let pool = PortPool::new(config.data_ports, &metrics);
         let active_pool = match config.active.ports {
             Some(r) => PortPool::new(r, &metrics),
@@ -88,6 +100,7 @@ impl Gateway {
             config: Arc::new(config.into_inner()),
             prelogin: PreloginSlots::new(metrics.sessions_prelogin.clone()),
             metrics,
+            tls,
         });
         Ok(Gateway {
             listeners,

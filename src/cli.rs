@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
 use crate::config::{
-    BackendDataMode, Config, ConfigErrors, Deprecation, ListenerMode, Loaded, LogFormat, PortRange,
-    RelayMode,
+    BackendDataMode, BackendTlsPolicy, ClientTlsPolicy, Config, ConfigErrors, Deprecation,
+    ListenerMode, Loaded, LogFormat, PortRange, RelayMode,
 };
 
 /// The pre-`relay:` way to turn splice off; still honoured, with a deprecation warning.
@@ -130,6 +130,25 @@ pub struct RunArgs {
     /// Log format: text or json. YAML: log.format.
     #[arg(long, value_name = "FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// PEM certificate chain for FTPS towards clients. YAML: tls.cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert. YAML: tls.key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS towards clients: off, optional, required (default: optional with a
+    /// certificate, else off). YAML: tls.client.
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub client_tls: Option<ClientTlsPolicy>,
+    /// TLS towards backends: off, mirror (as the client), required. YAML: tls.backend.
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub backend_tls: Option<BackendTlsPolicy>,
+    /// PEM CA certificates backend certificates must chain to. YAML: tls.backend_ca.
+    #[arg(long, value_name = "FILE")]
+    pub backend_ca: Option<PathBuf>,
+    /// Do not verify backend certificates. YAML: tls.backend_insecure.
+    #[arg(long)]
+    pub backend_tls_insecure: bool,
 }
 
 impl RunArgs {
@@ -240,6 +259,24 @@ impl RunArgs {
         }
         if let Some(f) = self.log_format {
             cfg.log.format = f;
+        }
+        if let Some(p) = &self.tls_cert {
+            cfg.tls.cert = Some(p.clone());
+        }
+        if let Some(p) = &self.tls_key {
+            cfg.tls.key = Some(p.clone());
+        }
+        if let Some(c) = self.client_tls {
+            cfg.tls.client = Some(c);
+        }
+        if let Some(b) = self.backend_tls {
+            cfg.tls.backend = b;
+        }
+        if let Some(p) = &self.backend_ca {
+            cfg.tls.backend_ca = Some(p.clone());
+        }
+        if self.backend_tls_insecure {
+            cfg.tls.backend_insecure = true;
         }
     }
 }

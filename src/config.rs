@@ -223,6 +223,110 @@ pub enum RelayMode {
     Copy,
 }
 
+/// TLS towards clients (`--client-tls`, YAML `tls.client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientTlsPolicy {
+    /// `AUTH` is refused with `502` (ftpgate's behaviour before FTPS).
+    Off,
+    /// `AUTH TLS` is accepted; clear-text sessions still work.
+    Optional,
+    /// A login before `AUTH TLS` is refused; the session never reaches a backend login.
+    Required,
+}
+
+/// TLS towards backends (`--backend-tls`, YAML `tls.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendTlsPolicy {
+    /// Never: the backend always sees clear text (TLS offload).
+    Off,
+    /// TLS to the backend exactly when the client used it.
+    #[default]
+    Mirror,
+    /// Always `AUTH TLS` to the backend, even for a clear-text client; a backend that
+    /// refuses ends the session with `421`.
+    Required,
+}
+
+/// Whether data connections must be protected (`tls.client_data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientDataPolicy {
+    /// Clear data connections are allowed.
+    #[default]
+    Optional,
+    /// A transfer on a session that did not send `PROT P` is refused with `522`.
+    Required,
+}
+
+/// What to do when a client ends a TLS upload without `close_notify`
+/// (`tls.unclean_client_eof`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UncleanEof {
+    /// Close the backend side cleanly (with `close_notify`): the backend answers `226`
+    /// (vsftpd's documented `strict_ssl_read_eof=NO` behaviour, for the whole farm).
+    #[default]
+    Complete,
+    /// Reset the backend data connection, so a truncation shows as a failed transfer.
+    Abort,
+}
+
+/// FTPS: YAML `tls:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain presented to clients (leaf first).
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
+    /// Unset: `optional` when a certificate is configured, else `off`.
+    pub client: Option<ClientTlsPolicy>,
+    pub client_data: ClientDataPolicy,
+    /// Refuse a client data-connection handshake that does not resume a TLS session.
+    pub require_session_reuse: bool,
+    pub backend: BackendTlsPolicy,
+    /// PEM CA certificates that backend certificates must chain to; unset: the system
+    /// trust store.
+    pub backend_ca: Option<std::path::PathBuf>,
+    /// Name verified in backend certificates; unset: the backend's IP address.
+    pub backend_server_name: Option<String>,
+    /// Do not verify backend certificates (warned about at start).
+    pub backend_insecure: bool,
+    pub unclean_client_eof: UncleanEof,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            client: None,
+            client_data: ClientDataPolicy::Optional,
+            // Python's ftplib never resumes the control session on data connections;
+            // curl and lftp do. Off by default so every common client works.
+            require_session_reuse: false,
+            backend: BackendTlsPolicy::Mirror,
+            backend_ca: None,
+            backend_server_name: None,
+            backend_insecure: false,
+            unclean_client_eof: UncleanEof::Complete,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The effective client policy: `optional` with a certificate, else `off`.
+    pub fn client_policy(&self) -> ClientTlsPolicy {
+        match (self.client, self.cert.is_some()) {
+            (Some(p), _) => p,
+            (None, true) => ClientTlsPolicy::Optional,
+            (None, false) => ClientTlsPolicy::Off,
+        }
+    }
+}
+
 /// One listener, for configurations that mix modes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -474,6 +578,8 @@ pub struct Config {
     /// Async worker threads; unset: one per core.
     pub worker_threads: Option<usize>,
     pub log: LogConfig,
+    /// FTPS towards clients and backends.
+    pub tls: TlsConfig,
 }
 
 const DEFAULT_DATA_PORTS: PortRange = PortRange {
@@ -502,6 +608,7 @@ impl Default for Config {
             relay: RelayMode::Auto,
             worker_threads: None,
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -529,6 +636,7 @@ struct RawConfig {
     relay: RelayMode,
     worker_threads: Option<usize>,
     log: LogConfig,
+    tls: TlsConfig,
     // Deprecated top-level spellings (DEPRECATED_KEYS).
     rewrite_passive: Option<bool>,
     passive_target: Option<PassiveTarget>,
@@ -659,6 +767,7 @@ impl RawConfig {
             relay: self.relay,
             worker_threads: self.worker_threads,
             log: self.log,
+            tls: self.tls,
         };
         Ok(Loaded {
             config,
@@ -778,7 +887,23 @@ impl Config {
         if self.worker_threads == Some(0) {
             p.add("worker_threads", "must be at least 1");
         }
+        self.check_tls(&mut p);
         p.0
+    }
+
+    fn check_tls(&self, p: &mut Problems) {
+        let t = &self.tls;
+        if t.cert.is_some() != t.key.is_some() {
+            p.add("tls.cert", "tls.cert and tls.key go together");
+        }
+        if t.client.is_some_and(|c| c != ClientTlsPolicy::Off) && t.cert.is_none() {
+            p.add("tls.client", "needs tls.cert and tls.key");
+        }
+        if t.client_data == ClientDataPolicy::Required
+            && self.tls.client_policy() == ClientTlsPolicy::Off
+        {
+            p.add("tls.client_data", "required needs TLS towards clients");
+        }
     }
 
     fn check_listeners(&self, p: &mut Problems) {

@@ -14,6 +14,7 @@
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`health`]: periodic backend health checks feeding `ftpgate_backend_up`.
 //! - [`app`]: binds listeners and runs sessions until shutdown.
+//! - [`tls`]: FTPS at the edge: PEM loading, rustls configurations, upgradable streams.
 //! - [`probe`]: `ftpgate probe`, diagnoses FTP through NAT, firewalls and load balancers.
 
 pub mod admin;
@@ -29,3 +30,4 @@ pub mod probe;
 pub mod protocol;
 pub mod relay;
 pub mod session;
+pub mod tls;

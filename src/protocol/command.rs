@@ -38,11 +38,15 @@ pub enum Verb {
     Quit,
     Rein,
     Auth,
+    Pbsz,
+    Prot,
+    Ccc,
+    Feat,
     Other,
 }
 
 /// Every classified verb with its upper-case token; `Other` is not listed.
-const VERBS: [(Verb, &str); 22] = [
+const VERBS: [(Verb, &str); 26] = [
     (Verb::User, "USER"),
     (Verb::Pass, "PASS"),
     (Verb::Acct, "ACCT"),
@@ -65,6 +69,10 @@ const VERBS: [(Verb, &str); 22] = [
     (Verb::Quit, "QUIT"),
     (Verb::Rein, "REIN"),
     (Verb::Auth, "AUTH"),
+    (Verb::Pbsz, "PBSZ"),
+    (Verb::Prot, "PROT"),
+    (Verb::Ccc, "CCC"),
+    (Verb::Feat, "FEAT"),
 ];
 
 impl Verb {

@@ -15,11 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, info_span, warn, Instrument};
 
 use super::edge::{spawn_data, PoolEdge};
 use super::limits::PreloginSlot;
@@ -33,6 +32,7 @@ use crate::config::ListenerMode;
 use crate::metrics::Refusal;
 use crate::net::{drain_past_urgent_mark, prepare_control_socket, send_urgent};
 use crate::protocol::addr::canonical_ip;
+use crate::tls::MaybeTls;
 
 /// Control lines are short; a small read size keeps idle sessions cheap (two buffers each).
 const READ_CHUNK: usize = 4 * 1024;
@@ -117,7 +117,20 @@ async fn serve(
         addrs,
         Instant::now(),
     );
-    let outcome = pump(&mut machine, client, backend, &mut slot, ctx, shutdown).await;
+    let tls = SessionTls {
+        connector: ctx.tls.backend_session(),
+        name: crate::tls::backend_server_name(&ctx.config.tls, addrs.backend.ip()),
+    };
+    let outcome = pump(
+        &mut machine,
+        MaybeTls::Plain(client),
+        MaybeTls::Plain(backend),
+        &tls,
+        &mut slot,
+        ctx,
+        shutdown,
+    )
+    .await;
     backend_gauge.dec();
     machine.stats().log_end(outcome, started.elapsed());
     outcome
@@ -154,10 +167,51 @@ async fn bounded<F: Future<Output = io::Result<()>>>(
     }
 }
 
+/// The session's TLS client towards its backend: one resumption store shared by the
+/// control connection and its data connections, and the name verified.
+pub struct SessionTls {
+    /// ftpgate as the TLS client, with this session's resumption store.
+    pub connector: tokio_rustls::TlsConnector,
+    /// The name the backend's certificate must carry.
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+/// Upgrades `stream` in place with `upgrade`, bounded by the session deadlines and
+/// shutdown; the error names why it failed.
+async fn handshake<F, Fut>(
+    stream: &mut Option<MaybeTls>,
+    upgrade: F,
+    deadline: Option<(Instant, Deadline)>,
+    shutdown: &CancellationToken,
+) -> Result<(), String>
+where
+    F: FnOnce(MaybeTls) -> Fut,
+    Fut: Future<Output = io::Result<MaybeTls>>,
+{
+    let Some(plain) = stream.take() else {
+        return Err("connection already gone".into());
+    };
+    let mut timer = Timer::default();
+    timer.arm(deadline.map(|(at, _)| at));
+    tokio::select! {
+        r = upgrade(plain) => match r {
+            Ok(s) => {
+                *stream = Some(s);
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        () = timer.fired() => Err("handshake timed out".into()),
+        () = shutdown.cancelled() => Err("shutting down".into()),
+    }
+}
+
+#[allow(clippy::too_many_lines)]
 async fn pump(
     m: &mut Machine,
-    mut client: TcpStream,
-    mut backend: TcpStream,
+    client: MaybeTls,
+    backend: MaybeTls,
+    tls: &SessionTls,
     slot: &mut PreloginSlot<'_>,
     ctx: &SessionContext,
     shutdown: &CancellationToken,
@@ -172,8 +226,10 @@ async fn pump(
     let (mut noop_timer, mut deadline_timer) = (Timer::default(), Timer::default());
     let mut cbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut sbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let (mut cr, mut cw) = client.split();
-    let (mut br, mut bw) = backend.split();
+    // `None` only while a handshake owns the stream.
+    let (mut client, mut backend) = (Some(client), Some(backend));
+    // (client, backend): TLS handshakes the machine asked for this turn.
+    let mut starts = (false, false);
 
     loop {
         let read_client = m.wants_client_input();
@@ -185,21 +241,35 @@ async fn pump(
         deadline_timer.arm(deadline.map(|(at, _)| at));
         noop_timer.arm(m.next_keepalive());
         let mut backend_read_at = None;
+        let (Some(cs), Some(bs)) = (client.as_mut(), backend.as_mut()) else {
+            return closing.unwrap_or(Outcome::ClientError);
+        };
         tokio::select! {
-            r = cr.read_buf(&mut cbuf), if read_client => match r {
+            r = cs.read_buf(&mut cbuf), if read_client => match r {
                 Ok(0) => {
                     // Let the backend see the close; its own close ends its side.
-                    let _ = bw.shutdown().await;
+                    let _ = grace(bs.shutdown()).await;
                     m.on_client_closed();
                 }
-                Ok(_) => match drain_past_urgent_mark(cr.as_ref(), &mut cbuf, max_line) {
+                // Urgent data (Telnet Synch) exists only on plain TCP.
+                Ok(_) if cs.is_tls() => m.on_client_input(&mut cbuf, Instant::now()),
+                Ok(_) => match drain_past_urgent_mark(cs.tcp(), &mut cbuf, max_line) {
                     Ok(()) => m.on_client_input(&mut cbuf, Instant::now()),
                     Err(e) => m.on_error(&SessionError::ClientRead(e)),
                 },
+                // A TLS peer that closes TCP without close_notify (vsftpd after
+                // `221`, most clients after QUIT) has still closed.
+                Err(e) if cs.is_tls() && e.kind() == io::ErrorKind::UnexpectedEof => {
+                    let _ = grace(bs.shutdown()).await;
+                    m.on_client_closed();
+                }
                 Err(e) => m.on_error(&SessionError::ClientRead(e)),
             },
-            r = br.read_buf(&mut sbuf) => match r {
+            r = bs.read_buf(&mut sbuf) => match r {
                 Ok(0) => m.on_server_closed(&mut sbuf, Instant::now()),
+                Err(e) if bs.is_tls() && e.kind() == io::ErrorKind::UnexpectedEof => {
+                    m.on_server_closed(&mut sbuf, Instant::now());
+                }
                 Ok(_) => {
                     backend_read_at = Some(Instant::now());
                     m.on_server_input(&mut sbuf, Instant::now());
@@ -223,34 +293,42 @@ async fn pump(
         if m.logged_in() {
             slot.release();
         }
-        let mut act = |m: &mut Machine, closing: &mut Option<Outcome>| {
-            for action in m.take_actions() {
-                match action {
-                    Action::WithdrawData => {
-                        if let Some(t) = newest_data.take() {
-                            t.cancel();
+        let mut act =
+            |m: &mut Machine, closing: &mut Option<Outcome>, starts: &mut (bool, bool)| {
+                for action in m.take_actions() {
+                    match action {
+                        Action::WithdrawData => {
+                            if let Some(t) = newest_data.take() {
+                                t.cancel();
+                            }
                         }
+                        Action::OpenData(spec) => {
+                            newest_data = Some(spawn_data(
+                                spec,
+                                &ctx.config,
+                                &ctx.metrics,
+                                &data_tx,
+                                &data_scope,
+                                &ctx.tls,
+                                tls,
+                            ));
+                        }
+                        Action::Close(o) => *closing = closing.or(Some(o)),
+                        Action::StartBackendTls => starts.1 = true,
+                        Action::StartClientTls => starts.0 = true,
                     }
-                    Action::OpenData(spec) => {
-                        newest_data = Some(spawn_data(
-                            spec,
-                            &ctx.config,
-                            &ctx.metrics,
-                            &data_tx,
-                            &data_scope,
-                        ));
-                    }
-                    Action::Close(o) => *closing = closing.or(Some(o)),
                 }
-            }
-        };
-        act(m, &mut closing);
+            };
+        act(m, &mut closing, &mut starts);
 
         if !m.out.to_backend.is_empty() {
+            let Some(bw) = backend.as_mut() else {
+                return closing.unwrap_or(Outcome::BackendError);
+            };
             let deadline = m.next_deadline();
             let r = match closing {
-                Some(_) => grace(write_backend(&mut bw, &m.out)).await,
-                None => bounded(write_backend(&mut bw, &m.out), deadline, shutdown).await,
+                Some(_) => grace(write_backend(bw, &m.out)).await,
+                None => bounded(write_backend(bw, &m.out), deadline, shutdown).await,
             };
             m.out.to_backend.clear();
             m.out.urgent_at = None;
@@ -260,46 +338,121 @@ async fn pump(
                 Ok(Err(_)) => {}
                 Err(interrupt) => interrupted(m, interrupt),
             }
-            act(m, &mut closing);
+            act(m, &mut closing, &mut starts);
         }
 
-        if !m.out.to_client.is_empty() {
-            let deadline = m.next_deadline();
-            let r = match closing {
-                Some(_) => grace(cw.write_all(&m.out.to_client)).await,
-                None => bounded(cw.write_all(&m.out.to_client), deadline, shutdown).await,
-            };
-            m.out.to_client.clear();
-            match r {
-                Ok(Ok(())) => {
-                    if let Some(t) = backend_read_at {
-                        ctx.metrics
-                            .reply_added_latency_seconds
-                            .observe(t.elapsed().as_secs_f64());
-                    }
-                }
-                Ok(Err(e)) => {
-                    if closing.is_none() {
-                        m.on_error(&SessionError::ClientWrite(e));
-                    }
-                    // Nothing more can reach this client.
-                    m.out.to_client.clear();
-                }
-                Err(interrupt) => {
-                    interrupted(m, interrupt);
-                    // One last try for the 421 that explains the close.
-                    let _ = grace(cw.write_all(&m.out.to_client)).await;
-                    m.out.to_client.clear();
-                }
+        write_client(m, client.as_mut(), closing, backend_read_at, ctx, shutdown).await;
+        act(m, &mut closing, &mut starts);
+
+        // TLS upgrades, once the replies announcing them are out. Backend first: in
+        // mirror mode its success is what lets ftpgate send the client its 234.
+        if std::mem::take(&mut starts.1) && closing.is_none() {
+            let r = handshake(
+                &mut backend,
+                |s| s.connect(&tls.connector, tls.name.clone()),
+                m.next_deadline(),
+                shutdown,
+            )
+            .await;
+            let negotiated = backend.as_ref().and_then(MaybeTls::negotiated);
+            ctx.metrics
+                .tls_handshake("backend", negotiated.filter(|_| r.is_ok()));
+            if let Some(n) = negotiated {
+                debug!(version = n.version, "backend control connection in TLS");
             }
-            act(m, &mut closing);
+            m.on_backend_tls(r, Instant::now());
+            act(m, &mut closing, &mut starts);
+            write_client(m, client.as_mut(), closing, None, ctx, shutdown).await;
+            act(m, &mut closing, &mut starts);
+        }
+        if std::mem::take(&mut starts.0) && closing.is_none() {
+            if !cbuf.is_empty() {
+                // Bytes pipelined behind AUTH in clear text must not be taken as
+                // commands from inside TLS (the STARTTLS command-injection attack).
+                warn!(
+                    bytes = cbuf.len(),
+                    "discarding clear-text bytes sent after AUTH TLS"
+                );
+                cbuf.clear();
+            }
+            let r = match ctx.tls.acceptor() {
+                Some(acceptor) => {
+                    handshake(
+                        &mut client,
+                        |s| async move { s.accept(&acceptor).await },
+                        m.next_deadline(),
+                        shutdown,
+                    )
+                    .await
+                }
+                None => Err("no certificate configured".into()),
+            };
+            let negotiated = client.as_ref().and_then(MaybeTls::negotiated);
+            ctx.metrics
+                .tls_handshake("client", negotiated.filter(|_| r.is_ok()));
+            m.on_client_tls(r, Instant::now());
+            act(m, &mut closing, &mut starts);
         }
 
         if let Some(outcome) = closing {
-            let _ = grace(cw.shutdown()).await;
+            if let Some(cw) = client.as_mut() {
+                let _ = grace(cw.shutdown()).await;
+            }
             return outcome;
         }
     }
+}
+
+/// Writes the machine's bytes for the client, bounded like every write.
+async fn write_client(
+    m: &mut Machine,
+    cw: Option<&mut MaybeTls>,
+    closing: Option<Outcome>,
+    backend_read_at: Option<Instant>,
+    ctx: &SessionContext,
+    shutdown: &CancellationToken,
+) {
+    if m.out.to_client.is_empty() {
+        return;
+    }
+    let Some(cw) = cw else {
+        m.out.to_client.clear();
+        return;
+    };
+    let deadline = m.next_deadline();
+    let r = match closing {
+        Some(_) => grace(write_flush(cw, &m.out.to_client)).await,
+        None => bounded(write_flush(cw, &m.out.to_client), deadline, shutdown).await,
+    };
+    m.out.to_client.clear();
+    match r {
+        Ok(Ok(())) => {
+            if let Some(t) = backend_read_at {
+                ctx.metrics
+                    .reply_added_latency_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        }
+        Ok(Err(e)) => {
+            if closing.is_none() {
+                m.on_error(&SessionError::ClientWrite(e));
+            }
+            // Nothing more can reach this client.
+            m.out.to_client.clear();
+        }
+        Err(interrupt) => {
+            interrupted(m, interrupt);
+            // One last try for the 421 that explains the close.
+            let _ = grace(write_flush(cw, &m.out.to_client)).await;
+            m.out.to_client.clear();
+        }
+    }
+}
+
+/// Writes and flushes: a TLS stream holds written bytes until flushed.
+async fn write_flush(s: &mut MaybeTls, bytes: &[u8]) -> io::Result<()> {
+    s.write_all(bytes).await?;
+    s.flush().await
 }
 
 /// A write interrupted by a deadline or shutdown: what was queued cannot be delivered
@@ -321,19 +474,19 @@ async fn grace<F: Future<Output = io::Result<()>>>(write: F) -> Result<io::Resul
 }
 
 /// Writes the backend's bytes, sending one byte as urgent data where a Telnet Synch
-/// was relayed.
-async fn write_backend(bw: &mut WriteHalf<'_>, out: &Outbox) -> io::Result<()> {
+/// was relayed (plain TCP only: the machine sets no urgent byte on a TLS backend).
+async fn write_backend(bw: &mut MaybeTls, out: &Outbox) -> io::Result<()> {
     let bytes = &out.to_backend;
-    match out.urgent_at.filter(|&i| i < bytes.len()) {
+    match out.urgent_at.filter(|&i| i < bytes.len() && !bw.is_tls()) {
         Some(i) => {
             let (before, rest) = bytes.split_at(i);
             bw.write_all(before).await?;
             if let Some((&urgent, after)) = rest.split_first() {
-                send_urgent(bw.as_ref(), urgent).await?;
+                send_urgent(bw.tcp(), urgent).await?;
                 bw.write_all(after).await?;
             }
             Ok(())
         }
-        None => bw.write_all(bytes).await,
+        None => write_flush(bw, bytes).await,
     }
 }

@@ -25,6 +25,10 @@ use super::passive::{
     PassiveTargetDecision,
 };
 use super::replies::LocalReply;
+use super::tls::{
+    data_tls, decide_auth, decide_pbsz, decide_prot, missing_features, required_refusal,
+    AuthDecision, DataTls, ProtectionDecision, TlsState,
+};
 use super::translate::{setup_reply, HeldCommand, Setup, SetupVerdict, Translation};
 use crate::config::{BackendDataMode, Config, ListenerMode};
 use crate::dataport::LeaseError;
@@ -98,6 +102,8 @@ pub struct DataSpec<L> {
     pub mode: DataMode,
     pub client: EndpointSpec<L>,
     pub backend: EndpointSpec<L>,
+    /// Which sides are TLS (`PROT P` in force on that side).
+    pub tls: DataTls,
 }
 
 /// What the driver must do besides writing the outbox.
@@ -110,6 +116,13 @@ pub enum Action<L> {
     OpenData(DataSpec<L>),
     /// Write the outbox, close the client's control connection, end the session.
     Close(Outcome),
+    /// After writing the outbox: TLS handshake with the backend as the TLS client;
+    /// report with [`SessionMachine::on_backend_tls`].
+    StartBackendTls,
+    /// After writing the outbox (the `234`): discard unread client bytes, TLS
+    /// handshake with the client as the TLS server; report with
+    /// [`SessionMachine::on_client_tls`].
+    StartClientTls,
 }
 
 /// Bytes for the two control connections.
@@ -158,6 +171,9 @@ pub struct SessionMachine<E: SessionEdge> {
     active_data: usize,
     next_noop: Option<Instant>,
     closing: Option<Outcome>,
+    tls: TlsState,
+    /// Inner lines of the backend reply being received (for `FEAT` augmentation).
+    reply_lines: Vec<Vec<u8>>,
 }
 
 impl<E: SessionEdge> SessionMachine<E> {
@@ -191,6 +207,8 @@ impl<E: SessionEdge> SessionMachine<E> {
             active_data: 0,
             next_noop: None,
             closing: None,
+            tls: TlsState::default(),
+            reply_lines: Vec::new(),
         }
     }
 
@@ -203,6 +221,12 @@ impl<E: SessionEdge> SessionMachine<E> {
         self.closing.is_none()
             && self.ledger.outstanding() < self.cfg.control.max_pipelined_commands
             && !self.translation.holding()
+            && !self.tls.client_handshake_pending
+    }
+
+    /// The session's TLS state.
+    pub fn tls_state(&self) -> &TlsState {
+        &self.tls
     }
 
     /// The earliest session deadline, if any applies.
@@ -374,6 +398,41 @@ impl<E: SessionEdge> SessionMachine<E> {
         self.settle();
     }
 
+    /// The backend handshake ([`Action::StartBackendTls`]) ended; `Err` names why.
+    pub fn on_backend_tls(&mut self, result: Result<(), String>, now: Instant) {
+        self.now = now;
+        match result {
+            Ok(()) => {
+                self.tls.backend = true;
+                if self.tls.client_handshake_pending {
+                    // Mirror: the backend is in TLS; now the client's turn.
+                    self.reply_now(LocalReply::AuthTlsOk);
+                    self.actions.push(Action::StartClientTls);
+                }
+            }
+            Err(reason) => {
+                warn!(reason = %reason, "TLS towards the backend failed; closing session");
+                self.reply_now(LocalReply::BackendTlsFailed);
+                self.close(Outcome::BackendError);
+            }
+        }
+        self.settle();
+    }
+
+    /// The client handshake ([`Action::StartClientTls`]) ended; `Err` names why.
+    pub fn on_client_tls(&mut self, result: Result<(), String>, now: Instant) {
+        self.now = now;
+        self.tls.client_handshake_pending = false;
+        match result {
+            Ok(()) => self.tls.client = true,
+            Err(reason) => {
+                info!(reason = %reason, "client TLS handshake failed; closing session");
+                self.close(Outcome::ClientError);
+            }
+        }
+        self.settle();
+    }
+
     /// The gateway is shutting down.
     pub fn on_shutdown(&mut self) {
         self.reply_now(LocalReply::ShuttingDown);
@@ -392,6 +451,11 @@ impl<E: SessionEdge> SessionMachine<E> {
         self.metrics.command(cmd.verb);
         debug!(command = %LogText::from_str(&redact_for_log(line)), "client command");
         let mode = self.cfg.backend_data_mode;
+        let policy = self.cfg.tls.client_policy();
+        if let Some(reply) = required_refusal(policy, self.cfg.tls.client_data, cmd.verb, &self.tls)
+        {
+            return self.refuse((Refusal::TlsRequired, reply));
+        }
         match cmd.verb {
             // RFC 1639: a 228 passed through would leak the backend's address; refusing
             // makes clients fall back to EPSV/PASV.
@@ -422,10 +486,24 @@ impl<E: SessionEdge> SessionMachine<E> {
                 self.forward(line, cmd.verb);
             }
             v if v.is_transfer() => self.on_transfer_command(line, v),
-            // After `234` the control channel becomes TLS, which a line relay cannot
-            // carry. Until ftpgate terminates TLS itself, refuse plainly: clients that
-            // require TLS stop, clients that merely prefer it continue in plain text.
-            Verb::Auth => self.refuse((Refusal::AuthTls, LocalReply::AuthUnsupported)),
+            Verb::Auth => self.on_auth(cmd.arg),
+            Verb::Pbsz => match decide_pbsz(&self.tls) {
+                ProtectionDecision::Answer(r) => self.answer(r),
+                ProtectionDecision::Forward => self.forward(line, cmd.verb),
+            },
+            Verb::Prot => match decide_prot(cmd.arg, &self.tls) {
+                (ProtectionDecision::Answer(r), private) => {
+                    if let Some(p) = private {
+                        self.tls.client_private = p;
+                    }
+                    self.answer(r);
+                }
+                (ProtectionDecision::Forward, private) => {
+                    self.tls.pending_prot = private;
+                    self.forward(line, cmd.verb);
+                }
+            },
+            Verb::Ccc => self.refuse((Refusal::Ccc, LocalReply::CccRefused)),
             Verb::User => {
                 self.stats.set_user(cmd.arg);
                 self.forward(line, cmd.verb);
@@ -433,12 +511,35 @@ impl<E: SessionEdge> SessionMachine<E> {
             Verb::Abor | Verb::Stat => {
                 // RFC 959 §4.1.3: relay the Telnet Synch the client sent, so servers
                 // that watch for urgent data notice the command during a transfer.
-                if let Some(dm) = find_synch(line) {
+                // Inside TLS there is no urgent data: the command goes in band
+                // (ProFTPD mod_proxy does the same).
+                if let Some(dm) = find_synch(line).filter(|_| !self.tls.backend) {
                     self.out.urgent_at = Some(self.out.to_backend.len() + dm);
                 }
                 self.forward(line, cmd.verb);
             }
             verb => self.forward(line, verb),
+        }
+    }
+
+    /// `AUTH` from the client: refused, answered with our `234`, or sent on to the
+    /// backend first (mirror). Either way the client is not read until its handshake.
+    fn on_auth(&mut self, arg: &[u8]) {
+        let policy = self.cfg.tls.client_policy();
+        match decide_auth(policy, self.cfg.tls.backend, arg, &self.tls) {
+            AuthDecision::Refuse(LocalReply::AuthUnsupported) => {
+                self.refuse((Refusal::AuthTls, LocalReply::AuthUnsupported))
+            }
+            AuthDecision::Refuse(r) => self.answer(r),
+            AuthDecision::AcceptLocally => {
+                self.tls.client_handshake_pending = true;
+                self.answer(LocalReply::AuthTlsOk);
+            }
+            AuthDecision::ForwardToBackend => {
+                self.tls.client_handshake_pending = true;
+                self.queue_for_backend(b"AUTH TLS\r\n");
+                self.ledger.forwarded(Verb::Auth);
+            }
         }
     }
 
@@ -571,8 +672,47 @@ impl<E: SessionEdge> SessionMachine<E> {
         };
         // The code the client receives for a reply ending here, if it receives one.
         let mut sent = outcome.ended.map(|e| e.code.0);
+        let ended_for = |verb: Verb| {
+            outcome
+                .ended
+                .filter(|e| e.origin == Some(Origin::Client(verb)) && e.code.is_final())
+                .map(|e| e.code.0)
+        };
+        if let Some(code) = ended_for(Verb::Auth) {
+            if code == 234 {
+                // Mirror: ftpgate's own 234 follows the backend handshake.
+                self.actions.push(Action::StartBackendTls);
+                self.reply_lines.clear();
+                return;
+            }
+            warn!(code, reply = %LogText(trim_eol(line)), "backend refused AUTH TLS");
+            self.tls.client_handshake_pending = false;
+        }
+        if let Some(code) = ended_for(Verb::Prot) {
+            if let Some(p) = self
+                .tls
+                .pending_prot
+                .take()
+                .filter(|_| (200..300).contains(&code))
+            {
+                self.tls.client_private = p;
+                self.tls.backend_private = p;
+            }
+        }
         match outcome.disposition {
-            Disposition::Forward => self.push_line(line),
+            Disposition::Forward => {
+                let feat_end =
+                    matches!(outcome.line, ReplyLine::End(_)) && ended_for(Verb::Feat) == Some(211);
+                if feat_end {
+                    let policy = self.cfg.tls.client_policy();
+                    for f in missing_features(policy, &self.reply_lines) {
+                        push_line(&mut self.out.to_client, f);
+                    }
+                } else if outcome.ended.is_none() && self.reply_lines.len() < 256 {
+                    self.reply_lines.push(trim_eol(line).to_vec());
+                }
+                self.push_line(line);
+            }
             Disposition::Swallow => sent = None,
             Disposition::Intercept => {
                 sent = None;
@@ -599,6 +739,7 @@ impl<E: SessionEdge> SessionMachine<E> {
             self.metrics.reply(code);
         }
         if outcome.ended.is_some() {
+            self.reply_lines.clear();
             self.emit_local_replies();
         }
     }
@@ -835,6 +976,7 @@ impl<E: SessionEdge> SessionMachine<E> {
             mode,
             client,
             backend,
+            tls: data_tls(&self.tls),
         }));
     }
 
@@ -880,10 +1022,15 @@ impl<E: SessionEdge> SessionMachine<E> {
 
     fn emit_local_replies(&mut self) {
         while let Some(reply) = self.ledger.next_local_reply() {
-            if let Some(code) = parse_code(&reply) {
-                self.metrics.reply(code.0);
+            let code = parse_code(&reply).map(|c| c.0);
+            if let Some(code) = code {
+                self.metrics.reply(code);
             }
             self.out.to_client.extend_from_slice(&reply);
+            // RFC 2228: after our 234 the next byte on the control connection is TLS.
+            if code == Some(234) {
+                self.actions.push(Action::StartClientTls);
+            }
         }
     }
 
