@@ -212,14 +212,15 @@ ftp.trust_server_pasv_ipv4_address = True
 ftp.connect({host:?}, {port})
 ftp.auth()
 ftp.login({user:?}, {pw:?})
-ftp.prot_p()
+if {prot}:
+    ftp.prot_p()
 ftp.set_pasv({passive})
 if {epsv}:
     ftp.af = socket.AF_INET6
 op = {op:?}
 ftp.voidcmd("TYPE I")
 try:
-    if op == "get":
+    if op.startswith("get"):
         with open({local:?}, "wb") as f:
             conn = ftp.transfercmd("RETR " + {remote:?})
             while True:
@@ -251,6 +252,11 @@ ftp.quit()
         user = FTP_USER,
         pw = FTP_PASS,
         reuse = if reuse { "True" } else { "False" },
+        prot = if op.ends_with("-clear") {
+            "False"
+        } else {
+            "True"
+        },
         passive = if mode == Mode::Active {
             "False"
         } else {
@@ -425,6 +431,270 @@ fn ftps_mirror_vsftpd() {
         logs.contains("backend control connection in TLS"),
         "{}",
         ctx()
+    );
+    g.assert_no_password();
+}
+
+/// Writes a YAML config with `tls:` keys that have no flag; returns its path.
+fn yaml(dir: &Path, name: &str, tls: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("tls:\n{tls}")).unwrap();
+    p.display().to_string()
+}
+
+/// Policies and failure paths, on one vsftpd: the `strict_ssl_read_eof` 426 case
+/// (direct, `complete`, `abort`), offload, `required` client policies, session
+/// reuse on client data connections, an untrusted backend certificate.
+#[test]
+fn ftps_policies_vsftpd() {
+    if !common::e2e_enabled("ftps_policies_vsftpd") {
+        return;
+    }
+    let topo = ReverseTopology::new();
+    let pki = Pki::new();
+    let server = vsftpd_tls(&topo, &pki);
+    let work = tempfile::tempdir().unwrap();
+    let src = upload_source(work.path());
+    let want_up = sha256_file(&src);
+    let want_big = server.root.big_sha256().to_string();
+    let ca_flag = ["--backend-ca", pki.backend_ca.as_str()];
+
+    // (1) The vsftpd 426 case, directly (from the proxy host, which reaches the
+    // backend): an upload ended without close_notify fails.
+    let direct = ftplib_tls(
+        &topo.proxy,
+        topo.backend_addr(),
+        &pki.backend_ca,
+        Mode::Pasv,
+        "put-unclean",
+        "upload/direct.bin",
+        &src,
+        true,
+    );
+    assert!(
+        final_reply(&direct).starts_with("426"),
+        "direct unclean upload:\n{direct}\n{}",
+        server.logs()
+    );
+
+    // (2) Through ftpgate, `complete` (default): the backend sees a clean end, 226,
+    // and the file is intact.
+    let g = gate(&topo, &pki, 21, (50000, 50099), &ca_flag);
+    let r = ftplib_tls(
+        &topo.client,
+        at(21).addr,
+        &pki.gate_ca,
+        Mode::Pasv,
+        "put-unclean",
+        "upload/complete.bin",
+        &src,
+        false,
+    );
+    assert!(
+        final_reply(&r).starts_with("226"),
+        "unclean upload, complete:\n{r}\n{}",
+        context(&g, &server)
+    );
+    assert_eq!(
+        sha256_file(&server.root.uploaded("complete.bin")),
+        want_up,
+        "{}",
+        context(&g, &server)
+    );
+    assert!(
+        g.logs()
+            .contains("without close_notify; completing the backend side cleanly"),
+        "{}",
+        g.logs()
+    );
+
+    // (3) `abort`: the backend data connection is reset; the transfer fails.
+    let cfg = yaml(work.path(), "abort.yaml", "  unclean_client_eof: abort\n");
+    let g = gate(
+        &topo,
+        &pki,
+        2121,
+        (50100, 50199),
+        &["--config", &cfg, "--backend-ca", &pki.backend_ca],
+    );
+    let r = ftplib_tls(
+        &topo.client,
+        at(2121).addr,
+        &pki.gate_ca,
+        Mode::Pasv,
+        "put-unclean",
+        "upload/abort.bin",
+        &src,
+        false,
+    );
+    let fin = final_reply(&r);
+    assert!(
+        !fin.is_empty() && !fin.starts_with('2'),
+        "unclean upload, abort, must fail:\n{r}\n{}",
+        context(&g, &server)
+    );
+    assert!(
+        g.logs().contains("resetting the backend side"),
+        "{}",
+        g.logs()
+    );
+
+    // (4) Offload (`--backend-tls off`): TLS client, clear backend.
+    let g = gate(&topo, &pki, 2122, (50200, 50299), &["--backend-tls", "off"]);
+    let t = at(2122);
+    let out = work.path().join("offload.bin");
+    let r = curl_get(&topo.client, &t, &pki.gate_ca, Mode::Epsv, BIG_FILE, &out);
+    r.assert_success(&context(&g, &server));
+    assert_eq!(sha256_file(&out), want_big);
+    let r = curl_put(
+        &topo.client,
+        &t,
+        &pki.gate_ca,
+        Mode::Pasv,
+        &src,
+        "upload/offload.bin",
+    );
+    r.assert_success(&context(&g, &server));
+    assert_eq!(sha256_file(&server.root.uploaded("offload.bin")), want_up);
+    assert!(r.stderr.contains("PROT P"), "{r}");
+    assert!(
+        !g.logs().contains("backend control connection in TLS"),
+        "offload spoke TLS to the backend:\n{}",
+        g.logs()
+    );
+
+    // (5) `tls.client: required` + `tls.client_data: required`: a clear-text login
+    // gets 530 and never reaches the backend; `PROT C` transfers get 521.
+    let cfg = yaml(
+        work.path(),
+        "required.yaml",
+        "  client: required\n  client_data: required\n",
+    );
+    let g = gate(
+        &topo,
+        &pki,
+        2123,
+        (50300, 50399),
+        &["--config", &cfg, "--backend-ca", &pki.backend_ca],
+    );
+    let t = at(2123);
+    let logins = || server.logs().matches("OK LOGIN").count();
+    let before = logins();
+    let mut cmd = common::clients::curl_command(&topo.client, &t);
+    cmd.arg(t.url(SMALL_FILE))
+        .arg("-o")
+        .arg(work.path().join("clear.txt"));
+    let r = run(cmd);
+    assert!(
+        !r.success() && r.stderr.contains("< 530"),
+        "clear login must get 530:\n{r}"
+    );
+    assert_eq!(
+        logins(),
+        before,
+        "a clear-text login reached the backend:\n{}",
+        server.logs()
+    );
+    let r = ftplib_tls(
+        &topo.client,
+        t.addr,
+        &pki.gate_ca,
+        Mode::Pasv,
+        "get-clear",
+        SMALL_FILE,
+        &work.path().join("c"),
+        false,
+    );
+    assert!(
+        final_reply(&r).starts_with("521"),
+        "PROT C transfer must get 521:\n{r}\n{}",
+        g.logs()
+    );
+    let r = curl_get(
+        &topo.client,
+        &t,
+        &pki.gate_ca,
+        Mode::Epsv,
+        SMALL_FILE,
+        &work.path().join("ok.txt"),
+    );
+    r.assert_success(&context(&g, &server));
+
+    // (6) `tls.require_session_reuse: true`: ftplib (no reuse) is refused on its
+    // data connection, curl (which resumes) is served.
+    let cfg = yaml(work.path(), "reuse.yaml", "  require_session_reuse: true\n");
+    let g = gate(
+        &topo,
+        &pki,
+        2124,
+        (50400, 50499),
+        &["--config", &cfg, "--backend-ca", &pki.backend_ca],
+    );
+    let t = at(2124);
+    let r = ftplib_tls(
+        &topo.client,
+        t.addr,
+        &pki.gate_ca,
+        Mode::Pasv,
+        "get",
+        SMALL_FILE,
+        &work.path().join("n"),
+        false,
+    );
+    assert!(
+        g.logs().contains("did not resume the TLS session"),
+        "{r}\n{}",
+        g.logs()
+    );
+    assert!(
+        !final_reply(&r).starts_with("226"),
+        "non-resumed data handshake must be refused:\n{r}\n{}",
+        g.logs()
+    );
+    let r = ftplib_tls(
+        &topo.client,
+        t.addr,
+        &pki.gate_ca,
+        Mode::Pasv,
+        "get",
+        SMALL_FILE,
+        &work.path().join("y"),
+        true,
+    );
+    assert!(
+        final_reply(&r).starts_with("226"),
+        "resumed data handshake must pass:\n{r}\n{}",
+        g.logs()
+    );
+    let r = curl_get(
+        &topo.client,
+        &t,
+        &pki.gate_ca,
+        Mode::Epsv,
+        SMALL_FILE,
+        &work.path().join("r.txt"),
+    );
+    r.assert_success(&format!("curl resumes its data sessions\n{}", g.logs()));
+
+    // (7) A backend certificate from a CA ftpgate does not trust: 421 and a log line
+    // naming the reason.
+    let g = gate(&topo, &pki, 2125, (50500, 50599), &[]);
+    let r = curl_get(
+        &topo.client,
+        &at(2125),
+        &pki.gate_ca,
+        Mode::Epsv,
+        SMALL_FILE,
+        &work.path().join("u"),
+    );
+    assert!(
+        !r.success() && r.stderr.contains("< 421"),
+        "untrusted backend must give 421:\n{r}"
+    );
+    assert!(
+        g.logs().contains("TLS towards the backend failed") && g.logs().contains("UnknownIssuer"),
+        "{}",
+        g.logs()
     );
     g.assert_no_password();
 }

@@ -254,13 +254,21 @@ async fn secure_both(
     timeout: Duration,
     metrics: &Metrics,
 ) -> Result<(MaybeTls, MaybeTls), String> {
+    // Client side first: a refused client (no resumption, failed handshake) must not
+    // let the backend go ahead, so the backend's handshake waits for it.
     let client = async {
         match &tls.client {
             Some(acceptor) => {
                 let r = MaybeTls::Plain(c).accept(acceptor).await;
-                metrics.tls_handshake("client", r.as_ref().ok().and_then(MaybeTls::negotiated));
+                let negotiated = r.as_ref().ok().and_then(MaybeTls::negotiated);
+                metrics.tls_handshake("client", negotiated);
                 let s = r.map_err(|e| format!("client side: {e}"))?;
-                let resumed = s.negotiated().is_some_and(|n| n.resumed);
+                let resumed = negotiated.is_some_and(|n| n.resumed);
+                debug!(
+                    resumed,
+                    version = negotiated.map_or("none", |n| n.version),
+                    "client data connection in TLS"
+                );
                 if tls.require_reuse && !resumed {
                     metrics.refuse(Refusal::TlsNotResumed);
                     warn!("client data connection did not resume the TLS session; refused (tls.require_session_reuse)");
@@ -271,17 +279,24 @@ async fn secure_both(
             None => Ok(MaybeTls::Plain(c)),
         }
     };
-    let backend = async {
-        match &tls.backend {
+    let both = async {
+        let c = client.await?;
+        let b = match &tls.backend {
             Some((connector, name)) => {
                 let r = MaybeTls::Plain(b).connect(connector, name.clone()).await;
-                metrics.tls_handshake("backend", r.as_ref().ok().and_then(MaybeTls::negotiated));
-                r.map_err(|e| format!("backend side: {e}"))
+                let negotiated = r.as_ref().ok().and_then(MaybeTls::negotiated);
+                metrics.tls_handshake("backend", negotiated);
+                debug!(
+                    resumed = negotiated.is_some_and(|n| n.resumed),
+                    "backend data connection in TLS"
+                );
+                r.map_err(|e| format!("backend side: {e}"))?
             }
-            None => Ok(MaybeTls::Plain(b)),
-        }
+            None => MaybeTls::Plain(b),
+        };
+        Ok((c, b))
     };
-    match tokio::time::timeout(timeout, async { tokio::try_join!(client, backend) }).await {
+    match tokio::time::timeout(timeout, both).await {
         Ok(r) => r,
         Err(_) => Err("handshake timed out".into()),
     }
