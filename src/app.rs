@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::balancer::Balancer;
-use crate::config::{ListenerMode, ValidConfig};
+use crate::config::{ListenerMode, ListenerTls, ValidConfig};
 use crate::dataport::PortPool;
 use crate::health::{self, HEALTH_CHECK_INTERVAL};
 use crate::metrics::Metrics;
@@ -42,7 +42,7 @@ pub enum AppError {
 }
 
 pub struct Gateway {
-    listeners: Vec<(TcpListener, ListenerMode)>,
+    listeners: Vec<(TcpListener, ListenerMode, ListenerTls)>,
     ctx: Arc<SessionContext>,
     /// The `/metrics` `/healthz` `/readyz` listener, when `admin.listen` is set.
     admin: Option<TcpListener>,
@@ -58,11 +58,11 @@ impl Gateway {
             let addr = l.listen;
             let bound = crate::net::bind_listener(addr, l.tproxy, CONTROL_BACKLOG)
                 .map_err(|source| AppError::Bind { addr, source })?;
-            listeners.push((bound, l.mode));
+            listeners.push((bound, l.mode, l.tls));
         }
         let listen_addrs = listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|(l, _, _)| l.local_addr().ok())
             .collect();
         // Bound with the FTP listeners so a taken admin port fails startup too.
         let admin = match config.admin.listen {
@@ -114,7 +114,7 @@ impl Gateway {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|(l, _, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -144,10 +144,11 @@ impl Gateway {
                 shutdown.clone(),
             ));
         }
-        for (listener, mode) in self.listeners {
+        for (listener, mode, tls) in self.listeners {
             tracker.spawn(accept_loop(
                 listener,
                 mode,
+                tls,
                 Arc::clone(&self.ctx),
                 shutdown.clone(),
                 tracker.clone(),
@@ -167,6 +168,7 @@ impl Gateway {
 async fn accept_loop(
     listener: TcpListener,
     mode: ListenerMode,
+    tls: ListenerTls,
     ctx: Arc<SessionContext>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -177,7 +179,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff.reset();
-                    tracker.spawn(run_session(stream, peer, mode, Arc::clone(&ctx), shutdown.clone()));
+                    tracker.spawn(run_session(stream, peer, mode, tls, Arc::clone(&ctx), shutdown.clone()));
                     continue;
                 }
                 Err(e) => match LocalResource::of(&e) {

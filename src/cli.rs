@@ -130,6 +130,10 @@ pub struct RunArgs {
     /// Log format: text or json. YAML: log.format.
     #[arg(long, value_name = "FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Address accepting implicit FTPS (TLS from the first byte; repeatable).
+    /// YAML: listeners[] with tls: implicit.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub implicit_tls_listen: Vec<SocketAddr>,
     /// PEM certificate chain for FTPS towards clients. YAML: tls.cert.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -184,6 +188,7 @@ impl RunArgs {
                         listen,
                         mode: cfg.mode,
                         tproxy: true,
+                        tls: crate::config::ListenerTls::Explicit,
                     })
                     .collect();
             } else {
@@ -191,6 +196,19 @@ impl RunArgs {
                 cfg.listeners.clear();
             }
         }
+        // Added to whatever --listen / the file gave: implicit FTPS usually runs
+        // beside an explicit listener (990 beside 21).
+        cfg.listeners
+            .extend(
+                self.implicit_tls_listen
+                    .iter()
+                    .map(|&listen| crate::config::ListenerConfig {
+                        listen,
+                        mode: cfg.mode,
+                        tproxy: false,
+                        tls: crate::config::ListenerTls::Implicit,
+                    }),
+            );
         if self.map_passive {
             cfg.transparent.map_passive = true;
         }

@@ -247,6 +247,8 @@ pub enum BackendTlsPolicy {
     /// Always `AUTH TLS` to the backend, even for a clear-text client; a backend that
     /// refuses ends the session with `421`.
     Required,
+    /// The backend speaks TLS from the first byte (implicit FTPS, port 990).
+    Implicit,
 }
 
 /// Whether data connections must be protected (`tls.client_data`).
@@ -337,6 +339,21 @@ pub struct ListenerConfig {
     /// Accept TPROXY-diverted connections (sets IP_TRANSPARENT; needs CAP_NET_ADMIN).
     #[serde(default)]
     pub tproxy: bool,
+    /// `implicit`: FTPS from the first byte (port 990 style); `explicit` (default):
+    /// clear text until `AUTH TLS`.
+    #[serde(default)]
+    pub tls: ListenerTls,
+}
+
+/// How a listener starts TLS (YAML `listeners[].tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerTls {
+    /// Clear text; `AUTH TLS` upgrades (RFC 4217).
+    #[default]
+    Explicit,
+    /// TLS from the first byte; data connections protected by default.
+    Implicit,
 }
 
 /// Transparent (gateway) mode behaviour.
@@ -899,6 +916,13 @@ impl Config {
         if t.client.is_some_and(|c| c != ClientTlsPolicy::Off) && t.cert.is_none() {
             p.add("tls.client", "needs tls.cert and tls.key");
         }
+        let implicit = self
+            .listeners
+            .iter()
+            .any(|l| l.tls == ListenerTls::Implicit);
+        if implicit && t.cert.is_none() {
+            p.add("listeners", "tls: implicit needs tls.cert and tls.key");
+        }
         if t.client_data == ClientDataPolicy::Required
             && self.tls.client_policy() == ClientTlsPolicy::Off
         {
@@ -1044,6 +1068,7 @@ impl Config {
                 listen,
                 mode: self.mode,
                 tproxy: false,
+                tls: ListenerTls::Explicit,
             })
             .chain(self.listeners.iter().cloned())
             .collect()

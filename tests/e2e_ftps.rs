@@ -77,9 +77,21 @@ fn vsftpd_tls(topo: &ReverseTopology, pki: &Pki) -> FtpServer {
 /// ftpgate on 203.0.113.1:`port` with data ports `data`, its certificate, and
 /// `extra` flags.
 fn gate(topo: &ReverseTopology, pki: &Pki, port: u16, data: (u16, u16), extra: &[&str]) -> Ftpgate {
+    gate_to(topo, pki, topo.backend_addr(), port, data, extra)
+}
+
+/// [`gate`] towards `backend`.
+fn gate_to(
+    topo: &ReverseTopology,
+    pki: &Pki,
+    backend: SocketAddr,
+    port: u16,
+    data: (u16, u16),
+    extra: &[&str],
+) -> Ftpgate {
     let mut o = FtpgateOptions::new(
         vec![SocketAddr::new(IpAddr::V4(PROXY_PUBLIC_V4), port)],
-        topo.backend_addr(),
+        backend,
         vec![IpAddr::V4(PROXY_PUBLIC_V4)],
     );
     o.data_ports = data;
@@ -695,6 +707,156 @@ fn ftps_policies_vsftpd() {
         g.logs().contains("TLS towards the backend failed") && g.logs().contains("UnknownIssuer"),
         "{}",
         g.logs()
+    );
+    g.assert_no_password();
+}
+
+/// The other client-TLS × backend-TLS combinations: a clear client with TLS forced
+/// towards the backend (`--backend-tls required`), implicit FTPS in front of an
+/// explicit backend, and an implicit-FTPS backend behind clear and TLS clients.
+#[test]
+fn ftps_upgrade_and_implicit_vsftpd() {
+    if !common::e2e_enabled("ftps_upgrade_and_implicit_vsftpd") {
+        return;
+    }
+    let topo = ReverseTopology::new();
+    let pki = Pki::new();
+    let server = vsftpd_tls(&topo, &pki);
+    let implicit_addr = SocketAddr::new(IpAddr::V4(BACKEND_V4), 990);
+    let implicit = FtpServer::start_with(
+        &topo.topo,
+        &topo.backend,
+        implicit_addr,
+        ServerKind::Vsftpd,
+        &format!(
+            "ssl_enable=YES\nimplicit_ssl=YES\nrsa_cert_file={}\nrsa_private_key_file={}\n\
+             require_ssl_reuse=YES\nstrict_ssl_read_eof=YES\nssl_ciphers=HIGH\n\
+             pasv_min_port=41000\npasv_max_port=41999\n",
+            pki.backend_cert, pki.backend_key
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let src = upload_source(work.path());
+    let want_up = sha256_file(&src);
+    let ca = ["--backend-ca", pki.backend_ca.as_str()];
+
+    // (a) Clear client, `--backend-tls required`: vsftpd gets AUTH TLS, PBSZ, PROT P
+    // from ftpgate, and TLS data connections that resume its session.
+    let g = gate(
+        &topo,
+        &pki,
+        21,
+        (50000, 50099),
+        &[&ca[..], &["--backend-tls", "required"]].concat(),
+    );
+    let t = at(21);
+    let out = work.path().join("required.bin");
+    let r = common::clients::curl_download(
+        &topo.client,
+        &t,
+        BIG_FILE,
+        &out,
+        common::clients::Passive::Epsv,
+    );
+    r.assert_success(&context(&g, &server));
+    assert_eq!(sha256_file(&out), server.root.big_sha256());
+    let r = common::clients::curl_upload(
+        &topo.client,
+        &t,
+        &src,
+        "upload/required.bin",
+        common::clients::Passive::Pasv,
+    );
+    r.assert_success(&context(&g, &server));
+    assert_eq!(sha256_file(&server.root.uploaded("required.bin")), want_up);
+    assert!(
+        !r.stderr.contains("AUTH TLS"),
+        "the client itself stayed clear:\n{r}"
+    );
+    assert!(
+        g.logs().contains("backend control connection in TLS"),
+        "{}",
+        g.logs()
+    );
+    let log = server.logs();
+    assert!(
+        log.contains("\"AUTH TLS\"") && log.contains("\"PROT P\""),
+        "vsftpd saw no upgrade:\n{log}"
+    );
+
+    // (b) Implicit FTPS (ftps://, port 990) in front of the explicit vsftpd.
+    let g = gate(
+        &topo,
+        &pki,
+        2121,
+        (50100, 50199),
+        &[&ca[..], &["--implicit-tls-listen", "203.0.113.1:990"]].concat(),
+    );
+    let ftps = |path: &str| format!("ftps://{}:990/{path}", PROXY_PUBLIC_V4);
+    let out = work.path().join("implicit.bin");
+    let mut cmd = common::clients::curl_command(&topo.client, &at(990));
+    cmd.args([
+        "--cacert",
+        &pki.gate_ca,
+        "--ftp-pasv",
+        "--no-ftp-skip-pasv-ip",
+        "-o",
+    ])
+    .arg(&out)
+    .arg(ftps(BIG_FILE));
+    let r = run(cmd);
+    r.assert_success(&context(&g, &server));
+    assert_eq!(sha256_file(&out), server.root.big_sha256());
+    let mut cmd = common::clients::curl_command(&topo.client, &at(990));
+    cmd.args([
+        "--cacert",
+        &pki.gate_ca,
+        "--ftp-pasv",
+        "--no-ftp-skip-pasv-ip",
+        "-T",
+    ])
+    .arg(&src)
+    .arg(ftps("upload/implicit.bin"));
+    let r = run(cmd);
+    r.assert_success(&context(&g, &server));
+    assert_eq!(sha256_file(&server.root.uploaded("implicit.bin")), want_up);
+
+    // (c) An implicit-FTPS backend, behind a clear client and a TLS client.
+    let g = gate_to(
+        &topo,
+        &pki,
+        implicit_addr,
+        2122,
+        (50200, 50299),
+        &[&ca[..], &["--backend-tls", "implicit"]].concat(),
+    );
+    let t = at(2122);
+    let out = work.path().join("to-implicit-clear.bin");
+    let r = common::clients::curl_download(
+        &topo.client,
+        &t,
+        BIG_FILE,
+        &out,
+        common::clients::Passive::Epsv,
+    );
+    r.assert_success(&context(&g, &implicit));
+    assert_eq!(sha256_file(&out), implicit.root.big_sha256());
+    let out = work.path().join("to-implicit-tls.bin");
+    let r = curl_get(&topo.client, &t, &pki.gate_ca, Mode::Pasv, BIG_FILE, &out);
+    r.assert_success(&context(&g, &implicit));
+    assert_eq!(sha256_file(&out), implicit.root.big_sha256());
+    let r = curl_put(
+        &topo.client,
+        &t,
+        &pki.gate_ca,
+        Mode::Epsv,
+        &src,
+        "upload/via-implicit.bin",
+    );
+    r.assert_success(&context(&g, &implicit));
+    assert_eq!(
+        sha256_file(&implicit.root.uploaded("via-implicit.bin")),
+        want_up
     );
     g.assert_no_password();
 }

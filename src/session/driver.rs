@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::edge::{spawn_data, PoolEdge};
 use super::limits::PreloginSlot;
@@ -26,9 +26,10 @@ use super::machine::{Action, Addresses, Deadline, Outbox, SessionMachine};
 use super::outcome::{Outcome, SessionError};
 use super::replies::LocalReply;
 use super::timer::Timer;
+use super::tls::TlsState;
 use super::upstream::connect_upstream;
 use super::SessionContext;
-use crate::config::ListenerMode;
+use crate::config::{BackendTlsPolicy, ListenerMode, ListenerTls};
 use crate::metrics::Refusal;
 use crate::net::{drain_past_urgent_mark, prepare_control_socket, send_urgent};
 use crate::protocol::addr::canonical_ip;
@@ -49,6 +50,7 @@ pub async fn run_session(
     client: TcpStream,
     peer: SocketAddr,
     mode: ListenerMode,
+    tls: ListenerTls,
     ctx: Arc<SessionContext>,
     shutdown: CancellationToken,
 ) {
@@ -56,17 +58,19 @@ pub async fn run_session(
     let span = info_span!("session", id, client = %peer, backend = tracing::field::Empty);
     let metrics = Arc::clone(&ctx.metrics);
     metrics.sessions_active.inc();
-    let outcome = serve(client, peer, mode, &ctx, &shutdown)
+    let outcome = serve(client, peer, mode, tls, &ctx, &shutdown)
         .instrument(span)
         .await;
     metrics.sessions_active.dec();
     metrics.session_ended(outcome);
 }
 
+#[allow(clippy::too_many_lines)]
 async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
     mode: ListenerMode,
+    listener_tls: ListenerTls,
     ctx: &SessionContext,
     shutdown: &CancellationToken,
 ) -> Outcome {
@@ -90,6 +94,66 @@ async fn serve(
         }
     };
     prepare_control_socket(&backend, keepalive);
+    let client_local = client.local_addr();
+    let backend_local = backend.local_addr();
+    let name = crate::tls::backend_server_name(&ctx.config.tls, canonical_ip(backend_addr.ip()));
+    let tls = SessionTls {
+        connector: ctx.tls.backend_session(),
+        name,
+    };
+    let mut initial = TlsState::default();
+    // Implicit FTPS: TLS before any FTP byte, each side bounded by its own timeout.
+    let mut client = MaybeTls::Plain(client);
+    if listener_tls == ListenerTls::Implicit {
+        let Some(acceptor) = ctx.tls.acceptor() else {
+            return Outcome::ClientError;
+        };
+        let r = tokio::time::timeout(ctx.config.timeouts.login, client.accept(&acceptor)).await;
+        match r {
+            Ok(Ok(s)) => {
+                ctx.metrics.tls_handshake("client", s.negotiated());
+                client = s;
+                initial = TlsState::implicit_client();
+            }
+            Ok(Err(e)) => {
+                ctx.metrics.tls_handshake("client", None);
+                info!(error = %e, "implicit TLS handshake with client failed");
+                return Outcome::ClientError;
+            }
+            Err(_) => {
+                ctx.metrics.tls_handshake("client", None);
+                info!("implicit TLS handshake with client timed out");
+                return Outcome::Timeout;
+            }
+        }
+    }
+    let mut backend = MaybeTls::Plain(backend);
+    if ctx.config.tls.backend == BackendTlsPolicy::Implicit {
+        let r = tokio::time::timeout(
+            ctx.config.timeouts.backend_connect,
+            backend.connect(&tls.connector, tls.name.clone()),
+        )
+        .await;
+        match r {
+            Ok(Ok(s)) => {
+                ctx.metrics.tls_handshake("backend", s.negotiated());
+                backend = s;
+                initial.backend = true;
+            }
+            other => {
+                ctx.metrics.tls_handshake("backend", None);
+                let reason = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "handshake timed out".into(),
+                };
+                warn!(reason = %reason, "TLS towards the backend failed (implicit); closing session");
+                let reply = LocalReply::BackendTlsFailed;
+                ctx.metrics.reply(reply.code());
+                let _ = grace(write_flush(&mut client, &reply.to_bytes())).await;
+                return Outcome::BackendError;
+            }
+        }
+    }
     tracing::Span::current().record("backend", tracing::field::display(backend_addr));
     debug!("session started");
     let backend_gauge = ctx
@@ -102,9 +166,9 @@ async fn serve(
     let addrs = Addresses {
         mode,
         client_ip: canonical_ip(peer.ip()),
-        client_local: client.local_addr().map(canon).unwrap_or(unknown),
+        client_local: client_local.map(canon).unwrap_or(unknown),
         backend: canon(backend_addr),
-        backend_local: backend.local_addr().map(canon).unwrap_or(unknown),
+        backend_local: backend_local.map(canon).unwrap_or(unknown),
     };
     let edge = PoolEdge {
         pool: Arc::clone(&ctx.pool),
@@ -117,14 +181,11 @@ async fn serve(
         addrs,
         Instant::now(),
     );
-    let tls = SessionTls {
-        connector: ctx.tls.backend_session(),
-        name: crate::tls::backend_server_name(&ctx.config.tls, addrs.backend.ip()),
-    };
+    machine.set_initial_tls(initial);
     let outcome = pump(
         &mut machine,
-        MaybeTls::Plain(client),
-        MaybeTls::Plain(backend),
+        client,
+        backend,
         &tls,
         &mut slot,
         ctx,

@@ -18,7 +18,7 @@ use super::access::SessionStats;
 use super::active::{backend_announce, check_active_target, client_connect_local, Refused};
 use super::data::{DataEvent, DataMode};
 use super::keepalive;
-use super::ledger::{Disposition, Injected, Origin, ReplyLedger};
+use super::ledger::{Disposition, Injected, Origin, ReplyLedger, TlsCommand};
 use super::outcome::{Outcome, SessionError};
 use super::passive::{
     announce_v4, client_listener_ip, fix_private_pasv, passive_target, HeldReply,
@@ -27,7 +27,7 @@ use super::passive::{
 use super::replies::LocalReply;
 use super::tls::{
     data_tls, decide_auth, decide_pbsz, decide_prot, missing_features, required_refusal,
-    AuthDecision, DataTls, ProtectionDecision, TlsState,
+    upgrade_backend_at_greeting, AuthDecision, DataTls, ProtectionDecision, TlsState,
 };
 use super::translate::{setup_reply, HeldCommand, Setup, SetupVerdict, Translation};
 use crate::config::{BackendDataMode, Config, ListenerMode};
@@ -222,6 +222,13 @@ impl<E: SessionEdge> SessionMachine<E> {
             && self.ledger.outstanding() < self.cfg.control.max_pipelined_commands
             && !self.translation.holding()
             && !self.tls.client_handshake_pending
+            && !self.tls.backend_handshake_pending
+    }
+
+    /// Sets the TLS state a session starts with: an implicit-TLS client listener, an
+    /// implicit-TLS backend. Called before any input.
+    pub fn set_initial_tls(&mut self, st: TlsState) {
+        self.tls = st;
     }
 
     /// The session's TLS state.
@@ -404,6 +411,9 @@ impl<E: SessionEdge> SessionMachine<E> {
         match result {
             Ok(()) => {
                 self.tls.backend = true;
+                if std::mem::take(&mut self.tls.backend_handshake_pending) {
+                    self.protect_backend_data();
+                }
                 if self.tls.client_handshake_pending {
                     // Mirror: the backend is in TLS; now the client's turn.
                     self.reply_now(LocalReply::AuthTlsOk);
@@ -519,6 +529,44 @@ impl<E: SessionEdge> SessionMachine<E> {
                 self.forward(line, cmd.verb);
             }
             verb => self.forward(line, verb),
+        }
+    }
+
+    /// ftpgate's own upgrade of the backend (after its `220`): `AUTH TLS`, and the
+    /// client is not read until the handshake is done.
+    fn upgrade_backend(&mut self) {
+        debug!("upgrading the backend control connection to TLS");
+        self.tls.backend_handshake_pending = true;
+        self.queue_for_backend(TlsCommand::Auth.line());
+        self.ledger.injected(Injected::Tls(TlsCommand::Auth));
+    }
+
+    /// `PBSZ 0` and `PROT P` to a backend ftpgate put into TLS itself: its data
+    /// connections are protected whatever the client does (servers like vsftpd
+    /// refuse clear data on TLS sessions by default).
+    fn protect_backend_data(&mut self) {
+        for cmd in [TlsCommand::Pbsz, TlsCommand::Prot] {
+            self.queue_for_backend(cmd.line());
+            self.ledger.injected(Injected::Tls(cmd));
+        }
+    }
+
+    /// The backend answered one of ftpgate's own FTPS commands.
+    fn on_tls_command_reply(&mut self, cmd: TlsCommand, code: u16, line: &[u8]) {
+        match (cmd, code) {
+            (TlsCommand::Auth, 234) => self.actions.push(Action::StartBackendTls),
+            (TlsCommand::Auth, _) => {
+                warn!(code, reply = %LogText(trim_eol(line)), "backend refused AUTH TLS (tls.backend requires it); closing session");
+                self.reply_now(LocalReply::BackendTlsFailed);
+                self.close(Outcome::BackendError);
+            }
+            (TlsCommand::Pbsz, _) => {}
+            (TlsCommand::Prot, c) => {
+                self.tls.backend_private = (200..300).contains(&c);
+                if !self.tls.backend_private {
+                    warn!(code, reply = %LogText(trim_eol(line)), "backend refused PROT P; its data connections stay clear");
+                }
+            }
         }
     }
 
@@ -717,7 +765,12 @@ impl<E: SessionEdge> SessionMachine<E> {
             Disposition::Intercept => {
                 sent = None;
                 if let Some(ended) = outcome.ended.filter(|e| e.code.is_final()) {
-                    self.on_setup_reply(line, ended.code.0);
+                    match ended.origin {
+                        Some(Origin::Injected(Injected::Tls(cmd))) => {
+                            self.on_tls_command_reply(cmd, ended.code.0, line);
+                        }
+                        _ => self.on_setup_reply(line, ended.code.0),
+                    }
                 }
             }
             Disposition::RewritePasv | Disposition::RewriteEpsv => {
@@ -741,6 +794,17 @@ impl<E: SessionEdge> SessionMachine<E> {
         if outcome.ended.is_some() {
             self.reply_lines.clear();
             self.emit_local_replies();
+        }
+        let greeted = outcome
+            .ended
+            .is_some_and(|e| e.origin == Some(Origin::Greeting) && e.code.0 == 220);
+        if greeted {
+            if upgrade_backend_at_greeting(self.cfg.tls.backend, &self.tls) {
+                self.upgrade_backend();
+            } else if self.tls.backend {
+                // Implicit backend: already TLS; protect its data the same way.
+                self.protect_backend_data();
+            }
         }
     }
 

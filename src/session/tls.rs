@@ -32,6 +32,36 @@ pub struct TlsState {
     pub pending_prot: Option<bool>,
     /// Between `AUTH TLS` and the client handshake: the client is not read.
     pub client_handshake_pending: bool,
+    /// Between ftpgate's own `AUTH TLS` to the backend and its handshake: the client
+    /// is not read, so no clear-text command can slip in front of the upgrade.
+    pub backend_handshake_pending: bool,
+    /// The client spoke TLS from its first byte (implicit FTPS listener).
+    pub client_implicit: bool,
+}
+
+impl TlsState {
+    /// The state of a session from an implicit-TLS listener: TLS from the first byte,
+    /// data connections protected by default.
+    pub fn implicit_client() -> TlsState {
+        TlsState {
+            client: true,
+            client_private: true,
+            client_implicit: true,
+            ..TlsState::default()
+        }
+    }
+}
+
+/// Whether ftpgate upgrades the backend itself after its `220`: always under
+/// `required`; under `mirror` when the client is already in TLS (implicit FTPS in
+/// front of an explicit-FTPS backend). Not when the backend is implicit (already TLS).
+pub fn upgrade_backend_at_greeting(backend: BackendTlsPolicy, st: &TlsState) -> bool {
+    !st.backend
+        && match backend {
+            BackendTlsPolicy::Required => true,
+            BackendTlsPolicy::Mirror => st.client,
+            BackendTlsPolicy::Off | BackendTlsPolicy::Implicit => false,
+        }
 }
 
 /// What `AUTH` from the client gets.
@@ -379,6 +409,24 @@ mod tests {
             required_refusal(C::Optional, D::Required, Verb::Other, &plain),
             None
         );
+    }
+
+    #[test]
+    fn greeting_upgrades() {
+        // Clear client, `required`: TLS on the farm side anyway.
+        assert!(upgrade_backend_at_greeting(B::Required, &st(false, false)));
+        // Implicit FTPS client (port 990) in front of an explicit-only vsftpd.
+        assert!(upgrade_backend_at_greeting(
+            B::Mirror,
+            &TlsState::implicit_client()
+        ));
+        assert!(!upgrade_backend_at_greeting(B::Mirror, &st(false, false)));
+        assert!(!upgrade_backend_at_greeting(
+            B::Off,
+            &TlsState::implicit_client()
+        ));
+        // An implicit backend is TLS before its greeting.
+        assert!(!upgrade_backend_at_greeting(B::Implicit, &st(false, true)));
     }
 
     #[test]
