@@ -56,6 +56,9 @@ pub struct Metrics {
     pub tls_unclean_eof_total: IntCounterVec,
     /// Seconds until the client-facing certificate expires (negative: expired).
     pub tls_certificate_expiry_seconds: IntGauge,
+    /// Transparent sessions whose control connection became an opaque relay after
+    /// `AUTH TLS`.
+    pub tls_passthrough_total: IntCounter,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
@@ -211,6 +214,10 @@ impl Metrics {
                 "ftpgate_tls_unclean_eof_total",
                 "Client TLS uploads ended without close_notify, by the action taken.",
                 &["action"],
+            ),
+            tls_passthrough_total: counter(
+                "ftpgate_tls_passthrough_total",
+                "Transparent sessions relayed opaquely after AUTH TLS (no certificate for the server).",
             ),
             tls_certificate_expiry_seconds: gauge(
                 "ftpgate_tls_certificate_expiry_seconds",

@@ -860,3 +860,41 @@ fn ftps_upgrade_and_implicit_vsftpd() {
     );
     g.assert_no_password();
 }
+
+/// Transparent gateway mode: ftpgate has no certificate for internet servers, so a
+/// LAN client's `AUTH TLS` turns its control connection into an opaque relay, and
+/// passive FTPS through the gateway's NAT works as without ftpgate.
+#[test]
+fn ftps_transparent_passthrough() {
+    use common::gateway::{Divert, GatewayTopology, SERVER_V4};
+    if !common::e2e_enabled("ftps_transparent_passthrough") {
+        return;
+    }
+    let topo = GatewayTopology::with_redirect();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(dir.path(), IpAddr::V4(SERVER_V4));
+    let server = FtpServer::start_with(
+        &topo.topo,
+        &topo.server,
+        SocketAddr::new(IpAddr::V4(SERVER_V4), 21),
+        ServerKind::Vsftpd,
+        &format!(
+            "ssl_enable=YES\nrsa_cert_file={cert}\nrsa_private_key_file={key}\n\
+             require_ssl_reuse=YES\nssl_ciphers=HIGH\n"
+        ),
+    );
+    let gate = topo.start_transparent(GatewayTopology::default_listen(), Divert::Redirect);
+    let t = topo.target(false);
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("passthrough.bin");
+    let r = curl_get(&topo.client, &t, &ca, Mode::Epsv, BIG_FILE, &out);
+    r.assert_success(&format!("{}\n{}", gate.logs(), server.logs()));
+    assert_eq!(sha256_file(&out), server.root.big_sha256());
+    // The TLS session was the server's own: curl verified its certificate.
+    assert!(
+        gate.logs()
+            .contains("relaying the control connection opaquely"),
+        "{}",
+        gate.logs()
+    );
+}

@@ -291,6 +291,7 @@ async fn pump(
     let (mut client, mut backend) = (Some(client), Some(backend));
     // (client, backend): TLS handshakes the machine asked for this turn.
     let mut starts = (false, false);
+    let mut passthrough = false;
 
     loop {
         let read_client = m.wants_client_input();
@@ -377,6 +378,7 @@ async fn pump(
                         Action::Close(o) => *closing = closing.or(Some(o)),
                         Action::StartBackendTls => starts.1 = true,
                         Action::StartClientTls => starts.0 = true,
+                        Action::Passthrough => passthrough = true,
                     }
                 }
             };
@@ -455,12 +457,53 @@ async fn pump(
             act(m, &mut closing, &mut starts);
         }
 
+        if passthrough && closing.is_none() {
+            if let (Some(c), Some(b)) = (client.as_mut(), backend.as_mut()) {
+                return relay_opaque(c, b, &mut cbuf, &mut sbuf, ctx, shutdown).await;
+            }
+        }
+
         if let Some(outcome) = closing {
             if let Some(cw) = client.as_mut() {
                 let _ = grace(cw.shutdown()).await;
             }
             return outcome;
         }
+    }
+}
+
+/// Transparent FTPS: the rest of the control connection is TLS between the client and
+/// its server, which ftpgate can neither read nor rewrite. Bytes already read go on
+/// first; then both directions are copied until either side closes or shutdown.
+async fn relay_opaque(
+    client: &mut MaybeTls,
+    backend: &mut MaybeTls,
+    cbuf: &mut Vec<u8>,
+    sbuf: &mut Vec<u8>,
+    ctx: &SessionContext,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    ctx.metrics.tls_passthrough_total.inc();
+    info!("server accepted AUTH TLS: relaying the control connection opaquely (transparent FTPS passthrough)");
+    let relay = async {
+        write_flush(backend, cbuf).await?;
+        write_flush(client, sbuf).await?;
+        cbuf.clear();
+        sbuf.clear();
+        tokio::io::copy_bidirectional(client, backend).await
+    };
+    tokio::select! {
+        r = relay => match r {
+            Ok((up, down)) => {
+                debug!(up, down, "opaque control relay ended");
+                Outcome::Closed
+            }
+            Err(e) => {
+                debug!(error = %e, "opaque control relay ended with error");
+                Outcome::Closed
+            }
+        },
+        () = shutdown.cancelled() => Outcome::Shutdown,
     }
 }
 

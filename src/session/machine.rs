@@ -119,6 +119,10 @@ pub enum Action<L> {
     /// After writing the outbox: TLS handshake with the backend as the TLS client;
     /// report with [`SessionMachine::on_backend_tls`].
     StartBackendTls,
+    /// After writing the outbox (the server's `234`): relay both control connections
+    /// as opaque bytes until either closes (transparent mode, `AUTH TLS` to a server
+    /// ftpgate has no certificate for). The machine has no more say.
+    Passthrough,
     /// After writing the outbox (the `234`): discard unread client bytes, TLS
     /// handshake with the client as the TLS server; report with
     /// [`SessionMachine::on_client_tls`].
@@ -223,6 +227,7 @@ impl<E: SessionEdge> SessionMachine<E> {
             && !self.translation.holding()
             && !self.tls.client_handshake_pending
             && !self.tls.backend_handshake_pending
+            && !self.tls.passthrough_pending
     }
 
     /// Sets the TLS state a session starts with: an implicit-TLS client listener, an
@@ -574,7 +579,13 @@ impl<E: SessionEdge> SessionMachine<E> {
     /// backend first (mirror). Either way the client is not read until its handshake.
     fn on_auth(&mut self, arg: &[u8]) {
         let policy = self.cfg.tls.client_policy();
-        match decide_auth(policy, self.cfg.tls.backend, arg, &self.tls) {
+        let transparent = self.addrs.mode == ListenerMode::Transparent;
+        match decide_auth(policy, self.cfg.tls.backend, transparent, arg, &self.tls) {
+            AuthDecision::Passthrough => {
+                info!("AUTH in transparent mode: forwarded; on 234 the control connection becomes an opaque relay");
+                self.tls.passthrough_pending = true;
+                self.forward(&[b"AUTH ", arg].concat(), Verb::Auth);
+            }
             AuthDecision::Refuse(LocalReply::AuthUnsupported) => {
                 self.refuse((Refusal::AuthTls, LocalReply::AuthUnsupported))
             }
@@ -726,6 +737,15 @@ impl<E: SessionEdge> SessionMachine<E> {
                 .filter(|e| e.origin == Some(Origin::Client(verb)) && e.code.is_final())
                 .map(|e| e.code.0)
         };
+        if let Some(code) = ended_for(Verb::Auth).filter(|_| self.tls.passthrough_pending) {
+            if code == 234 {
+                self.push_line(line);
+                self.metrics.reply(code);
+                self.actions.push(Action::Passthrough);
+                return;
+            }
+            self.tls.passthrough_pending = false;
+        }
         if let Some(code) = ended_for(Verb::Auth) {
             if code == 234 {
                 // Mirror: ftpgate's own 234 follows the backend handshake.

@@ -7,6 +7,7 @@
 //!                    ├─ backend mirror, clear ──────▶ forward AUTH TLS; backend 234
 //!                    │     ─▶ handshake backend ─▶ our 234 ─▶ handshake client
 //!                    └─ otherwise ──────────────────▶ our 234 ─▶ handshake client
+//!   (transparent mode: AUTH to the server; its 234 ─▶ opaque byte relay)
 //!   (client input is not read from AUTH until the client handshake: plaintext
 //!    pipelined behind AUTH is discarded, the STARTTLS command-injection defence)
 //!   PBSZ/PROT ── client clear ─▶ 503 │ backend TLS ─▶ forward │ else ─▶ our 200
@@ -37,6 +38,8 @@ pub struct TlsState {
     pub backend_handshake_pending: bool,
     /// The client spoke TLS from its first byte (implicit FTPS listener).
     pub client_implicit: bool,
+    /// Transparent mode: `AUTH` went to the server; its `234` ends the FTP relay.
+    pub passthrough_pending: bool,
 }
 
 impl TlsState {
@@ -74,15 +77,24 @@ pub enum AuthDecision {
     AcceptLocally,
     /// `AUTH TLS` goes to the backend first; its `234` starts both handshakes.
     ForwardToBackend,
+    /// Transparent gateway: ftpgate holds no certificate for the servers it stands
+    /// in front of, so `AUTH` goes to the server and, on its `234`, the control
+    /// connection becomes an opaque byte relay (passive FTPS through NAT then works
+    /// as it did without ftpgate).
+    Passthrough,
 }
 
 /// `AUTH <arg>` from the client (RFC 2228 §3, RFC 4217 §4).
 pub fn decide_auth(
     client: ClientTlsPolicy,
     backend: BackendTlsPolicy,
+    transparent: bool,
     arg: &[u8],
     st: &TlsState,
 ) -> AuthDecision {
+    if transparent && !st.client {
+        return AuthDecision::Passthrough;
+    }
     if client == ClientTlsPolicy::Off {
         return AuthDecision::Refuse(LocalReply::AuthUnsupported);
     }
@@ -239,7 +251,16 @@ mod tests {
 
     #[test]
     fn auth_decisions() {
-        let cases: &[(&str, C, B, &[u8], TlsState, AuthDecision)] = &[
+        type Case<'a> = (&'a str, C, B, &'a [u8], TlsState, AuthDecision);
+        // A LAN client's FTPS to an internet server: ftpgate has no certificate of
+        // that server, whatever tls.client says.
+        for c in [C::Off, C::Optional] {
+            assert_eq!(
+                decide_auth(c, B::Mirror, true, b"TLS", &st(false, false)),
+                AuthDecision::Passthrough
+            );
+        }
+        let cases: &[Case] = &[
             // Before FTPS: clients that merely prefer TLS carry on in clear text.
             (
                 "off keeps 502",
@@ -300,7 +321,7 @@ mod tests {
             ),
         ];
         for (name, c, b, arg, s, want) in cases {
-            assert_eq!(decide_auth(*c, *b, arg, s), *want, "{name}");
+            assert_eq!(decide_auth(*c, *b, false, arg, s), *want, "{name}");
         }
     }
 
