@@ -297,6 +297,20 @@ pub struct TlsConfig {
     /// Do not verify backend certificates (warned about at start).
     pub backend_insecure: bool,
     pub unclean_client_eof: UncleanEof,
+    /// Highest TLS version offered to backends (`tls.backend_max_version`).
+    pub backend_max_version: TlsVersion,
+}
+
+/// A TLS protocol version (`"1.2"`, `"1.3"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3.
+    #[default]
+    #[serde(rename = "1.3")]
+    Tls13,
 }
 
 impl Default for TlsConfig {
@@ -314,6 +328,7 @@ impl Default for TlsConfig {
             backend_server_name: None,
             backend_insecure: false,
             unclean_client_eof: UncleanEof::Complete,
+            backend_max_version: TlsVersion::Tls13,
         }
     }
 }

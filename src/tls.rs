@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::TlsConfig;
+use crate::config::{TlsConfig, TlsVersion};
 
 /// System trust roots (Debian's ca-certificates bundle), used without `tls.backend_ca`.
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -127,9 +127,18 @@ impl TlsContexts {
             }
             _ => (None, None),
         };
+        // An escape hatch for backends whose TLS 1.3 session resumption is broken
+        // (none of vsftpd 3.0.3 and pyftpdlib 1.5.7 as tested needs it).
+        let versions: &[&rustls::SupportedProtocolVersion] = match cfg.backend_max_version {
+            TlsVersion::Tls12 => &[&rustls::version::TLS12],
+            TlsVersion::Tls13 => rustls::DEFAULT_VERSIONS,
+        };
         let builder = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|source| TlsSetupError::Rustls { key: "tls", source })?;
+            .with_protocol_versions(versions)
+            .map_err(|source| TlsSetupError::Rustls {
+                key: "tls.backend_max_version",
+                source,
+            })?;
         let client = if cfg.backend_insecure {
             builder
                 .dangerous()

@@ -898,3 +898,80 @@ fn ftps_transparent_passthrough() {
         gate.logs()
     );
 }
+
+/// pyftpdlib's `TLS_FTPHandler` (pyOpenSSL) behind ftpgate, TLS on both sides:
+/// curl, lftp and ftplib, passive and active, byte-exact. pyftpdlib resets a data
+/// connection whose ClientHello arrives before it processed the transfer command,
+/// so ftpgate starts backend data TLS only after the `150` (as curl does).
+#[test]
+fn ftps_mirror_pyftpdlib() {
+    if !common::e2e_enabled("ftps_mirror_pyftpdlib") {
+        return;
+    }
+    let topo = ReverseTopology::new();
+    let pki = Pki::new();
+    let server = FtpServer::start_with(
+        &topo.topo,
+        &topo.backend,
+        topo.backend_addr(),
+        ServerKind::Pyftpdlib,
+        &format!(
+            "tls_cert={}\ntls_key={}\n",
+            pki.backend_cert, pki.backend_key
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let g = gate(
+        &topo,
+        &pki,
+        21,
+        (50000, 50099),
+        &["--backend-ca", &pki.backend_ca],
+    );
+    let t = at(21);
+    let src = upload_source(work.path());
+    let want_up = sha256_file(&src);
+    let ctx = || context(&g, &server);
+
+    let out = work.path().join("curl.bin");
+    let r = curl_get(&topo.client, &t, &pki.gate_ca, Mode::Epsv, BIG_FILE, &out);
+    r.assert_success(&ctx());
+    assert_eq!(sha256_file(&out), server.root.big_sha256(), "{}", ctx());
+    let r = curl_put(
+        &topo.client,
+        &t,
+        &pki.gate_ca,
+        Mode::Pasv,
+        &src,
+        "upload/curl.bin",
+    );
+    r.assert_success(&ctx());
+    assert_eq!(sha256_file(&server.root.uploaded("curl.bin")), want_up);
+
+    let out = work.path().join("lftp.bin");
+    let script = format!(
+        "get {BIG_FILE} -o {}; put {} -o upload/lftp.bin; cls -1 pub/; quote FEAT",
+        out.display(),
+        src.display()
+    );
+    let r = lftp_ftps(&topo.client, &t, &pki.gate_ca, Mode::Active, &script);
+    r.assert_success(&ctx());
+    assert_eq!(sha256_file(&out), server.root.big_sha256());
+    assert_eq!(sha256_file(&server.root.uploaded("lftp.bin")), want_up);
+    common::clients::assert_listing(&r, &ctx);
+
+    let out = work.path().join("ftplib.bin");
+    let r = ftplib_tls(
+        &topo.client,
+        t.addr,
+        &pki.gate_ca,
+        Mode::Epsv,
+        "get",
+        BIG_FILE,
+        &out,
+        false,
+    );
+    assert!(final_reply(&r).starts_with("226"), "{r}\n{}", ctx());
+    assert_eq!(sha256_file(&out), server.root.big_sha256());
+    g.assert_no_password();
+}

@@ -119,6 +119,9 @@ pub struct DataTlsPlan {
     pub require_reuse: bool,
     /// A client upload ending without `close_notify` (`tls.unclean_client_eof`).
     pub unclean: UncleanEof,
+    /// Changes when the backend sends a transfer command's `1xx`; the backend-side
+    /// handshake waits for it, as curl does (`None`: no wait).
+    pub preliminary: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl std::fmt::Debug for DataTlsPlan {
@@ -177,7 +180,8 @@ impl DataPlan {
             }
         };
         if tls.client.is_some() || tls.backend.is_some() {
-            let (c, b) = match secure_both(c, b, &tls, accept_timeout, &metrics).await {
+            let mut tls = tls;
+            let (c, b) = match secure_both(c, b, &mut tls, accept_timeout, &metrics).await {
                 Ok(x) => x,
                 Err(reason) => {
                     info!(id, reason = %reason, "data connection TLS handshake failed");
@@ -250,10 +254,11 @@ fn finish(
 async fn secure_both(
     c: TcpStream,
     b: TcpStream,
-    tls: &DataTlsPlan,
+    tls: &mut DataTlsPlan,
     timeout: Duration,
     metrics: &Metrics,
 ) -> Result<(MaybeTls, MaybeTls), String> {
+    let mut preliminary = tls.preliminary.take();
     // Client side first: a refused client (no resumption, failed handshake) must not
     // let the backend go ahead, so the backend's handshake waits for it.
     let client = async {
@@ -283,6 +288,11 @@ async fn secure_both(
         let c = client.await?;
         let b = match &tls.backend {
             Some((connector, name)) => {
+                if let Some(rx) = preliminary.as_mut() {
+                    rx.changed()
+                        .await
+                        .map_err(|_| "session ended before the transfer started".to_string())?;
+                }
                 let r = MaybeTls::Plain(b).connect(connector, name.clone()).await;
                 let negotiated = r.as_ref().ok().and_then(MaybeTls::negotiated);
                 metrics.tls_handshake("backend", negotiated);

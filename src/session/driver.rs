@@ -292,6 +292,9 @@ async fn pump(
     // (client, backend): TLS handshakes the machine asked for this turn.
     let mut starts = (false, false);
     let mut passthrough = false;
+    // Counts the backend's `1xx` replies to transfer commands: a TLS data connection
+    // to the backend handshakes after the next one.
+    let (preliminaries, _) = tokio::sync::watch::channel(0u64);
 
     loop {
         let read_client = m.wants_client_input();
@@ -373,12 +376,14 @@ async fn pump(
                                 &data_scope,
                                 &ctx.tls,
                                 tls,
+                                preliminaries.subscribe(),
                             ));
                         }
                         Action::Close(o) => *closing = closing.or(Some(o)),
                         Action::StartBackendTls => starts.1 = true,
                         Action::StartClientTls => starts.0 = true,
                         Action::Passthrough => passthrough = true,
+                        Action::TransferPreliminary => preliminaries.send_modify(|n| *n += 1),
                     }
                 }
             };

@@ -63,6 +63,7 @@ pub fn spawn_data(
     parent: &CancellationToken,
     contexts: &TlsContexts,
     session: &SessionTls,
+    preliminary: tokio::sync::watch::Receiver<u64>,
 ) -> CancellationToken {
     let t = &cfg.timeouts;
     let tls = DataTlsPlan {
@@ -73,6 +74,7 @@ pub fn spawn_data(
             .then(|| (session.connector.clone(), session.name.clone())),
         require_reuse: cfg.tls.require_session_reuse,
         unclean: cfg.tls.unclean_client_eof,
+        preliminary: Some(preliminary),
     };
     let plan = DataPlan {
         id: spec.id,

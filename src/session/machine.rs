@@ -119,6 +119,11 @@ pub enum Action<L> {
     /// After writing the outbox: TLS handshake with the backend as the TLS client;
     /// report with [`SessionMachine::on_backend_tls`].
     StartBackendTls,
+    /// The backend sent a transfer command's `1xx`: it is ready for the data
+    /// connection's TLS handshake (pyftpdlib takes a ClientHello that arrives before
+    /// it processed the command as stray data and resets; curl, too, starts data TLS
+    /// only after the `150`).
+    TransferPreliminary,
     /// After writing the outbox (the server's `234`): relay both control connections
     /// as opaque bytes until either closes (transparent mode, `AUTH TLS` to a server
     /// ftpgate has no certificate for). The machine has no more say.
@@ -731,6 +736,12 @@ impl<E: SessionEdge> SessionMachine<E> {
         };
         // The code the client receives for a reply ending here, if it receives one.
         let mut sent = outcome.ended.map(|e| e.code.0);
+        let preliminary = outcome.ended.is_some_and(|e| {
+            e.code.0 < 200 && matches!(e.origin, Some(Origin::Client(v)) if v.is_transfer())
+        });
+        if preliminary {
+            self.actions.push(Action::TransferPreliminary);
+        }
         let ended_for = |verb: Verb| {
             outcome
                 .ended

@@ -880,3 +880,30 @@ fn transparent_auth_tls_becomes_passthrough() {
     assert_eq!(t.take_client(), "234 Proceed.\r\n");
     assert!(has(&t.actions(), |a| matches!(a, Action::Passthrough)));
 }
+
+/// pyftpdlib resets a TLS data connection whose ClientHello arrives before it
+/// processed RETR: the backend's 150 is what lets the data task handshake.
+#[test]
+fn transfer_preliminary_reply_is_announced() {
+    let mut t = logged_in(|_| {});
+    t.client("PASV\r\n");
+    t.server("227 Entering Passive Mode (10,0,0,2,195,80).\r\n");
+    t.actions();
+    t.client("RETR f\r\n");
+    assert!(!has(&t.actions(), |a| matches!(
+        a,
+        Action::TransferPreliminary
+    )));
+    t.server("150 Opening data connection.\r\n");
+    assert!(has(&t.actions(), |a| matches!(
+        a,
+        Action::TransferPreliminary
+    )));
+    // A 1xx to anything else (a misbehaving server) is not a transfer starting.
+    t.client("NOOP\r\n");
+    t.server("226 done\r\n120 later\r\n200 ok\r\n");
+    assert!(!has(&t.actions(), |a| matches!(
+        a,
+        Action::TransferPreliminary
+    )));
+}

@@ -176,7 +176,7 @@ impl FtpServer {
         let mut cmd = match kind {
             ServerKind::Vsftpd => vsftpd_command(ns, addr, root.path(), conf_dir.path(), extra),
             ServerKind::Proftpd => proftpd_command(ns, addr, root.path(), conf_dir.path()),
-            ServerKind::Pyftpdlib => pyftpdlib_command(ns, addr, root.path()),
+            ServerKind::Pyftpdlib => pyftpdlib_command(ns, addr, root.path(), extra),
         };
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -386,13 +386,29 @@ AllowOverwrite on
     cmd
 }
 
-fn pyftpdlib_command(ns: &Netns, addr: SocketAddr, root: &Path) -> Command {
+/// pyftpdlib; `extra` may hold `tls_cert=PATH` and `tls_key=PATH` lines, which make it
+/// pyftpdlib's `TLS_FTPHandler` (explicit FTPS; needs python3-openssl).
+fn pyftpdlib_command(ns: &Netns, addr: SocketAddr, root: &Path, extra: &str) -> Command {
+    let setting = |key: &str| {
+        extra
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::to_owned)
+    };
+    let tls = match (setting("tls_cert="), setting("tls_key=")) {
+        (Some(cert), Some(key)) => format!(
+            "from pyftpdlib.handlers import TLS_FTPHandler as FTPHandler\n\
+             FTPHandler.certfile = {cert:?}\nFTPHandler.keyfile = {key:?}\n"
+        ),
+        _ => String::new(),
+    };
     let script = format!(
         r#"
 import logging, sys
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
+{tls}
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 auth = DummyAuthorizer()
 auth.add_user({user:?}, {pw:?}, {root:?}, perm="elradfmwMT")
