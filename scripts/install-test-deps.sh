@@ -90,6 +90,9 @@ unpack() {
 }
 mkdir -p "$OPT"
 unpack proftpd-core proftpd
+# mod_tls (FTPS, tests/e2e_ftps.rs) lives in proftpd-mod-crypto; loaded with
+# ModulePath/LoadModule from here.
+unpack proftpd-mod-crypto proftpd-crypto
 
 # Prove the unpacked binary runs (all shared libraries resolved).
 "$OPT/proftpd/usr/sbin/proftpd" --version >/dev/null

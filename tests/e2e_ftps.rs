@@ -1,6 +1,7 @@
 //! FTPS through ftpgate (issue 11), with real peers in namespaces: vsftpd with
-//! `ssl_enable=YES`, `require_ssl_reuse=YES`, `strict_ssl_read_eof=YES` behind
-//! ftpgate; curl, lftp and Python ftplib in front. Transfers are byte-exact.
+//! `ssl_enable=YES`, `require_ssl_reuse=YES`, `strict_ssl_read_eof=YES`, proftpd
+//! with mod_tls (its defaults), pyftpdlib's `TLS_FTPHandler` behind ftpgate; curl,
+//! lftp and Python ftplib in front. Transfers are byte-exact.
 //!
 //! One topology and one vsftpd per test function; each case starts its own
 //! ftpgate (a process start is cheap) on its own port and data-port range.
@@ -973,5 +974,78 @@ fn ftps_mirror_pyftpdlib() {
     );
     assert!(final_reply(&r).starts_with("226"), "{r}\n{}", ctx());
     assert_eq!(sha256_file(&out), server.root.big_sha256());
+    g.assert_no_password();
+}
+
+/// ProFTPD with mod_tls at its defaults (session reuse required on data connections)
+/// behind ftpgate, TLS on both sides: curl and lftp, passive and active, byte-exact.
+#[test]
+fn ftps_mirror_proftpd() {
+    if !common::e2e_enabled("ftps_mirror_proftpd") {
+        return;
+    }
+    let topo = ReverseTopology::new();
+    let pki = Pki::new();
+    let tls_log = tempfile::tempdir().unwrap();
+    let tls = format!(
+        "ModulePath {modules}\nLoadModule mod_tls.c\n<IfModule mod_tls.c>\n\
+         TLSEngine on\nTLSRSACertificateFile {cert}\nTLSRSACertificateKeyFile {key}\n\
+         TLSProtocol TLSv1.2 TLSv1.3\nTLSLog {log}\n</IfModule>\n",
+        modules = common::servers::PROFTPD_CRYPTO_MODULES,
+        cert = pki.backend_cert,
+        key = pki.backend_key,
+        log = tls_log.path().join("tls.log").display(),
+    );
+    let server = FtpServer::start_with(
+        &topo.topo,
+        &topo.backend,
+        topo.backend_addr(),
+        ServerKind::Proftpd,
+        &tls,
+    );
+    let g = gate(
+        &topo,
+        &pki,
+        21,
+        (50000, 50099),
+        &["--backend-ca", &pki.backend_ca],
+    );
+    let t = at(21);
+    let work = tempfile::tempdir().unwrap();
+    let src = upload_source(work.path());
+    let want_up = sha256_file(&src);
+    let ctx = || context(&g, &server);
+
+    let out = work.path().join("curl.bin");
+    let r = curl_get(&topo.client, &t, &pki.gate_ca, Mode::Epsv, BIG_FILE, &out);
+    r.assert_success(&ctx());
+    assert_eq!(sha256_file(&out), server.root.big_sha256(), "{}", ctx());
+    let r = curl_put(
+        &topo.client,
+        &t,
+        &pki.gate_ca,
+        Mode::Pasv,
+        &src,
+        "upload/curl.bin",
+    );
+    r.assert_success(&ctx());
+    assert_eq!(sha256_file(&server.root.uploaded("curl.bin")), want_up);
+
+    let out = work.path().join("lftp.bin");
+    let script = format!(
+        "get {BIG_FILE} -o {}; put {} -o upload/lftp.bin; cls -1 pub/",
+        out.display(),
+        src.display()
+    );
+    let r = lftp_ftps(&topo.client, &t, &pki.gate_ca, Mode::Active, &script);
+    r.assert_success(&ctx());
+    assert_eq!(sha256_file(&out), server.root.big_sha256());
+    assert_eq!(sha256_file(&server.root.uploaded("lftp.bin")), want_up);
+    common::clients::assert_listing(&r, &ctx);
+    assert!(
+        g.logs().contains("backend control connection in TLS"),
+        "{}",
+        ctx()
+    );
     g.assert_no_password();
 }
