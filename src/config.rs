@@ -285,9 +285,11 @@ pub struct TlsConfig {
     pub key: Option<std::path::PathBuf>,
     /// Unset: `optional` when a certificate is configured, else `off`.
     pub client: Option<ClientTlsPolicy>,
+    /// Whether client data connections must be protected (`PROT P`).
     pub client_data: ClientDataPolicy,
     /// Refuse a client data-connection handshake that does not resume a TLS session.
     pub require_session_reuse: bool,
+    /// TLS towards backends.
     pub backend: BackendTlsPolicy,
     /// PEM CA certificates that backend certificates must chain to; unset: the system
     /// trust store.
@@ -296,6 +298,7 @@ pub struct TlsConfig {
     pub backend_server_name: Option<String>,
     /// Do not verify backend certificates (warned about at start).
     pub backend_insecure: bool,
+    /// A client TLS upload that ends without `close_notify`.
     pub unclean_client_eof: UncleanEof,
     /// Highest TLS version offered to backends (`tls.backend_max_version`).
     pub backend_max_version: TlsVersion,

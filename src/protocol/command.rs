@@ -38,9 +38,13 @@ pub enum Verb {
     Quit,
     Rein,
     Auth,
+    /// RFC 4217 §8: protection buffer size (always 0 with TLS).
     Pbsz,
+    /// RFC 4217 §9: data channel protection level.
     Prot,
+    /// RFC 4217 §11: clear command channel (refused).
     Ccc,
+    /// RFC 2389: feature list (augmented with the FTPS features).
     Feat,
     Other,
 }
