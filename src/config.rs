@@ -251,6 +251,21 @@ pub enum BackendTlsPolicy {
     Implicit,
 }
 
+/// The backend's data protection (`tls.backend_data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendDataProtection {
+    /// The client's `PBSZ`/`PROT` go to the backend: its data protection follows the
+    /// client's.
+    #[default]
+    Mirror,
+    /// Always `PROT P` towards a TLS backend (ftpgate answers the client's `PROT`).
+    Private,
+    /// Clear data towards the backend (ftpgate answers the client's `PROT`), e.g. to
+    /// keep the farm's data path cheap inside a trusted network.
+    Clear,
+}
+
 /// Whether data connections must be protected (`tls.client_data`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -291,6 +306,8 @@ pub struct TlsConfig {
     pub require_session_reuse: bool,
     /// TLS towards backends.
     pub backend: BackendTlsPolicy,
+    /// The backend's data protection once its control connection is TLS.
+    pub backend_data: BackendDataProtection,
     /// PEM CA certificates that backend certificates must chain to; unset: the system
     /// trust store.
     pub backend_ca: Option<std::path::PathBuf>,
@@ -327,6 +344,7 @@ impl Default for TlsConfig {
             // curl and lftp do. Off by default so every common client works.
             require_session_reuse: false,
             backend: BackendTlsPolicy::Mirror,
+            backend_data: BackendDataProtection::Mirror,
             backend_ca: None,
             backend_server_name: None,
             backend_insecure: false,

@@ -26,8 +26,9 @@ use super::passive::{
 };
 use super::replies::LocalReply;
 use super::tls::{
-    data_tls, decide_auth, decide_pbsz, decide_prot, missing_features, required_refusal,
-    upgrade_backend_at_greeting, AuthDecision, DataTls, ProtectionDecision, TlsState,
+    data_tls, decide_auth, decide_pbsz, decide_prot, inject_backend_prot, missing_features,
+    required_refusal, upgrade_backend_at_greeting, AuthDecision, DataTls, ProtectionDecision,
+    TlsState,
 };
 use super::translate::{setup_reply, HeldCommand, Setup, SetupVerdict, Translation};
 use crate::config::{BackendDataMode, Config, ListenerMode};
@@ -421,7 +422,8 @@ impl<E: SessionEdge> SessionMachine<E> {
         match result {
             Ok(()) => {
                 self.tls.backend = true;
-                if std::mem::take(&mut self.tls.backend_handshake_pending) {
+                let own = std::mem::take(&mut self.tls.backend_handshake_pending);
+                if inject_backend_prot(self.cfg.tls.backend_data, own) {
                     self.protect_backend_data();
                 }
                 if self.tls.client_handshake_pending {
@@ -507,11 +509,11 @@ impl<E: SessionEdge> SessionMachine<E> {
             }
             v if v.is_transfer() => self.on_transfer_command(line, v),
             Verb::Auth => self.on_auth(cmd.arg),
-            Verb::Pbsz => match decide_pbsz(&self.tls) {
+            Verb::Pbsz => match decide_pbsz(&self.tls, self.cfg.tls.backend_data) {
                 ProtectionDecision::Answer(r) => self.answer(r),
                 ProtectionDecision::Forward => self.forward(line, cmd.verb),
             },
-            Verb::Prot => match decide_prot(cmd.arg, &self.tls) {
+            Verb::Prot => match decide_prot(cmd.arg, &self.tls, self.cfg.tls.backend_data) {
                 (ProtectionDecision::Answer(r), private) => {
                     if let Some(p) = private {
                         self.tls.client_private = p;
@@ -832,7 +834,7 @@ impl<E: SessionEdge> SessionMachine<E> {
         if greeted {
             if upgrade_backend_at_greeting(self.cfg.tls.backend, &self.tls) {
                 self.upgrade_backend();
-            } else if self.tls.backend {
+            } else if self.tls.backend && inject_backend_prot(self.cfg.tls.backend_data, true) {
                 // Implicit backend: already TLS; protect its data the same way.
                 self.protect_backend_data();
             }

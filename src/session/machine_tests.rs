@@ -907,3 +907,35 @@ fn transfer_preliminary_reply_is_announced() {
         Action::TransferPreliminary
     )));
 }
+
+/// `tls.backend_data: private`: whatever the client's PROT, the backend's data is
+/// protected; the client's PBSZ/PROT are answered by ftpgate.
+#[test]
+fn backend_data_private_keeps_farm_data_encrypted() {
+    let mut t = session(|c| {
+        with_cert(c);
+        c.tls.backend_data = crate::config::BackendDataProtection::Private;
+    });
+    t.client("AUTH TLS\r\n");
+    assert_eq!(t.take_backend(), "AUTH TLS\r\n");
+    t.server("234 Proceed.\r\n");
+    t.actions();
+    t.m.on_backend_tls(Ok(()), t.now);
+    assert_eq!(t.take_backend(), "PBSZ 0\r\nPROT P\r\n");
+    t.m.on_client_tls(Ok(()), t.now);
+    t.server("200 PBSZ=0\r\n200 PROT now Private.\r\n");
+    assert!(t.take_client().starts_with("234 "));
+    t.client("PBSZ 0\r\nPROT C\r\n");
+    assert_eq!(t.take_backend(), "");
+    assert_eq!(
+        t.take_client(),
+        "200 PBSZ=0\r\n200 Protection level set to C.\r\n"
+    );
+    assert_eq!(
+        data_tls(t.m.tls_state()),
+        DataTls {
+            client: false,
+            backend: true
+        }
+    );
+}

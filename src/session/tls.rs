@@ -13,7 +13,7 @@
 //!   PBSZ/PROT ── client clear ─▶ 503 │ backend TLS ─▶ forward │ else ─▶ our 200
 //! ```
 
-use crate::config::{BackendTlsPolicy, ClientDataPolicy, ClientTlsPolicy};
+use crate::config::{BackendDataProtection, BackendTlsPolicy, ClientDataPolicy, ClientTlsPolicy};
 use crate::protocol::command::Verb;
 
 use super::replies::LocalReply;
@@ -126,10 +126,10 @@ pub enum ProtectionDecision {
 }
 
 /// `PBSZ` (RFC 4217 §8): only after `AUTH`; with TLS the size is always 0.
-pub fn decide_pbsz(st: &TlsState) -> ProtectionDecision {
+pub fn decide_pbsz(st: &TlsState, backend_data: BackendDataProtection) -> ProtectionDecision {
     if !st.client {
         ProtectionDecision::Answer(LocalReply::SecurityExchangeFirst)
-    } else if st.backend {
+    } else if st.backend && backend_data == BackendDataProtection::Mirror {
         ProtectionDecision::Forward
     } else {
         ProtectionDecision::Answer(LocalReply::PbszOk)
@@ -138,7 +138,11 @@ pub fn decide_pbsz(st: &TlsState) -> ProtectionDecision {
 
 /// `PROT <level>` (RFC 4217 §9). Returns the decision and, when accepted, whether data
 /// becomes private.
-pub fn decide_prot(arg: &[u8], st: &TlsState) -> (ProtectionDecision, Option<bool>) {
+pub fn decide_prot(
+    arg: &[u8],
+    st: &TlsState,
+    backend_data: BackendDataProtection,
+) -> (ProtectionDecision, Option<bool>) {
     if !st.client {
         return (
             ProtectionDecision::Answer(LocalReply::SecurityExchangeFirst),
@@ -160,7 +164,7 @@ pub fn decide_prot(arg: &[u8], st: &TlsState) -> (ProtectionDecision, Option<boo
         }
         _ => return (ProtectionDecision::Answer(LocalReply::ProtUnknown), None),
     };
-    if st.backend {
+    if st.backend && backend_data == BackendDataProtection::Mirror {
         (ProtectionDecision::Forward, Some(private))
     } else {
         (
@@ -187,6 +191,17 @@ pub fn required_refusal(
             Some(LocalReply::TlsRequiredForData)
         }
         _ => None,
+    }
+}
+
+/// Whether ftpgate sends `PBSZ 0`/`PROT P` itself once the backend is in TLS:
+/// under `tls.backend_data: private`, and when ftpgate upgraded the backend on its own
+/// (`required`, implicit) unless `clear` is asked for.
+pub fn inject_backend_prot(backend_data: BackendDataProtection, own_upgrade: bool) -> bool {
+    match backend_data {
+        BackendDataProtection::Private => true,
+        BackendDataProtection::Clear => false,
+        BackendDataProtection::Mirror => own_upgrade,
     }
 }
 
@@ -328,15 +343,42 @@ mod tests {
     #[test]
     fn pbsz_and_prot_follow_rfc_4217() {
         // ftplib's prot_p() sends PBSZ 0 then PROT P.
+        use BackendDataProtection as P;
         assert_eq!(
-            decide_pbsz(&st(false, false)),
+            decide_pbsz(&st(false, false), P::Mirror),
             ProtectionDecision::Answer(LocalReply::SecurityExchangeFirst)
         );
         assert_eq!(
-            decide_pbsz(&st(true, false)),
+            decide_pbsz(&st(true, false), P::Mirror),
             ProtectionDecision::Answer(LocalReply::PbszOk)
         );
-        assert_eq!(decide_pbsz(&st(true, true)), ProtectionDecision::Forward);
+        assert_eq!(
+            decide_pbsz(&st(true, true), P::Mirror),
+            ProtectionDecision::Forward
+        );
+        // backend_data private/clear: the backend's protection is ftpgate's business.
+        assert_eq!(
+            decide_pbsz(&st(true, true), P::Private),
+            ProtectionDecision::Answer(LocalReply::PbszOk)
+        );
+        assert_eq!(
+            decide_prot(b"C", &st(true, true), P::Private),
+            (
+                ProtectionDecision::Answer(LocalReply::ProtOk(b'C')),
+                Some(false)
+            )
+        );
+        assert_eq!(
+            decide_prot(b"P", &st(true, true), P::Clear),
+            (
+                ProtectionDecision::Answer(LocalReply::ProtOk(b'P')),
+                Some(true)
+            )
+        );
+        assert!(inject_backend_prot(P::Private, false));
+        assert!(inject_backend_prot(P::Mirror, true));
+        assert!(!inject_backend_prot(P::Mirror, false));
+        assert!(!inject_backend_prot(P::Clear, true));
         let cases: &[(&[u8], TlsState, ProtectionDecision, Option<bool>)] = &[
             (
                 b"P",
@@ -389,7 +431,7 @@ mod tests {
         ];
         for (arg, s, want, private) in cases {
             assert_eq!(
-                decide_prot(arg, s),
+                decide_prot(arg, s, BackendDataProtection::Mirror),
                 (want.clone(), *private),
                 "PROT {:?}",
                 String::from_utf8_lossy(arg)
