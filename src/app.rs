@@ -20,7 +20,7 @@ use crate::config::{ListenerMode, ListenerTls, ValidConfig};
 use crate::dataport::PortPool;
 use crate::health::{self, HEALTH_CHECK_INTERVAL};
 use crate::metrics::Metrics;
-use crate::net::{note_exhaustion, AcceptBackoff, LocalResource, ACCEPT_BACKOFF_MIN};
+use crate::net::AcceptBackoff;
 use crate::session::limits::PreloginSlots;
 use crate::session::{run_session, SessionContext};
 
@@ -30,17 +30,31 @@ const CONTROL_BACKLOG: i32 = 1024;
 /// How long sessions get to say goodbye after shutdown before the process exits anyway.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// Why the gateway could not start: a listener failed to bind.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// An FTP listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind {
+        /// The FTP listener's address (`listeners[].listen`).
+        addr: SocketAddr,
+        /// The bind or listen error.
+        source: io::Error,
+    },
+    /// The admin listener (metrics, health) could not bind.
     #[error("cannot listen on {addr} for the admin endpoint (metrics): {source}")]
-    AdminBind { addr: SocketAddr, source: io::Error },
+    AdminBind {
+        /// The admin address (`admin.listen`).
+        addr: SocketAddr,
+        /// The bind or listen error.
+        source: io::Error,
+    },
     /// A certificate, key or CA file in `tls:` could not be used.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsSetupError),
 }
 
+/// The running gateway: its bound listeners and what every session shares.
 pub struct Gateway {
     listeners: Vec<(TcpListener, ListenerMode, ListenerTls)>,
     ctx: Arc<SessionContext>,
@@ -182,20 +196,7 @@ async fn accept_loop(
                     tracker.spawn(run_session(stream, peer, mode, tls, Arc::clone(&ctx), shutdown.clone()));
                     continue;
                 }
-                Err(e) => match LocalResource::of(&e) {
-                    // Out of descriptors: the connection stays queued and the listener
-                    // readable, so retrying at once would spin. Sessions ending free
-                    // descriptors; back off (50 ms doubling to 1 s) until then.
-                    Some(resource) => {
-                        note_exhaustion(&ctx.metrics, resource, "accept", &e);
-                        backoff.next_delay()
-                    }
-                    // ECONNABORTED and the like concern one connection only.
-                    None => {
-                        warn!(error = %e, "accept failed");
-                        ACCEPT_BACKOFF_MIN
-                    }
-                },
+                Err(e) => backoff.after_error(&e, &ctx.metrics, "accept"),
             },
             () = shutdown.cancelled() => return,
         };

@@ -87,6 +87,7 @@ fn init_logs(log: &LogConfig) {
 
 /// Each session holds two control sockets plus data sockets and splice pipes; the
 /// usual soft limit of 1024 descriptors would cap ftpgate at a few hundred sessions.
+#[allow(unsafe_code)]
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -97,7 +98,7 @@ fn raise_fd_limit() {
     if ok && lim.rlim_cur < lim.rlim_max {
         let old = lim.rlim_cur;
         lim.rlim_cur = lim.rlim_max;
-        // SAFETY: as above.
+        // SAFETY: as above: setrlimit only reads `lim`, a live, initialised local.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
             tracing::debug!(from = old, to = lim.rlim_max, "raised open-file limit");
         }

@@ -12,34 +12,33 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::data::DataEvent;
 use super::edge::{spawn_data, PoolEdge};
 use super::limits::PreloginSlot;
-use super::machine::{Action, Addresses, Deadline, Outbox, SessionMachine};
+use super::machine::{Action, Addresses, Deadline, SessionMachine};
 use super::outcome::{Outcome, SessionError};
 use super::replies::LocalReply;
 use super::timer::Timer;
 use super::tls::TlsState;
 use super::upstream::connect_upstream;
+use super::writes::{bounded, grace, write_backend, write_flush, Interrupt, CLOSE_GRACE};
 use super::SessionContext;
 use crate::config::{BackendTlsPolicy, ListenerMode, ListenerTls};
 use crate::metrics::Refusal;
-use crate::net::{drain_past_urgent_mark, prepare_control_socket, send_urgent};
+use crate::net::{drain_past_urgent_mark, prepare_control_socket};
 use crate::protocol::addr::canonical_ip;
 use crate::tls::MaybeTls;
 
 /// Control lines are short; a small read size keeps idle sessions cheap (two buffers each).
 const READ_CHUNK: usize = 4 * 1024;
-/// How long a closing session tries to deliver its last reply (a client that does not
-/// read gets no more).
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -207,27 +206,6 @@ async fn say_goodbye(metrics: &crate::metrics::Metrics, client: &mut TcpStream, 
     .await;
 }
 
-/// What interrupted a write.
-enum Interrupt {
-    Deadline(Deadline),
-    Shutdown,
-}
-
-/// Runs `write` unless a session deadline or shutdown comes first.
-async fn bounded<F: Future<Output = io::Result<()>>>(
-    write: F,
-    deadline: Option<(Instant, Deadline)>,
-    shutdown: &CancellationToken,
-) -> Result<io::Result<()>, Interrupt> {
-    let mut timer = Timer::default();
-    timer.arm(deadline.map(|(at, _)| at));
-    tokio::select! {
-        r = write => Ok(r),
-        () = timer.fired() => Err(Interrupt::Deadline(deadline.map_or(Deadline::Idle, |(_, k)| k))),
-        () = shutdown.cancelled() => Err(Interrupt::Shutdown),
-    }
-}
-
 /// The session's TLS client towards its backend: one resumption store shared by the
 /// control connection and its data connections, and the name verified.
 pub struct SessionTls {
@@ -278,23 +256,24 @@ async fn pump(
     shutdown: &CancellationToken,
 ) -> Outcome {
     let max_line = ctx.config.control.max_line_length;
-    // Cancelled when the session ends: withdraws data mappings not yet in use.
-    let data_scope = shutdown.child_token();
-    let _withdraw_all = data_scope.clone().drop_guard();
     let (data_tx, mut data_rx) = mpsc::unbounded_channel();
-    let mut newest_data: Option<CancellationToken> = None;
+    let mut data = DataTasks {
+        ctx,
+        tls,
+        events: data_tx,
+        scope: shutdown.child_token(),
+        newest: None,
+        preliminaries: watch::channel(0u64).0,
+        upgrades: Upgrades::default(),
+    };
+    // Data mappings not yet in use are withdrawn when the session ends.
+    let _withdraw_all = data.scope.clone().drop_guard();
     let mut closing: Option<Outcome> = None;
     let (mut noop_timer, mut deadline_timer) = (Timer::default(), Timer::default());
     let mut cbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut sbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     // `None` only while a handshake owns the stream.
     let (mut client, mut backend) = (Some(client), Some(backend));
-    // (client, backend): TLS handshakes the machine asked for this turn.
-    let mut starts = (false, false);
-    let mut passthrough = false;
-    // Counts the backend's `1xx` replies to transfer commands: a TLS data connection
-    // to the backend handshakes after the next one.
-    let (preliminaries, _) = tokio::sync::watch::channel(0u64);
 
     loop {
         let read_client = m.wants_client_input();
@@ -302,8 +281,18 @@ async fn pump(
             cbuf.reserve(READ_CHUNK);
         }
         sbuf.reserve(READ_CHUNK);
-        let deadline = m.next_deadline();
-        deadline_timer.arm(deadline.map(|(at, _)| at));
+        // Armed no later than the machine's next deadline, nor than the earliest a
+        // backend-reply deadline could start from now: then a command sent this turn
+        // never has to move the timer earlier (see `Timer::arm_early`).
+        let now = Instant::now();
+        let reply_bound = Some(ctx.config.timeouts.backend_reply)
+            .filter(|d| !d.is_zero())
+            .map(|d| now + d);
+        let wake = match (m.next_deadline().map(|(at, _)| at), reply_bound) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        deadline_timer.arm_early(wake);
         noop_timer.arm(m.next_keepalive());
         let mut backend_read_at = None;
         let (Some(cs), Some(bs)) = (client.as_mut(), backend.as_mut()) else {
@@ -344,8 +333,10 @@ async fn pump(
             Some(ev) = data_rx.recv() => m.on_data_event(ev, Instant::now()),
             () = noop_timer.fired() => m.on_keepalive(Instant::now()),
             () = deadline_timer.fired() => {
-                if let Some((_, kind)) = deadline {
-                    m.on_deadline(kind, Instant::now());
+                // The timer may fire early; only a deadline really due counts.
+                let now = Instant::now();
+                if let Some((at, kind)) = m.next_deadline().filter(|(at, _)| *at <= now) {
+                    m.on_deadline(kind, at.max(now));
                 }
             }
             () = shutdown.cancelled() => m.on_shutdown(),
@@ -358,63 +349,21 @@ async fn pump(
         if m.logged_in() {
             slot.release();
         }
-        let mut act =
-            |m: &mut Machine, closing: &mut Option<Outcome>, starts: &mut (bool, bool)| {
-                for action in m.take_actions() {
-                    match action {
-                        Action::WithdrawData => {
-                            if let Some(t) = newest_data.take() {
-                                t.cancel();
-                            }
-                        }
-                        Action::OpenData(spec) => {
-                            newest_data = Some(spawn_data(
-                                spec,
-                                &ctx.config,
-                                &ctx.metrics,
-                                &data_tx,
-                                &data_scope,
-                                &ctx.tls,
-                                tls,
-                                preliminaries.subscribe(),
-                            ));
-                        }
-                        Action::Close(o) => *closing = closing.or(Some(o)),
-                        Action::StartBackendTls => starts.1 = true,
-                        Action::StartClientTls => starts.0 = true,
-                        Action::Passthrough => passthrough = true,
-                        Action::TransferPreliminary => preliminaries.send_modify(|n| *n += 1),
-                    }
-                }
-            };
-        act(m, &mut closing, &mut starts);
-
-        if !m.out.to_backend.is_empty() {
-            let Some(bw) = backend.as_mut() else {
-                return closing.unwrap_or(Outcome::BackendError);
-            };
-            let deadline = m.next_deadline();
-            let r = match closing {
-                Some(_) => grace(write_backend(bw, &m.out)).await,
-                None => bounded(write_backend(bw, &m.out), deadline, shutdown).await,
-            };
-            m.out.to_backend.clear();
-            m.out.urgent_at = None;
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if closing.is_none() => m.on_error(&SessionError::BackendWrite(e)),
-                Ok(Err(_)) => {}
-                Err(interrupt) => interrupted(m, interrupt),
+        data.execute(m, &mut closing);
+        flush_backend(m, backend.as_mut(), closing, &mut deadline_timer, shutdown).await;
+        data.execute(m, &mut closing);
+        if flush_client(m, client.as_mut(), closing, &mut deadline_timer, shutdown).await {
+            if let Some(t) = backend_read_at {
+                ctx.metrics
+                    .reply_added_latency_seconds
+                    .observe(t.elapsed().as_secs_f64());
             }
-            act(m, &mut closing, &mut starts);
         }
-
-        write_client(m, client.as_mut(), closing, backend_read_at, ctx, shutdown).await;
-        act(m, &mut closing, &mut starts);
+        data.execute(m, &mut closing);
 
         // TLS upgrades, once the replies announcing them are out. Backend first: in
         // mirror mode its success is what lets ftpgate send the client its 234.
-        if std::mem::take(&mut starts.1) && closing.is_none() {
+        if std::mem::take(&mut data.upgrades.backend) && closing.is_none() {
             let r = handshake(
                 &mut backend,
                 |s| s.connect(&tls.connector, tls.name.clone()),
@@ -429,11 +378,11 @@ async fn pump(
                 debug!(version = n.version, "backend control connection in TLS");
             }
             m.on_backend_tls(r, Instant::now());
-            act(m, &mut closing, &mut starts);
-            write_client(m, client.as_mut(), closing, None, ctx, shutdown).await;
-            act(m, &mut closing, &mut starts);
+            data.execute(m, &mut closing);
+            flush_client(m, client.as_mut(), closing, &mut deadline_timer, shutdown).await;
+            data.execute(m, &mut closing);
         }
-        if std::mem::take(&mut starts.0) && closing.is_none() {
+        if std::mem::take(&mut data.upgrades.client) && closing.is_none() {
             if !cbuf.is_empty() {
                 // Bytes pipelined behind AUTH in clear text must not be taken as
                 // commands from inside TLS (the STARTTLS command-injection attack).
@@ -459,10 +408,9 @@ async fn pump(
             ctx.metrics
                 .tls_handshake("client", negotiated.filter(|_| r.is_ok()));
             m.on_client_tls(r, Instant::now());
-            act(m, &mut closing, &mut starts);
+            data.execute(m, &mut closing);
         }
-
-        if passthrough && closing.is_none() {
+        if std::mem::take(&mut data.upgrades.passthrough) && closing.is_none() {
             if let (Some(c), Some(b)) = (client.as_mut(), backend.as_mut()) {
                 return relay_opaque(c, b, &mut cbuf, &mut sbuf, ctx, shutdown).await;
             }
@@ -475,6 +423,133 @@ async fn pump(
             return outcome;
         }
     }
+}
+
+/// TLS steps the machine asked for this turn, carried out after the outbox is written.
+#[derive(Default)]
+struct Upgrades {
+    client: bool,
+    backend: bool,
+    passthrough: bool,
+}
+
+/// The session's data connections: started and withdrawn as the machine says; the
+/// TLS steps it asks for are noted in `upgrades`.
+struct DataTasks<'a> {
+    ctx: &'a SessionContext,
+    tls: &'a SessionTls,
+    events: mpsc::UnboundedSender<DataEvent>,
+    /// Parent of every data task's token; cancelled when the session ends.
+    scope: CancellationToken,
+    /// The newest data mapping, withdrawn when a newer one replaces it.
+    newest: Option<CancellationToken>,
+    /// Counts the backend's `1xx` replies to transfer commands: a TLS data connection
+    /// to the backend handshakes after the next one.
+    preliminaries: watch::Sender<u64>,
+    upgrades: Upgrades,
+}
+
+impl DataTasks<'_> {
+    /// Carries out the machine's actions; a `Close` is remembered in `closing`.
+    fn execute(&mut self, m: &mut Machine, closing: &mut Option<Outcome>) {
+        for action in m.take_actions() {
+            match action {
+                Action::WithdrawData => {
+                    if let Some(t) = self.newest.take() {
+                        t.cancel();
+                    }
+                }
+                Action::OpenData(spec) => {
+                    let c = self.ctx;
+                    self.newest = Some(spawn_data(
+                        spec,
+                        &c.config,
+                        &c.metrics,
+                        &self.events,
+                        &self.scope,
+                        &c.tls,
+                        self.tls,
+                        self.preliminaries.subscribe(),
+                    ));
+                }
+                Action::Close(o) => *closing = closing.or(Some(o)),
+                Action::StartBackendTls => self.upgrades.backend = true,
+                Action::StartClientTls => self.upgrades.client = true,
+                Action::Passthrough => self.upgrades.passthrough = true,
+                Action::TransferPreliminary => self.preliminaries.send_modify(|n| *n += 1),
+            }
+        }
+    }
+}
+
+/// Writes the backend's outbox; a failure becomes a machine input.
+async fn flush_backend(
+    m: &mut Machine,
+    bw: Option<&mut MaybeTls>,
+    closing: Option<Outcome>,
+    timer: &mut Timer,
+    shutdown: &CancellationToken,
+) {
+    if m.out.to_backend.is_empty() {
+        return;
+    }
+    let Some(bw) = bw else {
+        m.out.to_backend.clear();
+        return;
+    };
+    let deadline = m.next_deadline();
+    let r = match closing {
+        Some(_) => grace(write_backend(bw, &m.out)).await,
+        None => bounded(write_backend(bw, &m.out), timer, deadline, shutdown).await,
+    };
+    m.out.to_backend.clear();
+    m.out.urgent_at = None;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if closing.is_none() => m.on_error(&SessionError::BackendWrite(e)),
+        Ok(Err(_)) => {}
+        Err(interrupt) => interrupted(m, interrupt),
+    }
+}
+
+/// Writes the client's outbox; true when something was delivered. A failure or an
+/// interruption becomes a machine input.
+async fn flush_client(
+    m: &mut Machine,
+    cw: Option<&mut MaybeTls>,
+    closing: Option<Outcome>,
+    timer: &mut Timer,
+    shutdown: &CancellationToken,
+) -> bool {
+    if m.out.to_client.is_empty() {
+        return false;
+    }
+    let Some(cw) = cw else {
+        m.out.to_client.clear();
+        return false;
+    };
+    let deadline = m.next_deadline();
+    let r = match closing {
+        Some(_) => grace(write_flush(cw, &m.out.to_client)).await,
+        None => bounded(write_flush(cw, &m.out.to_client), timer, deadline, shutdown).await,
+    };
+    m.out.to_client.clear();
+    match r {
+        Ok(Ok(())) => return true,
+        Ok(Err(e)) if closing.is_none() => {
+            m.on_error(&SessionError::ClientWrite(e));
+            // Nothing more can reach this client.
+            m.out.to_client.clear();
+        }
+        Ok(Err(_)) => {}
+        Err(interrupt) => {
+            interrupted(m, interrupt);
+            // One last try for the 421 that explains the close.
+            let _ = grace(write_flush(cw, &m.out.to_client)).await;
+            m.out.to_client.clear();
+        }
+    }
+    false
 }
 
 /// Transparent FTPS: the rest of the control connection is TLS between the client and
@@ -512,58 +587,6 @@ async fn relay_opaque(
     }
 }
 
-/// Writes the machine's bytes for the client, bounded like every write.
-async fn write_client(
-    m: &mut Machine,
-    cw: Option<&mut MaybeTls>,
-    closing: Option<Outcome>,
-    backend_read_at: Option<Instant>,
-    ctx: &SessionContext,
-    shutdown: &CancellationToken,
-) {
-    if m.out.to_client.is_empty() {
-        return;
-    }
-    let Some(cw) = cw else {
-        m.out.to_client.clear();
-        return;
-    };
-    let deadline = m.next_deadline();
-    let r = match closing {
-        Some(_) => grace(write_flush(cw, &m.out.to_client)).await,
-        None => bounded(write_flush(cw, &m.out.to_client), deadline, shutdown).await,
-    };
-    m.out.to_client.clear();
-    match r {
-        Ok(Ok(())) => {
-            if let Some(t) = backend_read_at {
-                ctx.metrics
-                    .reply_added_latency_seconds
-                    .observe(t.elapsed().as_secs_f64());
-            }
-        }
-        Ok(Err(e)) => {
-            if closing.is_none() {
-                m.on_error(&SessionError::ClientWrite(e));
-            }
-            // Nothing more can reach this client.
-            m.out.to_client.clear();
-        }
-        Err(interrupt) => {
-            interrupted(m, interrupt);
-            // One last try for the 421 that explains the close.
-            let _ = grace(write_flush(cw, &m.out.to_client)).await;
-            m.out.to_client.clear();
-        }
-    }
-}
-
-/// Writes and flushes: a TLS stream holds written bytes until flushed.
-async fn write_flush(s: &mut MaybeTls, bytes: &[u8]) -> io::Result<()> {
-    s.write_all(bytes).await?;
-    s.flush().await
-}
-
 /// A write interrupted by a deadline or shutdown: what was queued cannot be delivered
 /// in order any more, so it is dropped, and the machine closes the session.
 fn interrupted(m: &mut Machine, interrupt: Interrupt) {
@@ -572,30 +595,5 @@ fn interrupted(m: &mut Machine, interrupt: Interrupt) {
     match interrupt {
         Interrupt::Deadline(kind) => m.on_deadline(kind, Instant::now()),
         Interrupt::Shutdown => m.on_shutdown(),
-    }
-}
-
-/// A last write of a closing session, bounded by [`CLOSE_GRACE`].
-async fn grace<F: Future<Output = io::Result<()>>>(write: F) -> Result<io::Result<()>, Interrupt> {
-    Ok(tokio::time::timeout(CLOSE_GRACE, write)
-        .await
-        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())))
-}
-
-/// Writes the backend's bytes, sending one byte as urgent data where a Telnet Synch
-/// was relayed (plain TCP only: the machine sets no urgent byte on a TLS backend).
-async fn write_backend(bw: &mut MaybeTls, out: &Outbox) -> io::Result<()> {
-    let bytes = &out.to_backend;
-    match out.urgent_at.filter(|&i| i < bytes.len() && !bw.is_tls()) {
-        Some(i) => {
-            let (before, rest) = bytes.split_at(i);
-            bw.write_all(before).await?;
-            if let Some((&urgent, after)) = rest.split_first() {
-                send_urgent(bw.tcp(), urgent).await?;
-                bw.write_all(after).await?;
-            }
-            Ok(())
-        }
-        None => write_flush(bw, bytes).await,
     }
 }
