@@ -95,6 +95,9 @@ impl Gateway {
         let tls = crate::tls::TlsContexts::load(&config.tls)?;
         if let Some(at) = tls.cert_not_after {
             metrics
+                .tls_certificate_not_after
+                .store(at, std::sync::atomic::Ordering::Relaxed);
+            metrics
                 .tls_certificate_expiry_seconds
                 .set(at - crate::tls::unix_now());
         }

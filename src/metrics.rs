@@ -70,6 +70,9 @@ pub struct Metrics {
     pub tls_unclean_eof_total: IntCounterVec,
     /// Seconds until the client-facing certificate expires (negative: expired).
     pub tls_certificate_expiry_seconds: IntGauge,
+    /// Unix time the client-facing certificate expires (0: none); the expiry gauge is
+    /// recomputed from it at every scrape, so it counts down on an idle gateway too.
+    pub tls_certificate_not_after: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// Transparent sessions whose control connection became an opaque relay after
     /// `AUTH TLS`.
     pub tls_passthrough_total: IntCounter,
@@ -234,6 +237,7 @@ impl Metrics {
                 "ftpgate_tls_passthrough_total",
                 "Transparent sessions relayed opaquely after AUTH TLS (no certificate for the server).",
             ),
+            tls_certificate_not_after: std::sync::Arc::default(),
             tls_certificate_expiry_seconds: gauge(
                 "ftpgate_tls_certificate_expiry_seconds",
                 "Seconds until the certificate presented to clients expires.",
@@ -353,6 +357,13 @@ impl Metrics {
 
     /// The registry in Prometheus text exposition format.
     pub fn render(&self) -> String {
+        let not_after = self
+            .tls_certificate_not_after
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if not_after != 0 {
+            self.tls_certificate_expiry_seconds
+                .set(not_after - crate::tls::unix_now());
+        }
         let mut out = String::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {

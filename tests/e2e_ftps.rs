@@ -308,7 +308,12 @@ fn ftps_mirror_vsftpd() {
         &pki,
         21,
         (50000, 50099),
-        &["--backend-ca", &pki.backend_ca],
+        &[
+            "--backend-ca",
+            &pki.backend_ca,
+            "--admin-listen",
+            "127.0.0.1:9464",
+        ],
     );
     let t = at(21);
     let work = tempfile::tempdir().unwrap();
@@ -444,6 +449,27 @@ fn ftps_mirror_vsftpd() {
         logs.contains("backend control connection in TLS"),
         "{}",
         ctx()
+    );
+    // Metrics: resumed backend data handshakes, and the certificate's remaining life
+    // (made for 30 days by the test) counted down from its notAfter.
+    let mut cmd = topo.proxy.command("curl");
+    cmd.args(["-s", "http://127.0.0.1:9464/metrics"]);
+    let metrics = run(cmd).stdout;
+    let sample = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        sample("ftpgate_tls_handshakes_total{outcome=\"resumed\",side=\"backend\"") > 0.0,
+        "no resumed backend handshake counted:\n{metrics}"
+    );
+    let expiry = sample("ftpgate_tls_certificate_expiry_seconds");
+    assert!(
+        (29.0 * 86400.0..=30.0 * 86400.0 + 60.0).contains(&expiry),
+        "certificate expiry gauge {expiry}:\n{metrics}"
     );
     g.assert_no_password();
 }
