@@ -275,6 +275,7 @@ async fn pump(
     // `None` only while a handshake owns the stream.
     let (mut client, mut backend) = (Some(client), Some(backend));
 
+    let mut deadline = m.next_deadline();
     loop {
         let read_client = m.wants_client_input();
         if read_client {
@@ -288,7 +289,7 @@ async fn pump(
         let reply_bound = Some(ctx.config.timeouts.backend_reply)
             .filter(|d| !d.is_zero())
             .map(|d| now + d);
-        let wake = match (m.next_deadline().map(|(at, _)| at), reply_bound) {
+        let wake = match (deadline.map(|(at, _)| at), reply_bound) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -350,9 +351,30 @@ async fn pump(
             slot.release();
         }
         data.execute(m, &mut closing);
-        flush_backend(m, backend.as_mut(), closing, &mut deadline_timer, shutdown).await;
+        // One deadline for both writes and the next turn's timer: only an error
+        // between them changes it, and an error closes the session anyway (a TLS step
+        // below recomputes it).
+        deadline = m.next_deadline();
+        flush_backend(
+            m,
+            backend.as_mut(),
+            closing,
+            deadline,
+            &mut deadline_timer,
+            shutdown,
+        )
+        .await;
         data.execute(m, &mut closing);
-        if flush_client(m, client.as_mut(), closing, &mut deadline_timer, shutdown).await {
+        if flush_client(
+            m,
+            client.as_mut(),
+            closing,
+            deadline,
+            &mut deadline_timer,
+            shutdown,
+        )
+        .await
+        {
             if let Some(t) = backend_read_at {
                 ctx.metrics
                     .reply_added_latency_seconds
@@ -379,8 +401,18 @@ async fn pump(
             }
             m.on_backend_tls(r, Instant::now());
             data.execute(m, &mut closing);
-            flush_client(m, client.as_mut(), closing, &mut deadline_timer, shutdown).await;
+            deadline = m.next_deadline();
+            flush_client(
+                m,
+                client.as_mut(),
+                closing,
+                deadline,
+                &mut deadline_timer,
+                shutdown,
+            )
+            .await;
             data.execute(m, &mut closing);
+            deadline = m.next_deadline();
         }
         if std::mem::take(&mut data.upgrades.client) && closing.is_none() {
             if !cbuf.is_empty() {
@@ -409,6 +441,7 @@ async fn pump(
                 .tls_handshake("client", negotiated.filter(|_| r.is_ok()));
             m.on_client_tls(r, Instant::now());
             data.execute(m, &mut closing);
+            deadline = m.next_deadline();
         }
         if std::mem::take(&mut data.upgrades.passthrough) && closing.is_none() {
             if let (Some(c), Some(b)) = (client.as_mut(), backend.as_mut()) {
@@ -487,6 +520,7 @@ async fn flush_backend(
     m: &mut Machine,
     bw: Option<&mut MaybeTls>,
     closing: Option<Outcome>,
+    deadline: Option<(Instant, Deadline)>,
     timer: &mut Timer,
     shutdown: &CancellationToken,
 ) {
@@ -497,7 +531,6 @@ async fn flush_backend(
         m.out.to_backend.clear();
         return;
     };
-    let deadline = m.next_deadline();
     let r = match closing {
         Some(_) => grace(write_backend(bw, &m.out)).await,
         None => bounded(write_backend(bw, &m.out), timer, deadline, shutdown).await,
@@ -518,6 +551,7 @@ async fn flush_client(
     m: &mut Machine,
     cw: Option<&mut MaybeTls>,
     closing: Option<Outcome>,
+    deadline: Option<(Instant, Deadline)>,
     timer: &mut Timer,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -528,7 +562,6 @@ async fn flush_client(
         m.out.to_client.clear();
         return false;
     };
-    let deadline = m.next_deadline();
     let r = match closing {
         Some(_) => grace(write_flush(cw, &m.out.to_client)).await,
         None => bounded(write_flush(cw, &m.out.to_client), timer, deadline, shutdown).await,
