@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::balancer::Balancer;
-use crate::config::{ListenerMode, ValidConfig};
+use crate::config::{ListenerMode, ListenerTls, ValidConfig};
 use crate::dataport::PortPool;
 use crate::farm::{resolve, Farm};
 use crate::health;
@@ -50,11 +50,14 @@ pub enum AppError {
         /// The bind or listen error.
         source: io::Error,
     },
+    /// A certificate, key or CA file in `tls:` could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 /// The running gateway: its bound listeners and what every session shares.
 pub struct Gateway {
-    listeners: Vec<(TcpListener, ListenerMode)>,
+    listeners: Vec<(TcpListener, ListenerMode, ListenerTls)>,
     ctx: Arc<SessionContext>,
     /// The `/metrics` `/healthz` `/readyz` listener, when `admin.listen` is set.
     admin: Option<TcpListener>,
@@ -70,11 +73,11 @@ impl Gateway {
             let addr = l.listen;
             let bound = crate::net::bind_listener(addr, l.tproxy, CONTROL_BACKLOG)
                 .map_err(|source| AppError::Bind { addr, source })?;
-            listeners.push((bound, l.mode));
+            listeners.push((bound, l.mode, l.tls));
         }
         let listen_addrs = listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|(l, _, _)| l.local_addr().ok())
             .collect();
         // Bound with the FTP listeners so a taken admin port fails startup too.
         let admin = match config.admin.listen {
@@ -96,6 +99,18 @@ impl Gateway {
         resolve::resolve_once(&farm).await;
         let admin_state = Arc::new(AdminState::new(Arc::clone(&metrics), Arc::clone(&farm)));
         metrics.init_labels(&[]);
+        let tls = crate::tls::TlsContexts::load(&config.tls)?;
+        if let Some(at) = tls.cert_not_after {
+            metrics
+                .tls_certificate_not_after
+                .store(at, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .tls_certificate_expiry_seconds
+                .set(at - crate::tls::unix_now());
+        }
+        if config.tls.backend_insecure {
+            tracing::warn!("tls.backend_insecure: backend certificates are NOT verified; anyone on the path to the backends can read and change FTPS sessions");
+        }
         let pool = PortPool::new(config.data_ports, &metrics);
         let active_pool = match config.active.ports {
             Some(r) => PortPool::new(r, &metrics),
@@ -109,6 +124,7 @@ impl Gateway {
             config: Arc::new(config.into_inner()),
             prelogin: PreloginSlots::new(metrics.sessions_prelogin.clone()),
             metrics,
+            tls,
         });
         Ok(Gateway {
             listeners,
@@ -122,7 +138,7 @@ impl Gateway {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|(l, _, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -160,10 +176,11 @@ impl Gateway {
                 shutdown.clone(),
             ));
         }
-        for (listener, mode) in self.listeners {
+        for (listener, mode, tls) in self.listeners {
             tracker.spawn(accept_loop(
                 listener,
                 mode,
+                tls,
                 Arc::clone(&self.ctx),
                 shutdown.clone(),
                 tracker.clone(),
@@ -183,6 +200,7 @@ impl Gateway {
 async fn accept_loop(
     listener: TcpListener,
     mode: ListenerMode,
+    tls: ListenerTls,
     ctx: Arc<SessionContext>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -193,7 +211,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff.reset();
-                    tracker.spawn(run_session(stream, peer, mode, Arc::clone(&ctx), shutdown.clone()));
+                    tracker.spawn(run_session(stream, peer, mode, tls, Arc::clone(&ctx), shutdown.clone()));
                     continue;
                 }
                 Err(e) => backoff.after_error(&e, &ctx.metrics, "accept"),

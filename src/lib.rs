@@ -21,6 +21,7 @@
 //! - [`config`]'s sections follow the concerns: `passive`, `active`, `control`,
 //!   `timeouts`, `limits`, `keepalive`, `admin`.
 //! - [`app`]: binds listeners and runs sessions until shutdown.
+//! - [`tls`]: FTPS at the edge: PEM loading, rustls configurations, upgradable streams.
 //! - [`probe`]: `ftpgate probe`, diagnoses FTP through NAT, firewalls and load balancers.
 
 // Nothing that came from the network may panic (STYLE: no unwrap/expect outside
@@ -45,3 +46,4 @@ pub mod protocol;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod session;
+pub mod tls;

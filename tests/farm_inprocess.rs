@@ -6,10 +6,10 @@
 //!
 //! The distributions are printed (`--nocapture`) for the measurements.
 
-#[path = "support/inprocess.rs"]
+#[path = "common/inprocess.rs"]
 #[allow(dead_code)]
 mod inprocess;
-#[path = "support/mock_ftp.rs"]
+#[path = "common/mock_ftp.rs"]
 #[allow(dead_code)]
 mod mock_ftp;
 

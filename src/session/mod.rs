@@ -10,6 +10,8 @@
 //!   replies (pure).
 //! - [`translate`]: mode translation (`backend_data_mode`), the one place data-setup
 //!   state lives (pure).
+//! - [`tls`]: FTPS policy — `AUTH`/`PBSZ`/`PROT`/`CCC`, `required` policies, which
+//!   data sides are TLS, `FEAT` augmentation (pure).
 //! - [`keepalive`]: when NOOPs go to the backend (pure).
 //! - [`replies`]: every reply ftpgate writes itself; [`outcome`]: errors with their
 //!   side, and how sessions end.
@@ -68,6 +70,7 @@ pub mod passive;
 pub mod replies;
 pub mod routing;
 pub mod timer;
+pub mod tls;
 pub mod translate;
 pub mod upstream;
 pub mod writes;
@@ -100,4 +103,6 @@ pub struct SessionContext {
     pub metrics: Arc<Metrics>,
     /// Sessions not yet logged in (`limits.max_prelogin_sessions`).
     pub prelogin: limits::PreloginSlots,
+    /// Certificates and rustls configurations (`tls:`).
+    pub tls: crate::tls::TlsContexts,
 }
