@@ -94,6 +94,8 @@ pub struct AdminState {
     metrics: Arc<Metrics>,
     backends: Vec<SocketAddr>,
     serving: AtomicBool,
+    /// Set when draining starts: `/readyz` answers `503 draining` so balancers move on.
+    draining: AtomicBool,
 }
 
 impl AdminState {
@@ -102,6 +104,7 @@ impl AdminState {
             metrics,
             backends,
             serving: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -110,11 +113,19 @@ impl AdminState {
         self.serving.store(serving, Ordering::Relaxed);
     }
 
+    /// Set once draining starts; `/healthz` stays `200` (the process is fine).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
     /// `Ok` when ftpgate can take sessions; otherwise why not. Backend reachability is
     /// `ftpgate_backend_up`, kept by the health checker and the balancer. Without
     /// backends (transparent listeners only) every session has its own destination, so
     /// serving is enough.
     pub fn readiness(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining".into());
+        }
         if !self.serving.load(Ordering::Relaxed) {
             return Err("FTP listeners are not serving".into());
         }
@@ -255,6 +266,9 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match state.readiness() {
             Ok(()) => text(StatusCode::OK, "ok\n".into()),
+            Err(reason) if reason == "draining" => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+            }
             Err(reason) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {reason}\n"),

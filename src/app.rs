@@ -27,8 +27,20 @@ use crate::session::{run_session, SessionContext};
 /// Connections the kernel queues per FTP listener while ftpgate is busy accepting.
 const CONTROL_BACKLOG: i32 = 1024;
 
-/// How long sessions get to say goodbye after shutdown before the process exits anyway.
-const DRAIN: Duration = Duration::from_secs(5);
+/// How long sessions get to say goodbye after a hard stop before the process exits anyway.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often the remaining-sessions gauge is refreshed while draining.
+const DRAIN_TICK: Duration = Duration::from_secs(1);
+
+/// How a gateway is told to stop.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignals {
+    /// Graceful: close listeners, let sessions reach a command boundary, bounded by
+    /// `drain_timeout` (`SIGTERM`, `SIGINT`).
+    pub drain: CancellationToken,
+    /// Immediate: every session gets `421` now (a second signal, or the drain timeout).
+    pub stop: CancellationToken,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -44,6 +56,7 @@ pub struct Gateway {
     /// The `/metrics` `/healthz` `/readyz` listener, when `admin.listen` is set.
     admin: Option<TcpListener>,
     admin_state: Arc<AdminState>,
+    drain_timeout: Duration,
 }
 
 impl Gateway {
@@ -80,13 +93,16 @@ impl Gateway {
             Some(r) => PortPool::new(r, &metrics),
             None => Arc::clone(&pool),
         };
+        let drain_timeout = config.drain_timeout;
         let ctx = Arc::new(SessionContext {
             pool,
             active_pool,
             balancer: Balancer::new(config.backends.clone()),
             listen_addrs,
             config: Arc::new(config.into_inner()),
-            prelogin: PreloginSlots::new(metrics.sessions_prelogin.clone()),
+            prelogin: Arc::new(PreloginSlots::new(metrics.sessions_prelogin.clone())),
+            admission: Arc::default(),
+            drain: CancellationToken::new(),
             metrics,
         });
         Ok(Gateway {
@@ -94,6 +110,7 @@ impl Gateway {
             ctx,
             admin,
             admin_state,
+            drain_timeout,
         })
     }
 
@@ -110,43 +127,96 @@ impl Gateway {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown` fires, then waits (bounded) for sessions to end.
+    /// Serves until `shutdown` fires, then closes every session at once (`421`) and
+    /// waits (bounded) for them to end.
     pub async fn serve(self, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
-        tracker.spawn(health::run(
+        self.serve_until(StopSignals {
+            drain: shutdown.clone(),
+            stop: shutdown,
+        })
+        .await;
+    }
+
+    /// Serves until `signals.drain` (graceful) or `signals.stop` (immediate) fires.
+    /// Draining closes the listeners at once, makes `/readyz` answer `503 draining`,
+    /// lets each session finish what it started, and after `drain_timeout` closes what
+    /// is left. Returns when the last session has ended.
+    pub async fn serve_until(self, signals: StopSignals) {
+        let sessions = TaskTracker::new();
+        // Health checks and the admin endpoint outlive the listeners: `/readyz` must
+        // say `draining` while sessions finish.
+        let infra = CancellationToken::new();
+        let _stop_infra = infra.clone().drop_guard();
+        let accepting = CancellationToken::new();
+        tokio::spawn(health::run(
             self.ctx.config.backends.clone(),
             self.ctx.config.timeouts.backend_connect,
             HEALTH_CHECK_INTERVAL,
             Arc::clone(&self.ctx.metrics),
-            shutdown.clone(),
+            infra.clone(),
         ));
         info!(listeners = ?self.local_addrs(), backends = ?self.ctx.config.backends, data_ports = %self.ctx.config.data_ports, relay = ?crate::relay::relay_mode(), "ftpgate ready");
         if let Some(admin) = self.admin {
             if let Ok(addr) = admin.local_addr() {
                 info!(%addr, "admin endpoint serving /metrics, /healthz, /readyz");
             }
-            tracker.spawn(admin::run(
+            tokio::spawn(admin::run(
                 admin,
                 Arc::clone(&self.admin_state),
-                shutdown.clone(),
+                infra.clone(),
             ));
         }
+        let acceptors = TaskTracker::new();
         for (listener, mode) in self.listeners {
-            tracker.spawn(accept_loop(
+            acceptors.spawn(accept_loop(
                 listener,
                 mode,
                 Arc::clone(&self.ctx),
-                shutdown.clone(),
-                tracker.clone(),
+                accepting.clone(),
+                signals.stop.clone(),
+                sessions.clone(),
             ));
         }
+        acceptors.close();
         self.admin_state.set_serving(true);
-        shutdown.cancelled().await;
-        self.admin_state.set_serving(false);
-        tracker.close();
-        if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
-            warn!("sessions still open after drain period; exiting anyway");
+        tokio::select! {
+            () = signals.drain.cancelled() => {}
+            () = signals.stop.cancelled() => {}
         }
+        // Closing the listeners first: a balancer's next connect goes elsewhere.
+        accepting.cancel();
+        acceptors.wait().await;
+        self.admin_state.set_draining();
+        self.admin_state.set_serving(false);
+        self.ctx.drain.cancel();
+        sessions.close();
+        let metrics = &self.ctx.metrics;
+        metrics.draining.set(1);
+        if !signals.stop.is_cancelled() {
+            info!(sessions = sessions.len(), timeout = ?self.drain_timeout, "draining: listeners closed; sessions finish what they started");
+        }
+        let deadline = tokio::time::sleep(self.drain_timeout);
+        tokio::pin!(deadline);
+        loop {
+            metrics.drain_sessions_remaining.set(sessions.len() as i64);
+            tokio::select! {
+                () = sessions.wait() => break,
+                () = &mut deadline, if !signals.stop.is_cancelled() => {
+                    let left = sessions.len();
+                    metrics.drain_sessions_closed_total.inc_by(left as u64);
+                    warn!(sessions = left, "drain timeout: closing the sessions left");
+                    signals.stop.cancel();
+                }
+                () = signals.stop.cancelled() => {
+                    if tokio::time::timeout(STOP_GRACE, sessions.wait()).await.is_err() {
+                        warn!("sessions still open after stop; exiting anyway");
+                    }
+                    break;
+                }
+                () = tokio::time::sleep(DRAIN_TICK) => {}
+            }
+        }
+        metrics.drain_sessions_remaining.set(0);
         info!("ftpgate stopped");
     }
 }
@@ -155,6 +225,7 @@ async fn accept_loop(
     listener: TcpListener,
     mode: ListenerMode,
     ctx: Arc<SessionContext>,
+    accepting: CancellationToken,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -182,11 +253,11 @@ async fn accept_loop(
                     }
                 },
             },
-            () = shutdown.cancelled() => return,
+            () = accepting.cancelled() => return,
         };
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return,
+            () = accepting.cancelled() => return,
         }
     }
 }

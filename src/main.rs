@@ -4,10 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use ftpgate::app::Gateway;
+use ftpgate::app::{Gateway, StopSignals};
 use ftpgate::cli::{Cli, Command};
 use ftpgate::config::{Config, ConfigErrors, LogConfig, LogFormat, ValidConfig};
 use ftpgate::metrics::Metrics;
@@ -114,18 +113,22 @@ fn run(config: ValidConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
+    let result = runtime.block_on(async {
+        let signals = StopSignals::default();
         let gateway = Gateway::bind(config, std::sync::Arc::new(Metrics::new()))
             .await
             .context("binding listeners")?;
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        gateway.serve(shutdown).await;
+        tokio::spawn(stop_on_signal(signals.clone()));
+        gateway.serve_until(signals).await;
         Ok(())
-    })
+    });
+    // Sessions are gone; nothing left is worth waiting for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// The first `SIGTERM`/`SIGINT` drains; a second one stops at once.
+async fn stop_on_signal(signals: StopSignals) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -134,9 +137,14 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         tracing::warn!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    for what in ["draining", "stopping now"] {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: {what}"),
+            _ = int.recv() => tracing::info!("SIGINT: {what}"),
+        }
+        if what == "draining" {
+            signals.drain.cancel();
+        }
     }
-    shutdown.cancel();
+    signals.stop.cancel();
 }

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::access::SessionStats;
 use super::active::{backend_announce, check_active_target, client_connect_local, Refused};
 use super::data::{DataEvent, DataMode};
+use super::drain::{drain_step, DrainStep, DrainView};
 use super::keepalive;
 use super::ledger::{Disposition, Injected, Origin, ReplyLedger};
 use super::outcome::{Outcome, SessionError};
@@ -156,8 +157,14 @@ pub struct SessionMachine<E: SessionEdge> {
     /// Last sign of life from the backend while it owes a reply: the reply clock.
     backend_progress: Instant,
     active_data: usize,
+    /// Data connections mapped and not yet established nor given up.
+    pending_data: usize,
     next_noop: Option<Instant>,
     closing: Option<Outcome>,
+    /// The gateway drains: close at the next command boundary.
+    draining: bool,
+    /// Command bytes received before login (`limits.prelogin_bytes`).
+    prelogin_bytes: usize,
 }
 
 impl<E: SessionEdge> SessionMachine<E> {
@@ -189,8 +196,11 @@ impl<E: SessionEdge> SessionMachine<E> {
             last_activity: now,
             backend_progress: now,
             active_data: 0,
+            pending_data: 0,
             next_noop: None,
             closing: None,
+            draining: false,
+            prelogin_bytes: 0,
         }
     }
 
@@ -265,6 +275,9 @@ impl<E: SessionEdge> SessionMachine<E> {
                     let line = rest.get(..n).unwrap_or_default();
                     used += n;
                     self.last_activity = now;
+                    if self.over_prelogin_budget(n) {
+                        break;
+                    }
                     self.on_client_line(line);
                 }
                 Ok(None) => break,
@@ -279,6 +292,25 @@ impl<E: SessionEdge> SessionMachine<E> {
         }
         buf.drain(..used.min(buf.len()));
         self.settle();
+    }
+
+    /// Counts a command line received before login; past `limits.prelogin_bytes` the
+    /// session is refused and closed (a client that chats without logging in holds a
+    /// backend session and, with a forking server, a process).
+    fn over_prelogin_budget(&mut self, line_len: usize) -> bool {
+        let budget = self.cfg.limits.prelogin_bytes;
+        if self.ledger.logged_in() || budget == 0 {
+            return false;
+        }
+        self.prelogin_bytes = self.prelogin_bytes.saturating_add(line_len);
+        if self.prelogin_bytes <= budget {
+            return false;
+        }
+        self.metrics.refuse(Refusal::PreloginBytes);
+        info!(budget, "pre-login byte budget spent; closing session");
+        self.reply_now(LocalReply::PreloginBudget);
+        self.close(Outcome::Limited);
+        true
     }
 
     /// Bytes from the backend: handles every complete line and removes it from `buf`.
@@ -333,8 +365,14 @@ impl<E: SessionEdge> SessionMachine<E> {
     pub fn on_data_event(&mut self, ev: DataEvent, now: Instant) {
         self.now = now;
         match ev {
-            DataEvent::Started { .. } => self.active_data += 1,
+            DataEvent::Started { .. } => {
+                self.active_data += 1;
+                self.pending_data = self.pending_data.saturating_sub(1);
+            }
             DataEvent::Finished(f) => {
+                if !f.established {
+                    self.pending_data = self.pending_data.saturating_sub(1);
+                }
                 if f.established {
                     self.active_data = self.active_data.saturating_sub(1);
                     self.stats
@@ -371,6 +409,14 @@ impl<E: SessionEdge> SessionMachine<E> {
             self.metrics.keepalive_noops_total.inc();
             debug!("keepalive NOOP sent to backend");
         }
+        self.settle();
+    }
+
+    /// The gateway drains: the session says `421` and closes at its next command
+    /// boundary (at once when idle); a running transfer and a data connection already
+    /// promised to the client are honoured first. See [`super::drain`].
+    pub fn on_drain(&mut self) {
+        self.draining = true;
         self.settle();
     }
 
@@ -812,9 +858,19 @@ impl<E: SessionEdge> SessionMachine<E> {
     }
 
     fn lease_error(&self, e: LeaseError) -> String {
-        if let LeaseError::Exhausted(n) = e {
-            self.metrics.data_port_exhausted_total.inc();
-            warn!(ports = n, "data-port range exhausted");
+        match e {
+            LeaseError::Exhausted(n) => {
+                self.metrics.data_port_exhausted_total.inc();
+                warn!(ports = n, "data-port range exhausted");
+            }
+            LeaseError::PerSession(n) => {
+                self.metrics.refuse(Refusal::DataPortsPerSession);
+                info!(
+                    ports = n,
+                    "session holds its data-port share (limits.data_ports_per_session)"
+                );
+            }
+            LeaseError::Bind(_) => {}
         }
         e.to_string()
     }
@@ -830,6 +886,7 @@ impl<E: SessionEdge> SessionMachine<E> {
         backend: EndpointSpec<E::Listener>,
     ) {
         self.next_data_id += 1;
+        self.pending_data += 1;
         self.actions.push(Action::OpenData(DataSpec {
             id: self.next_data_id,
             mode,
@@ -904,6 +961,28 @@ impl<E: SessionEdge> SessionMachine<E> {
             self.ledger.running_transfer().is_some(),
             self.now,
         );
+        if self.draining
+            && self.closing.is_none()
+            && drain_step(self.drain_view()) == DrainStep::CloseNow
+        {
+            debug!("draining: closing at a command boundary");
+            self.reply_now(LocalReply::Draining);
+            self.close(Outcome::Drained);
+        }
+    }
+
+    /// What draining waits for.
+    fn drain_view(&self) -> DrainView {
+        DrainView {
+            replies_owed: self.ledger.outstanding(),
+            command_held: self.translation.holding(),
+            data_running: self.active_data,
+            // A PORT answered by ftpgate (passive translation) or its own 227/229
+            // (active translation) is a promise too, though no task runs yet.
+            data_pending: self.pending_data
+                + usize::from(!matches!(self.translation, Translation::Idle)),
+            reply_held: self.held_reply.is_some(),
+        }
     }
 
     /// A transfer or a translation is in flight: the session is not idle.

@@ -16,7 +16,8 @@
 //! - [`driver`]: the async edge (sockets, timers, `select!`); [`edge`]: data ports and
 //!   data tasks for the machine; [`upstream`]: the backend connect; [`data`]: one data
 //!   connection; [`access`]: the access log; [`limits`]: the pre-login cap;
-//!   [`timer`]: a reusable timer.
+//!   [`admission`]: session caps and rates per client address; [`drain`]: when a
+//!   draining session closes; [`timer`]: a reusable timer.
 //!
 //! # The machine
 //! ```text
@@ -49,7 +50,9 @@
 
 pub mod access;
 pub mod active;
+pub mod admission;
 pub mod data;
+pub mod drain;
 pub mod driver;
 pub mod edge;
 pub mod keepalive;
@@ -65,6 +68,8 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
 
 pub use driver::run_session;
 pub use outcome::Outcome;
@@ -87,5 +92,10 @@ pub struct SessionContext {
     pub listen_addrs: Vec<SocketAddr>,
     pub metrics: Arc<Metrics>,
     /// Sessions not yet logged in (`limits.max_prelogin_sessions`).
-    pub prelogin: limits::PreloginSlots,
+    pub prelogin: Arc<limits::PreloginSlots>,
+    /// Session counts and rates per client address (`limits.max_sessions*`,
+    /// `limits.new_sessions_per_ip`).
+    pub admission: Arc<admission::Admission>,
+    /// Fires when the gateway starts draining (see [`drain`]).
+    pub drain: CancellationToken,
 }
