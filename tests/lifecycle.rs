@@ -324,7 +324,11 @@ async fn reconnect_storm_is_rate_limited_per_address() {
 
 #[tokio::test]
 async fn pasv_flood_from_one_session_leaves_the_pool_usable_for_others() {
-    let mock = MockFtp::start(MockOptions::default()).await;
+    let mock = MockFtp::start(MockOptions {
+        keep_pasv_listeners: 32,
+        ..MockOptions::default()
+    })
+    .await;
     mock.put_file("f.bin", pattern(100_000));
     // Eight ports; one session may hold two.
     let gw = start(mock.addr, "41390-41397", |c| {
@@ -334,6 +338,17 @@ async fn pasv_flood_from_one_session_leaves_the_pool_usable_for_others() {
     })
     .await;
     let mut flood = Client::login(gw.addr).await;
+    // First the hard case: connect to every port offered and never transfer, so no
+    // mapping is unused and withdrawal alone would free nothing.
+    let mut squatted = Vec::new();
+    for _ in 0..20 {
+        let r = flood.cmd("PASV").await;
+        if let Ok(t) = ftpgate::protocol::addr::find_pasv_tuple(r.trim_end().as_bytes()) {
+            squatted.push(connect_data(SocketAddr::V4(t.addr)).await);
+        } else {
+            assert!(r.starts_with("425"), "{r:?}");
+        }
+    }
     let (mut ok, mut refused) = (0u32, 0u32);
     // 10 000 PASV in pipelined batches (the client never connects).
     for _ in 0..(10_000 / 50) {
@@ -352,7 +367,7 @@ async fn pasv_flood_from_one_session_leaves_the_pool_usable_for_others() {
             "one session holds at most its share"
         );
     }
-    assert!(ok > 0 && ok + refused == 10_000);
+    assert_eq!(ok + refused, 10_000);
     // Another session still gets a port and a byte-exact transfer.
     let mut other = Client::login(gw.addr).await;
     let addr = other.epsv().await;
@@ -361,7 +376,8 @@ async fn pasv_flood_from_one_session_leaves_the_pool_usable_for_others() {
     assert!(other.reply().await.starts_with("150"));
     assert_eq!(read_all(data).await, pattern(100_000));
     assert!(other.reply().await.starts_with("226"));
-    drop(flood);
+    assert!(refusals(&gw.metrics, "data_ports_per_session") > 0);
+    drop((flood, squatted));
 }
 
 #[tokio::test]
