@@ -92,8 +92,11 @@ impl Drop for SourceSlot {
 #[derive(Debug)]
 pub struct AdminState {
     metrics: Arc<Metrics>,
-    backends: Vec<SocketAddr>,
+    /// The current snapshot's backends (a reload replaces them).
+    backends: std::sync::RwLock<Vec<SocketAddr>>,
     serving: AtomicBool,
+    /// `POST /reload`, once the gateway has a reloader.
+    reloader: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
     /// Set when draining starts: `/readyz` answers `503 draining` so balancers move on.
     draining: AtomicBool,
 }
@@ -102,8 +105,9 @@ impl AdminState {
     pub fn new(metrics: Arc<Metrics>, backends: Vec<SocketAddr>) -> Self {
         AdminState {
             metrics,
-            backends,
+            backends: std::sync::RwLock::new(backends),
             serving: AtomicBool::new(false),
+            reloader: std::sync::OnceLock::new(),
             draining: AtomicBool::new(false),
         }
     }
@@ -111,6 +115,16 @@ impl AdminState {
     /// Set once the FTP listeners accept sessions (and cleared at shutdown).
     pub fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::Relaxed);
+    }
+
+    /// The backends readiness looks at, after a reload.
+    pub fn set_backends(&self, backends: Vec<SocketAddr>) {
+        *self.backends.write().unwrap_or_else(|p| p.into_inner()) = backends;
+    }
+
+    /// Enables `POST /reload`.
+    pub fn set_reloader(&self, r: Arc<crate::reload::Reloader>) {
+        let _ = self.reloader.set(r);
     }
 
     /// Set once draining starts; `/healthz` stays `200` (the process is fine).
@@ -129,11 +143,15 @@ impl AdminState {
         if !self.serving.load(Ordering::Relaxed) {
             return Err("FTP listeners are not serving".into());
         }
-        if self.backends.is_empty() {
+        let backends = self
+            .backends
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if backends.is_empty() {
             return Ok(());
         }
-        let up = self
-            .backends
+        let up = backends
             .iter()
             .filter(|b| {
                 self.metrics
@@ -146,7 +164,7 @@ impl AdminState {
         if up == 0 {
             return Err(format!(
                 "no backend reachable (0 of {} up)",
-                self.backends.len()
+                backends.len()
             ));
         }
         Ok(())
@@ -251,6 +269,9 @@ async fn serve_connection(stream: TcpStream, state: &Arc<AdminState>) {
 }
 
 fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if *req.method() == Method::POST && req.uri().path() == "/reload" {
+        return reload(state);
+    }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
     }
@@ -278,6 +299,32 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
             StatusCode::NOT_FOUND,
             "not found: try /metrics, /healthz or /readyz\n".into(),
         ),
+    }
+}
+
+/// `POST /reload`: the same reload as `SIGHUP`, answered with its outcome. Only the
+/// admin listener serves it (bind `admin.listen` to a trusted address).
+fn reload(state: &AdminState) -> Response<Full<Bytes>> {
+    let Some(r) = state.reloader.get() else {
+        return text(StatusCode::NOT_FOUND, "reload not available\n".into());
+    };
+    match r.reload() {
+        Ok(kept) if kept.is_empty() => text(StatusCode::OK, "reloaded\n".into()),
+        Ok(kept) => text(
+            StatusCode::OK,
+            format!(
+                "reloaded; kept old values (restart to apply): {}\n",
+                kept.join(", ")
+            ),
+        ),
+        Err(crate::reload::ReloadError::Invalid(errors)) => {
+            let mut body = String::from("reload refused, nothing changed:\n");
+            for e in errors.iter() {
+                body.push_str(&format!("{e}\n"));
+            }
+            text(StatusCode::UNPROCESSABLE_ENTITY, body)
+        }
+        Err(e) => text(StatusCode::CONFLICT, format!("{e}\n")),
     }
 }
 

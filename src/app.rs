@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -22,6 +23,7 @@ use crate::health::{self, HEALTH_CHECK_INTERVAL};
 use crate::metrics::Metrics;
 use crate::net::{note_exhaustion, AcceptBackoff, LocalResource, ACCEPT_BACKOFF_MIN};
 use crate::session::limits::PreloginSlots;
+use crate::reload::{ConfigSource, LogLevelSetter, Reloader, Snapshots};
 use crate::session::{run_session, SessionContext};
 
 /// Connections the kernel queues per FTP listener while ftpgate is busy accepting.
@@ -53,6 +55,10 @@ pub enum AppError {
 pub struct Gateway {
     listeners: Vec<(TcpListener, ListenerMode)>,
     ctx: Arc<SessionContext>,
+    /// What new sessions take; swapped by a reload.
+    snapshots: Arc<Snapshots>,
+    /// Wakes the health checker when a reload changed the backends.
+    reloaded: Arc<Notify>,
     /// The `/metrics` `/healthz` `/readyz` listener, when `admin.listen` is set.
     admin: Option<TcpListener>,
     admin_state: Arc<AdminState>,
@@ -105,8 +111,13 @@ impl Gateway {
             drain: CancellationToken::new(),
             metrics,
         });
+        ctx.metrics
+            .config_last_reload_success_timestamp_seconds
+            .set(crate::reload::unix_now());
         Ok(Gateway {
             listeners,
+            snapshots: Arc::new(Snapshots::new(Arc::clone(&ctx))),
+            reloaded: Arc::new(Notify::new()),
             ctx,
             admin,
             admin_state,
@@ -120,6 +131,29 @@ impl Gateway {
             .iter()
             .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The reloader for this gateway (`SIGHUP`, `POST /reload`): re-reads `source`
+    /// and swaps a new snapshot in for new sessions. Call before serving.
+    pub fn reloader(
+        &self,
+        source: Option<ConfigSource>,
+        log_level: Option<LogLevelSetter>,
+    ) -> Arc<Reloader> {
+        let admin_state = Arc::clone(&self.admin_state);
+        let reloaded = Arc::clone(&self.reloaded);
+        let on_swap: crate::reload::SwapHook = Box::new(move |cfg: &crate::config::Config| {
+            admin_state.set_backends(cfg.backends.clone());
+            reloaded.notify_waiters();
+        });
+        let r = Arc::new(Reloader::new(
+            Arc::clone(&self.snapshots),
+            source,
+            log_level,
+            Some(on_swap),
+        ));
+        self.admin_state.set_reloader(Arc::clone(&r));
+        r
     }
 
     /// The bound admin address (with the real port when `:0` was asked for), if any.
@@ -148,11 +182,9 @@ impl Gateway {
         let infra = CancellationToken::new();
         let _stop_infra = infra.clone().drop_guard();
         let accepting = CancellationToken::new();
-        tokio::spawn(health::run(
-            self.ctx.config.backends.clone(),
-            self.ctx.config.timeouts.backend_connect,
-            HEALTH_CHECK_INTERVAL,
-            Arc::clone(&self.ctx.metrics),
+        tokio::spawn(check_health(
+            Arc::clone(&self.snapshots),
+            Arc::clone(&self.reloaded),
             infra.clone(),
         ));
         info!(listeners = ?self.local_addrs(), backends = ?self.ctx.config.backends, data_ports = %self.ctx.config.data_ports, relay = ?crate::relay::relay_mode(), "ftpgate ready");
@@ -171,7 +203,7 @@ impl Gateway {
             acceptors.spawn(accept_loop(
                 listener,
                 mode,
-                Arc::clone(&self.ctx),
+                Arc::clone(&self.snapshots),
                 accepting.clone(),
                 signals.stop.clone(),
                 sessions.clone(),
@@ -224,7 +256,7 @@ impl Gateway {
 async fn accept_loop(
     listener: TcpListener,
     mode: ListenerMode,
-    ctx: Arc<SessionContext>,
+    snapshots: Arc<Snapshots>,
     accepting: CancellationToken,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -235,7 +267,8 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff.reset();
-                    tracker.spawn(run_session(stream, peer, mode, Arc::clone(&ctx), shutdown.clone()));
+                    // Each session keeps the snapshot it started with across reloads.
+                    tracker.spawn(run_session(stream, peer, mode, snapshots.current(), shutdown.clone()));
                     continue;
                 }
                 Err(e) => match LocalResource::of(&e) {
@@ -243,7 +276,7 @@ async fn accept_loop(
                     // readable, so retrying at once would spin. Sessions ending free
                     // descriptors; back off (50 ms doubling to 1 s) until then.
                     Some(resource) => {
-                        note_exhaustion(&ctx.metrics, resource, "accept", &e);
+                        note_exhaustion(&snapshots.current().metrics, resource, "accept", &e);
                         backoff.next_delay()
                     }
                     // ECONNABORTED and the like concern one connection only.
@@ -258,6 +291,26 @@ async fn accept_loop(
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = accepting.cancelled() => return,
+        }
+    }
+}
+
+/// Health checks for the current snapshot's backends, restarted when a reload
+/// swaps a new snapshot in.
+async fn check_health(snapshots: Arc<Snapshots>, reloaded: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let ctx = snapshots.current();
+        let round = stop.child_token();
+        tokio::spawn(health::run(
+            ctx.config.backends.clone(),
+            ctx.config.timeouts.backend_connect,
+            HEALTH_CHECK_INTERVAL,
+            Arc::clone(&ctx.metrics),
+            round.clone(),
+        ));
+        tokio::select! {
+            () = reloaded.notified() => round.cancel(),
+            () = stop.cancelled() => return,
         }
     }
 }

@@ -36,6 +36,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Make a running `ftpgate run --pid-file F` reload its configuration (sends
+    /// SIGHUP; the outcome is in its log and `ftpgate_config_reload_total`).
+    Reload {
+        #[arg(long, value_name = "FILE")]
+        pid_file: PathBuf,
+    },
     /// Diagnose an FTP server through NAT, firewalls and load balancers
     /// (exit 0: every check passed, 1: a check failed, 2: usage error).
     Probe(Box<crate::probe::ProbeArgs>),

@@ -13,7 +13,8 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`health`]: periodic backend health checks feeding `ftpgate_backend_up`.
-//! - [`app`]: binds listeners and runs sessions until shutdown.
+//! - [`app`]: binds listeners and runs sessions until shutdown (drain included).
+//! - [`reload`]: configuration reload into snapshots for new sessions.
 //! - [`probe`]: `ftpgate probe`, diagnoses FTP through NAT, firewalls and load balancers.
 
 pub mod admin;
@@ -28,4 +29,5 @@ pub mod net;
 pub mod probe;
 pub mod protocol;
 pub mod relay;
+pub mod reload;
 pub mod session;

@@ -406,3 +406,247 @@ async fn prelogin_byte_budget_closes_a_chatty_unauthenticated_client() {
         assert!(ok.cmd("NOOP").await.starts_with("200"));
     }
 }
+
+// ----- reload -----
+
+fn write_config(path: &std::path::Path, backend: SocketAddr, extra: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "listen: [\"127.0.0.1:0\"]\nbackends: [\"{backend}\"]\npublic_address: [127.0.0.1]\n\
+             data_ports: 41430-41449\nadmin:\n  listen: 127.0.0.1:0\n{extra}"
+        ),
+    )
+    .unwrap();
+}
+
+async fn post(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.get(9..12).unwrap_or("0").parse().unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// Whether the mock saw a login (its record of command lines).
+fn saw_login(mock: &MockFtp) -> bool {
+    mock.received().iter().any(|l| l.starts_with(b"USER"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_moves_new_sessions_to_the_new_backend_and_keeps_running_transfers() {
+    let old = MockFtp::start(MockOptions::default()).await;
+    let new = MockFtp::start(MockOptions::default()).await;
+    let body = pattern(8 * 1024 * 1024 + 3);
+    old.put_file("big.bin", body.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ftpgate.yaml");
+    write_config(&file, old.addr, "");
+    let args = ftpgate::cli::RunArgs {
+        config: Some(file.clone()),
+        ..Default::default()
+    };
+    let cfg = args.resolve().unwrap().config.validate().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let gw = Gateway::bind(cfg, Arc::clone(&metrics)).await.unwrap();
+    let addr = gw.local_addrs()[0];
+    let admin = gw.admin_addr().unwrap();
+    let args = Arc::new(args);
+    let reloader = gw.reloader(Some(Box::new(move || args.resolve())), None);
+    let signals = StopSignals::default();
+    let _stop = signals.stop.clone().drop_guard();
+    tokio::spawn(gw.serve_until(signals.clone()));
+
+    let mut running = Client::login(addr).await;
+    let data_addr = running.epsv().await;
+    let data = connect_data(data_addr).await;
+    running.send(b"RETR big.bin\r\n").await;
+    assert!(running.reply().await.starts_with("150"));
+
+    // Every backend replaced, through SIGHUP's code path.
+    write_config(&file, new.addr, "");
+    assert_eq!(reloader.reload().unwrap(), Vec::<&str>::new());
+    assert!(!saw_login(&new));
+    let fresh = Client::login(addr).await;
+    assert!(saw_login(&new), "a new session goes to the new backend");
+    fresh.quit().await;
+
+    // An invalid file changes nothing; the error names the key.
+    write_config(&file, old.addr, "timeouts:\n  login: 0s\n");
+    let (status, answer) = post(admin, "/reload").await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains("timeouts.login"), "{answer}");
+    let invalid = metrics.config_reload_total.with_label_values(&["invalid"]);
+    assert_eq!(invalid.get(), 1);
+    let logins_at_old = old.received().iter().filter(|l| l.starts_with(b"USER")).count();
+    Client::login(addr).await.quit().await;
+    assert_eq!(
+        old.received().iter().filter(|l| l.starts_with(b"USER")).count(),
+        logins_at_old,
+        "the invalid file's backend was not applied"
+    );
+
+    // A restart-only key is named and kept; the rest applies.
+    write_config(&file, new.addr, "data_ports: 41450-41459\n");
+    let file_text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("data_ports: 41430-41449\n", "");
+    std::fs::write(&file, file_text).unwrap();
+    let (status, answer) = post(admin, "/reload").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("data_ports"), "{answer}");
+    assert_eq!(metrics.config_reload_total.with_label_values(&["ok"]).get(), 2);
+
+    // The transfer that started before all this completes byte-exact.
+    let got = read_all(data).await;
+    assert_eq!(sha(&got), sha(&body));
+    assert!(running.reply().await.starts_with("226"));
+    running.quit().await;
+}
+
+// ----- the binary: signals, pid file, exit status -----
+
+struct Proc {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn start(args: &[&str]) -> (Proc, SocketAddr) {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ftpgate"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = Proc { child, lines: rx };
+        let ready = p.wait_line("ftpgate ready");
+        let listeners = ready.split("listeners=[").nth(1).unwrap();
+        let addr = listeners.split(']').next().unwrap().parse().unwrap();
+        (p, addr)
+    }
+
+    /// The next log line containing `needle` (bounded by [`WAIT`]).
+    fn wait_line(&mut self, needle: &str) -> String {
+        let until = std::time::Instant::now() + WAIT;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// The exit status, waiting at most [`WAIT`].
+    async fn exit_status(&mut self) -> std::process::ExitStatus {
+        let until = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(std::time::Instant::now() < until, "process did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_sighup_reloads_and_the_process_exits_zero() {
+    let old = MockFtp::start(MockOptions::default()).await;
+    let new = MockFtp::start(MockOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ftpgate.yaml");
+    let pid = dir.path().join("ftpgate.pid");
+    write_config(&file, old.addr, "");
+    let (mut p, addr) = Proc::start(&[
+        "run",
+        "--config",
+        file.to_str().unwrap(),
+        "--pid-file",
+        pid.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&pid).unwrap().trim(),
+        p.child.id().to_string()
+    );
+    let mut busy = Client::login(addr).await;
+    let data_addr = busy.epsv().await;
+    let data = connect_data(data_addr).await;
+    busy.send(b"RETR hold\r\n").await;
+    assert!(busy.reply().await.starts_with("150"));
+
+    // `ftpgate reload --pid-file` (SIGHUP) moves new sessions to the new backend.
+    write_config(&file, new.addr, "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ftpgate"))
+        .args(["reload", "--pid-file", pid.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    p.wait_line("configuration reloaded");
+    let mut idle = Client::login(addr).await;
+    assert!(saw_login(&new));
+
+    p.signal(libc::SIGTERM);
+    assert!(idle.reply().await.starts_with("421"), "idle session told at once");
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "the running transfer holds the process"
+    );
+    // The transfer ends (the mock answers 426 when its data connection closes).
+    drop(data);
+    assert!(busy.reply().await.starts_with("426"));
+    assert!(busy.reply().await.starts_with("421"));
+    assert!(p.exit_status().await.success(), "exit 0 after the last session");
+    assert!(!pid.exists(), "pid file removed at exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_sigterm_stops_at_once() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ftpgate.yaml");
+    write_config(&file, mock.addr, "");
+    let (mut p, addr) = Proc::start(&["run", "--config", file.to_str().unwrap()]);
+    let mut busy = Client::login(addr).await;
+    let data_addr = busy.epsv().await;
+    let _data = connect_data(data_addr).await;
+    busy.send(b"RETR hold\r\n").await;
+    assert!(busy.reply().await.starts_with("150"));
+    p.signal(libc::SIGTERM);
+    p.wait_line("draining");
+    p.signal(libc::SIGTERM);
+    assert!(busy.reply().await.starts_with("421"));
+    assert!(p.exit_status().await.success());
+}
