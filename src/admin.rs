@@ -162,10 +162,7 @@ impl AdminState {
             })
             .count();
         if up == 0 {
-            return Err(format!(
-                "no backend reachable (0 of {} up)",
-                backends.len()
-            ));
+            return Err(format!("no backend reachable (0 of {} up)", backends.len()));
         }
         Ok(())
     }

@@ -22,8 +22,8 @@ use crate::dataport::PortPool;
 use crate::health::{self, HEALTH_CHECK_INTERVAL};
 use crate::metrics::Metrics;
 use crate::net::{note_exhaustion, AcceptBackoff, LocalResource, ACCEPT_BACKOFF_MIN};
-use crate::session::limits::PreloginSlots;
 use crate::reload::{ConfigSource, LogLevelSetter, Reloader, Snapshots};
+use crate::session::limits::PreloginSlots;
 use crate::session::{run_session, SessionContext};
 
 /// Connections the kernel queues per FTP listener while ftpgate is busy accepting.

@@ -8,9 +8,9 @@ use tracing_subscriber::EnvFilter;
 
 use ftpgate::app::{Gateway, StopSignals};
 use ftpgate::cli::{Cli, Command, RunArgs};
-use ftpgate::reload::{ConfigSource, LogLevelSetter, Reloader};
 use ftpgate::config::{Config, ConfigErrors, LogConfig, LogFormat, ValidConfig};
 use ftpgate::metrics::Metrics;
+use ftpgate::reload::{ConfigSource, LogLevelSetter, Reloader};
 
 /// Exit status for an invalid configuration, distinct from runtime failure (1).
 const EXIT_CONFIG: u8 = 2;

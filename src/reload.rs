@@ -169,10 +169,7 @@ impl Reloader {
         let metrics = &old.metrics;
         match &result {
             Ok(kept) => {
-                metrics
-                    .config_reload_total
-                    .with_label_values(&["ok"])
-                    .inc();
+                metrics.config_reload_total.with_label_values(&["ok"]).inc();
                 metrics
                     .config_last_reload_success_timestamp_seconds
                     .set(unix_now());

@@ -422,9 +422,14 @@ fn write_config(path: &std::path::Path, backend: SocketAddr, extra: &str) {
 
 async fn post(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
         .await
@@ -486,10 +491,17 @@ async fn reload_moves_new_sessions_to_the_new_backend_and_keeps_running_transfer
     assert!(answer.contains("timeouts.login"), "{answer}");
     let invalid = metrics.config_reload_total.with_label_values(&["invalid"]);
     assert_eq!(invalid.get(), 1);
-    let logins_at_old = old.received().iter().filter(|l| l.starts_with(b"USER")).count();
+    let logins_at_old = old
+        .received()
+        .iter()
+        .filter(|l| l.starts_with(b"USER"))
+        .count();
     Client::login(addr).await.quit().await;
     assert_eq!(
-        old.received().iter().filter(|l| l.starts_with(b"USER")).count(),
+        old.received()
+            .iter()
+            .filter(|l| l.starts_with(b"USER"))
+            .count(),
         logins_at_old,
         "the invalid file's backend was not applied"
     );
@@ -503,7 +515,10 @@ async fn reload_moves_new_sessions_to_the_new_backend_and_keeps_running_transfer
     let (status, answer) = post(admin, "/reload").await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("data_ports"), "{answer}");
-    assert_eq!(metrics.config_reload_total.with_label_values(&["ok"]).get(), 2);
+    assert_eq!(
+        metrics.config_reload_total.with_label_values(&["ok"]).get(),
+        2
+    );
 
     // The transfer that started before all this completes byte-exact.
     let got = read_all(data).await;
@@ -538,7 +553,10 @@ impl Proc {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if tx.send(line).is_err() {
                     break;
                 }
@@ -619,7 +637,10 @@ async fn sigterm_drains_sighup_reloads_and_the_process_exits_zero() {
     assert!(saw_login(&new));
 
     p.signal(libc::SIGTERM);
-    assert!(idle.reply().await.starts_with("421"), "idle session told at once");
+    assert!(
+        idle.reply().await.starts_with("421"),
+        "idle session told at once"
+    );
     assert!(
         p.child.try_wait().unwrap().is_none(),
         "the running transfer holds the process"
@@ -628,7 +649,10 @@ async fn sigterm_drains_sighup_reloads_and_the_process_exits_zero() {
     drop(data);
     assert!(busy.reply().await.starts_with("426"));
     assert!(busy.reply().await.starts_with("421"));
-    assert!(p.exit_status().await.success(), "exit 0 after the last session");
+    assert!(
+        p.exit_status().await.success(),
+        "exit 0 after the last session"
+    );
     assert!(!pid.exists(), "pid file removed at exit");
 }
 
