@@ -144,7 +144,8 @@ impl Gateway {
         let reloaded = Arc::clone(&self.reloaded);
         let on_swap: crate::reload::SwapHook = Box::new(move |cfg: &crate::config::Config| {
             admin_state.set_backends(cfg.backends.clone());
-            reloaded.notify_waiters();
+            // A stored permit: a reload between two waits is not lost.
+            reloaded.notify_one();
         });
         let r = Arc::new(Reloader::new(
             Arc::clone(&self.snapshots),
