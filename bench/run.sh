@@ -8,6 +8,8 @@
 #   bash bench/run.sh               # full: 2 GiB transfers, 2000 sessions, 9000 idle, 5 rounds
 #   bash bench/run.sh --quick       # 256 MiB, 300 sessions, 1000 idle, 3 rounds
 #   options: --rounds N  --no-build  --compare-copy (adds ftpgate with --relay copy)
+#            --baseline BIN (adds "ftpgate-base": another ftpgate binary, e.g. one built
+#            from an earlier commit, measured interleaved with this one)
 #            --size SIZE (transfer size for download/upload, e.g. 1G; head -c syntax)
 #   FTPGATE_ARGS="--worker-threads 1" in the environment adds flags to ftpgate's command line.
 #            --only "download upload sessions noop idle"
@@ -19,16 +21,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-QUICK=0 ROUNDS= BUILD=1 COPY=0 ONLY="download upload sessions noop idle" SIZE=
+QUICK=0 ROUNDS= BUILD=1 COPY=0 BASE_BIN= ONLY="download upload sessions noop idle" SIZE=
 while (($#)); do
     case $1 in
         --quick) QUICK=1 ;;
         --rounds) ROUNDS=$2; shift ;;
         --no-build) BUILD=0 ;;
         --compare-copy) COPY=1 ;;
+        --baseline) BASE_BIN=$2; shift ;;
         --only) ONLY=$2; shift ;;
         --size) SIZE=$2; shift ;;
-        *) echo "usage: $0 [--quick] [--rounds N] [--no-build] [--compare-copy] [--only MEASURES] [--size SIZE]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--quick] [--rounds N] [--no-build] [--compare-copy] [--baseline BIN] [--only MEASURES] [--size SIZE]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -43,6 +46,7 @@ CONCURRENCY=32
 VS_PORT=${VS_PORT:-22121}         # vsftpd control (127.0.0.1); haproxy on 127.0.0.2, same port
 FG_PORT=${FG_PORT:-22122}         # ftpgate (--relay auto: splice)
 FG_COPY_PORT=${FG_COPY_PORT:-22123}
+FG_BASE_PORT=${FG_BASE_PORT:-22125}
 FG_IDLE_PORT=${FG_IDLE_PORT:-22124}
 STUB_PORT=${STUB_PORT:-22125}     # control-only stub backend for the idle measure
 PASV_LO=${PASV_LO:-31000} PASV_HI=${PASV_HI:-31999}
@@ -124,8 +128,10 @@ declare -A ADDR PID
 PATHS=(direct)
 ADDR[direct]=127.0.0.1:$VS_PORT
 
-start_ftpgate() { # name port data-ports backend relay-mode (auto|copy)
-    "$FTPGATE" run --relay "$5" --listen "127.0.0.1:$2" --backend "$4" \
+start_ftpgate() { # name port data-ports backend relay-mode (auto|copy|"": default) [binary]
+    local bin=${6:-$FTPGATE} relay=()
+    [[ -n $5 ]] && relay=(--relay "$5")
+    "$bin" run "${relay[@]}" --listen "127.0.0.1:$2" --backend "$4" \
         --public-address 127.0.0.1 --data-ports "$3" --log-level warn ${FTPGATE_ARGS:-} \
         >"$RUN/$1.log" 2>&1 &
     PIDS+=($!)
@@ -138,6 +144,11 @@ PATHS+=(ftpgate)
 if ((COPY)); then
     start_ftpgate ftpgate-copy "$FG_COPY_PORT" 42000-42999 "127.0.0.1:$VS_PORT" copy
     PATHS+=(ftpgate-copy)
+fi
+if [[ -n $BASE_BIN ]]; then
+    # No --relay: a baseline may predate the flag (its default relay is splice too).
+    start_ftpgate ftpgate-base "$FG_BASE_PORT" 44000-44999 "127.0.0.1:$VS_PORT" "" "$BASE_BIN"
+    PATHS+=(ftpgate-base)
 fi
 if command -v haproxy >/dev/null; then
     fill bench/haproxy.cfg.in "$VS_PORT" >"$RUN/haproxy.cfg"

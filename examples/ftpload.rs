@@ -99,6 +99,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Soft `RLIMIT_NOFILE` up to the hard limit: `idle 9000` needs 9 000+ descriptors.
+#[allow(unsafe_code)]
 fn raise_nofile() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

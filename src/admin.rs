@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::metrics::Metrics;
-use crate::net::{note_exhaustion, AcceptBackoff, LocalResource, ACCEPT_BACKOFF_MIN};
+use crate::net::AcceptBackoff;
 use crate::protocol::addr::canonical_ip;
 
 /// A probe or scraper writes its request as soon as it connects; a connection with no
@@ -102,6 +102,7 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// State for `metrics` and the `/readyz` check of `backends`; not serving until marked so.
     pub fn new(metrics: Arc<Metrics>, backends: Vec<SocketAddr>) -> Self {
         AdminState {
             metrics,
@@ -184,16 +185,7 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>, shutdown: Cancel
                 x
             }
             Err(e) => {
-                let delay = match LocalResource::of(&e) {
-                    Some(resource) => {
-                        note_exhaustion(&state.metrics, resource, "admin accept", &e);
-                        backoff.next_delay()
-                    }
-                    None => {
-                        debug!(error = %e, "admin accept failed");
-                        ACCEPT_BACKOFF_MIN
-                    }
-                };
+                let delay = backoff.after_error(&e, &state.metrics, "admin accept");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.cancelled() => return,

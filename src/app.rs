@@ -21,7 +21,7 @@ use crate::config::{ListenerMode, ValidConfig};
 use crate::dataport::PortPool;
 use crate::health::{self, HEALTH_CHECK_INTERVAL};
 use crate::metrics::Metrics;
-use crate::net::{note_exhaustion, AcceptBackoff, LocalResource, ACCEPT_BACKOFF_MIN};
+use crate::net::AcceptBackoff;
 use crate::reload::{ConfigSource, LogLevelSetter, Reloader, Snapshots};
 use crate::session::limits::PreloginSlots;
 use crate::session::{run_session, SessionContext};
@@ -44,14 +44,28 @@ pub struct StopSignals {
     pub stop: CancellationToken,
 }
 
+/// Why the gateway could not start: a listener failed to bind.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// An FTP listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind {
+        /// The FTP listener's address (`listeners[].listen`).
+        addr: SocketAddr,
+        /// The bind or listen error.
+        source: io::Error,
+    },
+    /// The admin listener (metrics, health) could not bind.
     #[error("cannot listen on {addr} for the admin endpoint (metrics): {source}")]
-    AdminBind { addr: SocketAddr, source: io::Error },
+    AdminBind {
+        /// The admin address (`admin.listen`).
+        addr: SocketAddr,
+        /// The bind or listen error.
+        source: io::Error,
+    },
 }
 
+/// The running gateway: its bound listeners and what every session shares.
 pub struct Gateway {
     listeners: Vec<(TcpListener, ListenerMode)>,
     ctx: Arc<SessionContext>,
@@ -216,15 +230,16 @@ impl Gateway {
             () = signals.drain.cancelled() => {}
             () = signals.stop.cancelled() => {}
         }
-        // Closing the listeners first: a balancer's next connect goes elsewhere.
-        accepting.cancel();
-        acceptors.wait().await;
-        self.admin_state.set_draining();
-        self.admin_state.set_serving(false);
-        self.ctx.drain.cancel();
-        sessions.close();
+        // Readiness and the gauge first, so anyone who sees the listeners closed sees
+        // them too; then the listeners: a balancer's next connect goes elsewhere.
         let metrics = &self.ctx.metrics;
         metrics.draining.set(1);
+        self.admin_state.set_draining();
+        self.admin_state.set_serving(false);
+        accepting.cancel();
+        acceptors.wait().await;
+        self.ctx.drain.cancel();
+        sessions.close();
         if !signals.stop.is_cancelled() {
             info!(sessions = sessions.len(), timeout = ?self.drain_timeout, "draining: listeners closed; sessions finish what they started");
         }
@@ -272,20 +287,7 @@ async fn accept_loop(
                     tracker.spawn(run_session(stream, peer, mode, snapshots.current(), shutdown.clone()));
                     continue;
                 }
-                Err(e) => match LocalResource::of(&e) {
-                    // Out of descriptors: the connection stays queued and the listener
-                    // readable, so retrying at once would spin. Sessions ending free
-                    // descriptors; back off (50 ms doubling to 1 s) until then.
-                    Some(resource) => {
-                        note_exhaustion(&snapshots.current().metrics, resource, "accept", &e);
-                        backoff.next_delay()
-                    }
-                    // ECONNABORTED and the like concern one connection only.
-                    None => {
-                        warn!(error = %e, "accept failed");
-                        ACCEPT_BACKOFF_MIN
-                    }
-                },
+                Err(e) => backoff.after_error(&e, &snapshots.current().metrics, "accept"),
             },
             () = accepting.cancelled() => return,
         };

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use crate::metrics::Metrics;
 use crate::net::{connect_from, note_exhaustion, LocalResource};
 
+/// Round-robin over the configured backends (`backends:`); ones found down are tried last.
 #[derive(Debug)]
 pub struct Balancer {
     backends: Vec<SocketAddr>,
@@ -20,17 +21,25 @@ pub struct Balancer {
 /// itself (out of descriptors or buffers: no backend was at fault, none is marked down).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// Every backend refused or timed out.
     #[error("no backend reachable ({tried} tried)")]
-    NoBackend { tried: usize },
+    NoBackend {
+        /// How many backends were tried (all of them).
+        tried: usize,
+    },
+    /// ftpgate itself ran out of `resource`; no backend is blamed.
     #[error("local resource exhausted ({resource}): {source}")]
     LocalResource {
+        /// Which resource ran out (the `resource` label).
         resource: LocalResource,
+        /// The failed socket call's error.
         #[source]
         source: std::io::Error,
     },
 }
 
 impl Balancer {
+    /// A balancer over `backends`, in configured order; the first session starts at the first.
     pub fn new(backends: Vec<SocketAddr>) -> Self {
         Balancer {
             backends,

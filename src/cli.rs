@@ -20,25 +20,30 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 5m)"))
 }
 
+/// The `ftpgate` command line.
 #[derive(Debug, Parser)]
 #[command(name = "ftpgate", version, about = "FTP-aware NAT/ALG proxy")]
 pub struct Cli {
+    /// What to do: run, check a config, or probe a server.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The `ftpgate` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
     Run(Box<RunArgs>),
     /// Validate a configuration file and exit (status 2 when invalid).
     Check {
+        /// The YAML configuration file to check.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Make a running `ftpgate run --pid-file F` reload its configuration (sends
     /// SIGHUP; the outcome is in its log and `ftpgate_config_reload_total`).
     Reload {
+        /// The file `ftpgate run --pid-file` wrote.
         #[arg(long, value_name = "FILE")]
         pid_file: PathBuf,
     },
@@ -47,6 +52,7 @@ pub enum Command {
     Probe(Box<crate::probe::ProbeArgs>),
 }
 
+/// Flags of `ftpgate run`; each one set overrides the same key in the YAML file.
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
     /// YAML configuration file; flags below override its values.

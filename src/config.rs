@@ -22,20 +22,32 @@ use crate::protocol::line::DEFAULT_MAX_LINE;
 /// An error in the configuration, naming the key it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The configuration file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file's path as given.
         path: String,
+        /// The read error.
         source: std::io::Error,
     },
+    /// YAML syntax or type error, with its key path and position; stops parsing.
     #[error("{0}")]
     Parse(String),
+    /// A value that failed validation.
     #[error("{key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid {
+        /// The YAML key path, such as `timeouts.idle`.
+        key: &'static str,
+        /// What is wrong with the value.
+        reason: String,
+    },
     /// A deprecated key and the key replacing it were both given: which one wins would
     /// be a guess, so neither does.
     #[error("{old}: deprecated alias of {new}, which is also given; keep only {new}")]
     Conflict {
+        /// The deprecated key.
         old: &'static str,
+        /// The key replacing it.
         new: &'static str,
     },
 }
@@ -54,14 +66,17 @@ fn join_lines(errors: &[ConfigError]) -> String {
 }
 
 impl ConfigErrors {
+    /// The errors, in the order found.
     pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
         self.0.iter()
     }
 
+    /// How many errors.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -76,7 +91,9 @@ impl From<ConfigError> for ConfigErrors {
 /// A deprecated spelling that was used; logged as a warning at startup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deprecation {
+    /// The deprecated key (or environment variable) as used.
     pub old: &'static str,
+    /// What to use instead.
     pub new: &'static str,
 }
 
@@ -107,23 +124,29 @@ impl ConfigError {
 /// An inclusive port range such as `50000-50999`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {
+    /// First port of the range.
     pub lo: u16,
+    /// Last port of the range (inclusive; `lo <= hi`).
     pub hi: u16,
 }
 
 impl PortRange {
+    /// How many ports the range holds (at least 1).
     pub fn len(&self) -> usize {
         usize::from(self.hi) - usize::from(self.lo) + 1
     }
 
+    /// Always false: a range holds at least one port.
     pub fn is_empty(&self) -> bool {
         false
     }
 
+    /// Whether `port` is in the range.
     pub fn contains(&self, port: u16) -> bool {
         (self.lo..=self.hi).contains(&port)
     }
 
+    /// Whether the two ranges share a port.
     pub fn overlaps(&self, other: &PortRange) -> bool {
         self.lo <= other.hi && other.lo <= self.hi
     }
@@ -177,11 +200,14 @@ pub enum PassiveTarget {
     Control,
 }
 
+/// Log line format: YAML `log.format`, `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
+    /// Human-readable lines (the default).
     #[default]
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -227,7 +253,9 @@ pub enum RelayMode {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
+    /// Address accepting FTP clients: `listeners[].listen`.
     pub listen: SocketAddr,
+    /// What this listener does with its connections: `listeners[].mode` (default `reverse`).
     #[serde(default)]
     pub mode: ListenerMode,
     /// Accept TPROXY-diverted connections (sets IP_TRANSPARENT; needs CAP_NET_ADMIN).
@@ -419,8 +447,10 @@ pub struct TcpKeepaliveConfig {
     /// Idle time before the first probe; 0s disables TCP keepalive.
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
+    /// Between unanswered probes: `keepalive.tcp.interval` (default 15s).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// Unanswered probes before the connection is dropped: `keepalive.tcp.count` (default 4).
     pub count: u32,
 }
 
@@ -434,6 +464,7 @@ impl Default for TcpKeepaliveConfig {
     }
 }
 
+/// Keeping idle control connections alive: YAML `keepalive:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeepaliveConfig {
@@ -441,6 +472,7 @@ pub struct KeepaliveConfig {
     /// runs; 0s disables.
     #[serde(with = "humantime_serde")]
     pub noop_interval: Duration,
+    /// TCP keepalive on both control connections: `keepalive.tcp`.
     pub tcp: TcpKeepaliveConfig,
 }
 
@@ -460,6 +492,7 @@ impl KeepaliveConfig {
     }
 }
 
+/// Timeouts: YAML `timeouts:`. Each field says whether 0s disables it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
@@ -500,9 +533,11 @@ impl Default for Timeouts {
     }
 }
 
+/// Logging: YAML `log:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
+    /// Line format, `text` or `json` (default `text`).
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `ftpgate=debug`; `RUST_LOG` wins when set.
     pub level: String,
@@ -527,6 +562,7 @@ pub struct Config {
     /// Listeners with a mode each (one process can serve reverse and transparent
     /// listeners side by side); added to `listen`.
     pub listeners: Vec<ListenerConfig>,
+    /// Transparent (gateway) mode behaviour.
     pub transparent: TransparentConfig,
     /// FTP servers, chosen round robin; on connect failure the next is tried.
     pub backends: Vec<SocketAddr>,
@@ -536,21 +572,29 @@ pub struct Config {
     pub public_address: Vec<IpAddr>,
     /// Ports ftpgate listens on for passive data connections.
     pub data_ports: PortRange,
+    /// Passive (PASV/EPSV) relaying.
     pub passive: PassiveConfig,
+    /// The client control connection.
     pub control: ControlConfig,
     /// How data connections are opened towards the backend.
     pub backend_data_mode: BackendDataMode,
+    /// Active (PORT/EPRT) relaying.
     pub active: ActiveConfig,
+    /// NOOP and TCP keepalive on control connections.
     pub keepalive: KeepaliveConfig,
+    /// Login, idle, connect and reply timeouts.
     pub timeouts: Timeouts,
+    /// Caps on what clients may hold.
     pub limits: LimitsConfig,
     /// After `SIGTERM`/`SIGINT`, how long sessions may finish before they are closed.
     pub drain_timeout: Duration,
+    /// The admin HTTP endpoint (metrics, health).
     pub admin: AdminConfig,
     /// Data relay implementation (process-wide).
     pub relay: RelayMode,
     /// Async worker threads; unset: one per core.
     pub worker_threads: Option<usize>,
+    /// Log format and level.
     pub log: LogConfig,
 }
 
@@ -752,6 +796,7 @@ impl RawConfig {
 /// A parsed (not yet validated) configuration and the deprecated spellings it used.
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
+    /// The configuration as parsed.
     pub config: Config,
     /// One entry per deprecated key (or environment variable) used, to log as a
     /// warning once logging is set up.
@@ -764,6 +809,7 @@ pub struct Loaded {
 pub struct ValidConfig(Config);
 
 impl ValidConfig {
+    /// The validated configuration.
     pub fn into_inner(self) -> Config {
         self.0
     }

@@ -22,6 +22,8 @@ const RANDOM_PROBES: usize = 16;
 /// Ports that fail to bind (held by another process) before giving up on one request.
 const BIND_ATTEMPTS: usize = 8;
 
+/// A pool of data ports (`data_ports`, or `active.ports`): each lease binds one port of
+/// the range, picked at random, and frees it on drop.
 #[derive(Debug)]
 pub struct PortPool {
     range: PortRange,
@@ -32,10 +34,13 @@ pub struct PortPool {
     gauge_free: IntGauge,
 }
 
+/// Why no data port could be leased.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
+    /// Every port of the range is leased (the range's size).
     #[error("all {0} data ports are in use")]
     Exhausted(usize),
+    /// Binding failed on every port tried (held by another process); the last error.
     #[error("cannot bind a data port: {0}")]
     Bind(#[source] io::Error),
     /// The session holds `limits.data_ports_per_session` ports already.
@@ -44,6 +49,7 @@ pub enum LeaseError {
 }
 
 impl PortPool {
+    /// A pool over `range`, counted in `metrics`' data-port gauges.
     pub fn new(range: PortRange, metrics: &Metrics) -> Arc<PortPool> {
         metrics.data_ports_free.add(range.len() as i64);
         Arc::new(PortPool {
@@ -55,10 +61,12 @@ impl PortPool {
         })
     }
 
+    /// How many ports the range holds.
     pub fn capacity(&self) -> usize {
         self.range.len()
     }
 
+    /// How many ports are leased right now.
     pub fn in_use(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)
     }
@@ -127,6 +135,7 @@ pub struct PortLease {
 }
 
 impl PortLease {
+    /// The leased port number.
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -3,8 +3,9 @@
 //! # Layout
 //! - [`protocol`]: pure wire codec — line framing, commands, replies, the address forms
 //!   of `227`/`229`/`PORT`/`EPRT`, and byte-preserving rewriting. No I/O.
-//! - [`session`]: one client session — pure reply accounting (`state`), the async
-//!   control-channel driver (`driver`) and passive data mappings (`passive`).
+//! - [`session`]: one client session — a pure session machine (`machine`) with one room
+//!   per FTP feature (`active`, `passive`, `translate`, `keepalive`, the reply `ledger`,
+//!   ftpgate's own `replies`), a thin async `driver`, and data connections (`data`).
 //! - [`dataport`]: the data-port pool (random choice, RAII leases).
 //! - [`relay`]: byte relay for data connections, half-close aware.
 //! - [`balancer`]: backend selection and failover.
@@ -13,9 +14,18 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`health`]: periodic backend health checks feeding `ftpgate_backend_up`.
+//! - [`config`]'s sections follow the concerns: `passive`, `active`, `control`,
+//!   `timeouts`, `limits`, `keepalive`, `admin`.
 //! - [`app`]: binds listeners and runs sessions until shutdown (drain included).
 //! - [`reload`]: configuration reload into snapshots for new sessions.
 //! - [`probe`]: `ftpgate probe`, diagnoses FTP through NAT, firewalls and load balancers.
+
+// Nothing that came from the network may panic (STYLE: no unwrap/expect outside
+// tests); indexing and slicing are checked too, as `protocol/` and `probe/` need.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod admin;
 pub mod app;

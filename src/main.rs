@@ -112,6 +112,7 @@ fn init_logs(log: &LogConfig) -> Option<LogLevelSetter> {
 }
 
 /// `ftpgate reload`: SIGHUP to the process named in the pid file.
+#[allow(unsafe_code)] // kill(2): no safe wrapper in std.
 fn signal_reload(pid_file: &std::path::Path) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(pid_file)
         .with_context(|| format!("reading {}", pid_file.display()))?;
@@ -147,6 +148,7 @@ impl Drop for PidFile {
 
 /// Each session holds two control sockets plus data sockets and splice pipes; the
 /// usual soft limit of 1024 descriptors would cap ftpgate at a few hundred sessions.
+#[allow(unsafe_code)]
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -157,7 +159,7 @@ fn raise_fd_limit() {
     if ok && lim.rlim_cur < lim.rlim_max {
         let old = lim.rlim_cur;
         lim.rlim_cur = lim.rlim_max;
-        // SAFETY: as above.
+        // SAFETY: as above: setrlimit only reads `lim`, a live, initialised local.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
             tracing::debug!(from = old, to = lim.rlim_max, "raised open-file limit");
         }

@@ -7,9 +7,12 @@ use prometheus::{
     Registry,
 };
 
+/// Every ftpgate metric (all named `ftpgate_*`), registered in [`Metrics::registry`].
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// The registry `/metrics` encodes; holds every field below.
     pub registry: Registry,
+    /// `ftpgate_sessions_active`: client sessions open now.
     pub sessions_active: IntGauge,
     /// Sessions open and not yet logged in (capped by `limits.max_prelogin_sessions`).
     pub sessions_prelogin: IntGauge,
@@ -23,11 +26,17 @@ pub struct Metrics {
     pub data_connections_total: IntCounterVec,
     /// By direction: `client_to_backend`, `backend_to_client`.
     pub data_bytes_total: IntCounterVec,
+    /// `ftpgate_data_ports_in_use`: data ports leased now, all pools together.
     pub data_ports_in_use: IntGauge,
+    /// `ftpgate_data_ports_free`: data ports free now, all pools together.
     pub data_ports_free: IntGauge,
+    /// `ftpgate_data_port_exhausted_total`: data-port requests refused because every port
+    /// was in use.
     pub data_port_exhausted_total: IntCounter,
     /// By kind: see [`RewriteKind`].
     pub rewrites_total: IntCounterVec,
+    /// `ftpgate_keepalive_noops_total`: NOOPs sent to backends to keep idle control
+    /// connections alive (`keepalive.noop_interval`).
     pub keepalive_noops_total: IntCounter,
     /// By reason: see [`Refusal`].
     pub refusals_total: IntCounterVec,
@@ -35,10 +44,15 @@ pub struct Metrics {
     pub timeouts_total: IntCounterVec,
     /// By backend: 1 when its last health check connected.
     pub backend_up: IntGaugeVec,
+    /// `ftpgate_backend_sessions_active{backend}`: sessions open now, by backend address.
     pub backend_sessions_active: IntGaugeVec,
+    /// `ftpgate_backend_connect_errors_total{backend}`: failed control connections to a
+    /// backend.
     pub backend_connect_errors_total: IntCounterVec,
     /// By direction (`download`, `upload`, `listing`).
     pub transfer_duration_seconds: HistogramVec,
+    /// `ftpgate_backend_connect_duration_seconds`: time to establish a control connection
+    /// to a backend.
     pub backend_connect_duration_seconds: Histogram,
     /// Time from a backend reply's bytes arriving to their write to the client finishing.
     pub reply_added_latency_seconds: Histogram,
@@ -80,6 +94,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A fresh registry with every metric registered and label values pre-created at 0.
     pub fn new() -> Self {
         let r = Registry::new();
         let gauge = |n: &str, h: &str| register(&r, valid(IntGauge::new(n, h)));
@@ -363,13 +378,19 @@ label_enum!(
         ForeignDataPeer => "foreign_data_peer",
         /// `PORT`/`EPRT` naming another host (RFC 2577 §3).
         Bounce => "bounce",
+        /// `LPRT`/`LPSV` (long addresses), which ftpgate does not relay.
         LprtLpsv => "lprt_lpsv",
+        /// A client line longer than `control.max_line_length`.
         LineTooLong => "line_too_long",
+        /// `PASV`/`PORT`/`EPRT` after `EPSV ALL` (RFC 2428 §4).
         EpsvAll => "epsv_all",
+        /// A malformed `PORT`/`EPRT` address, or an unsupported protocol.
         BadAddress => "bad_address",
         /// No data port could be leased or bound.
         DataPort => "data_port",
+        /// `PASV` with no IPv4 address to announce in the `227`.
         NoIpv4 => "no_ipv4",
+        /// `AUTH` while ftpgate does not terminate TLS.
         AuthTls => "auth_tls",
         /// A transparent session that would connect to ftpgate itself.
         Loop => "loop",
@@ -395,10 +416,15 @@ label_enum!(
 label_enum!(
     /// Which timeout fired (`ftpgate_timeouts_total{kind}`).
     TimeoutKind {
+        /// A mapped data port got no connection in time (`timeouts.data_connect`).
         DataConnect => "data_connect",
+        /// A TCP connect to a backend (`timeouts.backend_connect`).
         BackendConnect => "backend_connect",
+        /// Not logged in in time (`timeouts.login`).
         Login => "login",
+        /// No command and no transfer (`timeouts.idle`).
         Idle => "idle",
+        /// No byte moved on a data connection (`timeouts.data_idle`).
         DataIdle => "data_idle",
         /// A command outstanding at the backend got no reply in time.
         BackendReply => "backend_reply",
@@ -408,9 +434,13 @@ label_enum!(
 label_enum!(
     /// What ftpgate rewrote (`ftpgate_rewrites_total{kind}`).
     RewriteKind {
+        /// The address in a `227` passive reply.
         Pasv227 => "227",
+        /// The port in a `229` extended passive reply.
         Epsv229 => "229",
+        /// The address in a client's `PORT`.
         Port => "port",
+        /// The address in a client's `EPRT`.
         Eprt => "eprt",
     }
 );

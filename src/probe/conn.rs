@@ -15,6 +15,7 @@ use super::facts::{IoFailure, Outcome, Reply};
 const MAX_LINE: usize = 8192;
 const MAX_REPLY_LINES: usize = 2000;
 
+/// A byte stream the probe's control connection runs on: TCP, or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -24,6 +25,7 @@ pub struct Control {
     buf: Vec<u8>,
     framer: ReplyFramer,
     lines: Vec<String>,
+    /// Bound on each wait for a reply (`--timeout`).
     pub timeout: Duration,
     /// A wait ran out: a late reply may still come, so the next reply read
     /// could be the wrong one. Callers open a fresh session instead.
@@ -31,6 +33,7 @@ pub struct Control {
 }
 
 impl Control {
+    /// A control connection over `io`, waiting at most `timeout` for each reply.
     pub fn new(io: Box<dyn Io>, timeout: Duration) -> Control {
         Control {
             io,
@@ -59,6 +62,7 @@ impl Control {
         self.reply_within(self.timeout).await
     }
 
+    /// The next complete reply, within `limit`; on timeout the connection is desynced.
     pub async fn reply_within(&mut self, limit: Duration) -> Outcome<Reply> {
         match tokio::time::timeout(limit, self.read_reply()).await {
             Ok(r) => r,
@@ -132,17 +136,21 @@ impl Control {
 
 /// A data connection, plain or TLS (`PROT P`).
 pub enum DataStream {
+    /// Plain TCP.
     Plain(TcpStream),
+    /// TLS (`PROT P`), resuming the control connection's session.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl DataStream {
+    /// Reads into `buf`; 0 at end of stream.
     pub async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             DataStream::Plain(s) => s.read(buf).await,
             DataStream::Tls(s) => s.read(buf).await,
         }
     }
+    /// Writes all of `buf`.
     pub async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         match self {
             DataStream::Plain(s) => s.write_all(buf).await,

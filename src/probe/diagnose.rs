@@ -7,12 +7,15 @@ use serde::Serialize;
 
 use super::facts::*;
 
+/// How a check came out; `status` in `--json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// The step worked.
     Pass,
     /// Worth knowing, not a failure (e.g. an unsupported optional command).
     Warn,
+    /// The step failed; the probe exits 1.
     Fail,
 }
 
@@ -20,47 +23,79 @@ pub enum Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// Nothing wrong.
     Ok,
+    /// The host name did not resolve.
     ResolveFailed,
+    /// The control connection was refused (TCP RST).
     ConnectRefused,
+    /// The control connection got no answer in time.
     ConnectTimeout,
+    /// The control connection failed otherwise (unreachable, reset).
     ConnectFailed,
+    /// The greeting was not `220` (e.g. `421`: too many connections).
     BannerRejected,
+    /// TCP connected but no greeting came.
     BannerTimeout,
+    /// A command got no reply, or not an FTP one: the control connection broke.
     BadReply,
+    /// `AUTH TLS` was refused or got no reply.
     TlsRejected,
+    /// The TLS handshake failed.
     TlsHandshakeFailed,
+    /// The certificate chain did not verify against the trust roots.
     CertUntrusted,
+    /// The certificate has expired.
     CertExpired,
+    /// The certificate does not name the URL's host.
     CertNameMismatch,
+    /// `USER`/`PASS` was not accepted.
     LoginFailed,
+    /// The URL's directory could not be entered.
     CwdFailed,
+    /// An optional command the server does not support (a warning).
     Unsupported,
+    /// The server refused a data-mode command.
     CommandFailed,
+    /// A `227` names a private address while the control address is public.
     PassivePrivateAddress,
+    /// A `227` names another address than the control one, which does not answer.
     PassiveAddressMismatch,
+    /// Connecting to the announced passive port timed out or failed.
     PassiveUnreachable,
+    /// The server refused `PORT`/`EPRT` with our address.
     ActiveRejected,
+    /// `PORT`/`EPRT` was accepted but the server never connected back.
     ActiveUnreachable,
+    /// The data connection opened but the transfer failed.
     TransferFailed,
+    /// No final reply after a transfer with an idle control connection.
     IdleDrop,
+    /// An upload ending without TLS `close_notify` got `426`.
     TlsEofStrict,
+    /// An optional check could not run (an earlier step failed).
     CheckFailed,
 }
 
+/// The verdict on one probe step (one entry of `checks` in `--json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
     /// `resolve`, `connect`, `banner`, `feat`, `tls`, `login`, `cwd`, `syst`,
     /// `EPSV`/`PASV`/`EPRT`/`PORT`, `idle`, `tls_eof`.
     pub step: String,
+    /// Pass, warn or fail.
     pub status: Status,
+    /// The machine-readable diagnosis.
     pub verdict: Verdict,
+    /// How long the step took, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub elapsed_ms: Option<u64>,
     /// The exact server reply the verdict is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// What happened, in words.
     pub reason: String,
+    /// For failures, one line on what to change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remedy: Option<String>,
     /// Structured facts behind the verdict, for scripts.
@@ -68,14 +103,19 @@ pub struct Check {
     pub details: Option<Details>,
 }
 
+/// The facts behind a check, by kind of step (`details` in `--json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Details {
+    /// A data-mode step.
     Mode(ModeDetails),
+    /// The `tls` step: the session and certificate.
     Tls(TlsSession),
+    /// The `idle` step.
     Idle(IdleDetails),
 }
 
+/// What a data-mode step saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModeDetails {
     /// The control connection's server address.
@@ -83,39 +123,57 @@ pub struct ModeDetails {
     /// Passive: the address the server announced; active: the one we announced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub announced: Option<String>,
+    /// Whether the announced address is the control connection's server address.
     pub announced_is_control: bool,
+    /// Whether the announced address is not routable on the Internet (RFC 1918, CGNAT,
+    /// loopback, link-local, ULA).
     pub announced_is_private: bool,
     /// Time to open the data connection, or why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_connect_ms: Option<u64>,
+    /// Why the data connection failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_error: Option<String>,
     /// Passive, announced address failed: whether the control address and that port worked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control_address_fallback_ok: Option<bool>,
+    /// The transfers made in this mode (`LIST`, then any `RETR`/`STOR`).
     pub transfers: Vec<TransferDetails>,
 }
 
+/// One transfer of a data-mode step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TransferDetails {
+    /// The command, e.g. `LIST` or `RETR x`.
     pub command: String,
+    /// Bytes moved over the data connection.
     pub bytes: u64,
+    /// How long the data connection was in use, in milliseconds.
     pub data_ms: u64,
+    /// The first line of the reply that completed the command.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub final_reply: Option<String>,
+    /// Whether the transfer succeeded (data intact, `2xx` final reply).
     pub ok: bool,
 }
 
+/// What the idle check saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IdleDetails {
+    /// The idle time asked for (`--idle-check`), in milliseconds.
     pub requested_ms: u64,
+    /// The runs, in the order made.
     pub runs: Vec<IdleRunDetails>,
 }
 
+/// One run of the idle check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IdleRunDetails {
+    /// How long the control connection stayed idle, in milliseconds.
     pub idle_ms: u64,
+    /// Whether the final reply arrived and was `2xx`.
     pub ok: bool,
+    /// The final reply's first line, or why none came.
     pub result: String,
 }
 
@@ -176,30 +234,14 @@ pub fn is_private(ip: IpAddr) -> bool {
 /// The verdicts for every step present in `facts`, in probe order.
 pub fn diagnose(facts: &Facts) -> Vec<Check> {
     let mut out = Vec::new();
-    if let Some(t) = &facts.resolve {
-        out.push(resolve(t));
-    }
-    if let Some(t) = &facts.connect {
-        out.push(connect(t));
-    }
-    if let Some(t) = &facts.banner {
-        out.push(banner(t));
-    }
-    if let Some(t) = &facts.feat {
-        out.push(feat(t));
-    }
-    if let Some(t) = &facts.tls {
-        out.extend(tls(t));
-    }
-    if let Some(t) = &facts.login {
-        out.push(login(t));
-    }
-    if let Some(t) = &facts.cwd {
-        out.push(cwd(t));
-    }
-    if let Some(t) = &facts.syst {
-        out.push(simple("syst", t, "SYST"));
-    }
+    out.extend(facts.resolve.as_ref().map(resolve));
+    out.extend(facts.connect.as_ref().map(connect));
+    out.extend(facts.banner.as_ref().map(banner));
+    out.extend(facts.feat.as_ref().map(feat));
+    out.extend(facts.tls.as_ref().map(tls).into_iter().flatten());
+    out.extend(facts.login.as_ref().map(login));
+    out.extend(facts.cwd.as_ref().map(cwd));
+    out.extend(facts.syst.as_ref().map(|t| simple("syst", t, "SYST")));
     for m in &facts.modes {
         out.push(mode(m));
     }
@@ -424,40 +466,52 @@ fn tls(t: &Timed<TlsFacts>) -> Vec<Check> {
 }
 
 fn login(t: &Timed<Outcome<Reply>>) -> Check {
-    match &t.value {
-        Ok(r) if r.code / 100 == 2 => Check::pass("login", r.first_line().to_owned()),
-        Ok(r) => Check::fail(
-            "login",
-            Verdict::LoginFailed,
-            format!("login refused: {}", r.first_line()),
+    reply_step(
+        t,
+        ("login", Verdict::LoginFailed),
+        (
+            "login refused",
             "check user and password (--user, --password-file); anonymous needs anonymous_enable",
         ),
-        Err(e) => Check::fail(
-            "login",
-            Verdict::LoginFailed,
-            format!("no reply to USER/PASS: {e}"),
+        (
+            "no reply to USER/PASS",
             "the control connection broke during login: check server logs",
         ),
-    }
-    .with_reply(t.value.as_ref().ok())
-    .timed(t)
+    )
 }
 
 fn cwd(t: &Timed<Outcome<Reply>>) -> Check {
-    match &t.value {
-        Ok(r) if r.code / 100 == 2 => Check::pass("cwd", r.first_line().to_owned()),
-        Ok(r) => Check::fail(
-            "cwd",
-            Verdict::CwdFailed,
-            format!("cannot enter the URL's directory: {}", r.first_line()),
+    reply_step(
+        t,
+        ("cwd", Verdict::CwdFailed),
+        (
+            "cannot enter the URL's directory",
             "fix the path in the URL",
         ),
-        Err(e) => Check::fail(
-            "cwd",
-            Verdict::CwdFailed,
-            format!("no reply to CWD: {e}"),
+        (
+            "no reply to CWD",
             "the control connection broke: check server logs",
         ),
+    )
+}
+
+/// A step that passes on a 2xx reply: `(name, verdict)`, and for a refusal and for no
+/// reply at all `(reason, remedy)`.
+fn reply_step(
+    t: &Timed<Outcome<Reply>>,
+    (name, verdict): (&'static str, Verdict),
+    (refused, refused_remedy): (&str, &'static str),
+    (silent, silent_remedy): (&str, &'static str),
+) -> Check {
+    match &t.value {
+        Ok(r) if r.code / 100 == 2 => Check::pass(name, r.first_line().to_owned()),
+        Ok(r) => Check::fail(
+            name,
+            verdict,
+            format!("{refused}: {}", r.first_line()),
+            refused_remedy,
+        ),
+        Err(e) => Check::fail(name, verdict, format!("{silent}: {e}"), silent_remedy),
     }
     .with_reply(t.value.as_ref().ok())
     .timed(t)

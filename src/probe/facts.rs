@@ -12,21 +12,25 @@ use super::target::Security;
 /// One complete server reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reply {
+    /// The reply code (the last line's).
     pub code: u16,
     /// Every line of the reply, terminators removed, joined with `\n`.
     pub text: String,
 }
 
 impl Reply {
+    /// A reply of `code` with `text`.
     pub fn new(code: u16, text: &str) -> Reply {
         Reply {
             code,
             text: text.to_owned(),
         }
     }
+    /// The reply's first line.
     pub fn first_line(&self) -> &str {
         self.text.lines().next().unwrap_or_default()
     }
+    /// Whether the code is `1xx`, `2xx` or `3xx`.
     pub fn is_positive(&self) -> bool {
         (100..400).contains(&self.code)
     }
@@ -38,12 +42,14 @@ impl Reply {
 pub enum IoFailure {
     /// Nothing within the step timeout (dropped packets, a silent peer).
     Timeout {
+        /// The timeout that expired, in milliseconds (0: the OS's own timeout).
         after_ms: u64,
     },
     /// TCP RST on connect.
     Refused,
     /// No route / host or network unreachable.
     Unreachable {
+        /// The OS error.
         detail: String,
     },
     /// The peer closed the connection.
@@ -52,24 +58,30 @@ pub enum IoFailure {
     Reset,
     /// A TLS handshake or record error.
     Tls {
+        /// The TLS error.
         detail: String,
     },
     /// The server sent something that is not an FTP reply.
     Protocol {
+        /// The offending line, or why it is not one.
         detail: String,
     },
+    /// Any other I/O error.
     Other {
+        /// The OS error.
         detail: String,
     },
 }
 
 impl IoFailure {
+    /// A timeout after `d`.
     pub fn timeout(d: Duration) -> IoFailure {
         IoFailure::Timeout {
             after_ms: millis(d),
         }
     }
 
+    /// The failure an I/O error means.
     pub fn from_io(e: &std::io::Error) -> IoFailure {
         use std::io::ErrorKind as K;
         match e.kind() {
@@ -105,21 +117,26 @@ impl fmt::Display for IoFailure {
     }
 }
 
+/// What an I/O step produced, or why it did not complete.
 pub type Outcome<T> = Result<T, IoFailure>;
 
 /// A fact with the time its step took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timed<T> {
+    /// How long the step took.
     pub elapsed: Duration,
+    /// What the step observed.
     pub value: T,
 }
 
 impl<T> Timed<T> {
+    /// `value`, observed in `elapsed`.
     pub fn new(elapsed: Duration, value: T) -> Timed<T> {
         Timed { elapsed, value }
     }
 }
 
+/// `d` in whole milliseconds (saturating).
 pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -128,13 +145,18 @@ pub fn millis(d: Duration) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum DataMode {
+    /// `EPSV` (RFC 2428).
     Epsv,
+    /// `PASV` (RFC 959).
     Pasv,
+    /// `EPRT` (RFC 2428).
     Eprt,
+    /// `PORT` (RFC 959).
     Port,
 }
 
 impl DataMode {
+    /// Every mode, in the order the probe tries them by default.
     pub const ALL: [DataMode; 4] = [
         DataMode::Epsv,
         DataMode::Pasv,
@@ -142,6 +164,7 @@ impl DataMode {
         DataMode::Port,
     ];
 
+    /// The command's verb, e.g. `EPSV`.
     pub fn verb(self) -> &'static str {
         match self {
             DataMode::Epsv => "EPSV",
@@ -151,6 +174,7 @@ impl DataMode {
         }
     }
 
+    /// Whether the client connects out (`EPSV`, `PASV`).
     pub fn is_passive(self) -> bool {
         matches!(self, DataMode::Epsv | DataMode::Pasv)
     }
@@ -178,7 +202,9 @@ impl std::str::FromStr for DataMode {
 /// Addresses of the control connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ControlAddrs {
+    /// The probe's end.
     pub local: SocketAddr,
+    /// The server's end.
     pub peer: SocketAddr,
 }
 
@@ -191,7 +217,9 @@ pub struct TransferFacts {
     pub first: Outcome<Reply>,
     /// Bytes moved over the data connection and how long that took.
     pub bytes: u64,
+    /// How long the data connection was in use.
     pub data_elapsed: Duration,
+    /// Why the data connection failed, if it did.
     pub data_error: Option<IoFailure>,
     /// The final reply after a positive preliminary one.
     pub last: Option<Outcome<Reply>>,
@@ -206,6 +234,7 @@ impl TransferFacts {
             _ => None,
         }
     }
+    /// Whether the data connection ended cleanly and the final reply is `2xx`.
     pub fn succeeded(&self) -> bool {
         self.data_error.is_none() && self.final_reply().is_some_and(|r| r.code / 100 == 2)
     }
@@ -214,7 +243,9 @@ impl TransferFacts {
 /// Everything about one data mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModeFacts {
+    /// Which mode.
     pub mode: DataMode,
+    /// The control connection the mode was tried on.
     pub control: ControlAddrs,
     /// The exact reply to `EPSV`/`PASV`/`EPRT x`/`PORT x`.
     pub reply: Timed<Outcome<Reply>>,
@@ -227,35 +258,48 @@ pub struct ModeFacts {
     /// Passive, when the announced address failed and differs from the control
     /// address: a connection to the control address and the announced port.
     pub fallback: Option<Timed<Outcome<()>>>,
+    /// The `LIST` over the mode's data connection.
     pub list: Option<Timed<TransferFacts>>,
+    /// `RETR`/`STOR` (`--retr`, `--stor`), each on a new data connection.
     pub transfers: Vec<Timed<TransferFacts>>,
 }
 
 /// TLS session details.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TlsSession {
+    /// The negotiated version, e.g. `TLSv1.3`.
     pub protocol: String,
+    /// The negotiated cipher suite.
     pub cipher: String,
+    /// The server's certificate; `None` when it sent none.
     pub cert: Option<CertFacts>,
 }
 
+/// The server certificate, as far as the probe reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertFacts {
+    /// Subject distinguished name.
     pub subject: String,
+    /// Issuer distinguished name.
     pub issuer: String,
+    /// End of validity, as the certificate states it.
     pub not_after: String,
     /// Days until expiry (negative: expired).
     pub days_left: i64,
+    /// DNS names and IP addresses (subject alternative names; else the common names).
     pub names: Vec<String>,
+    /// Whether one of `names` matches the URL's host.
     pub name_matches: bool,
     /// `Ok` when the chain verified against the trust roots, else why not.
     pub trusted: Result<(), String>,
 }
 
+/// The TLS step: `AUTH TLS` (explicit) and the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFacts {
     /// Explicit TLS: the reply to `AUTH TLS`.
     pub auth: Option<Outcome<Reply>>,
+    /// The handshake's session, or why it failed.
     pub handshake: Option<Outcome<TlsSession>>,
 }
 
@@ -263,18 +307,23 @@ pub struct TlsFacts {
 /// idle for `idle`, then the wait for the final reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdleRun {
+    /// How long the control connection stayed idle.
     pub idle: Duration,
+    /// The final reply, or why none came.
     pub result: Outcome<Reply>,
 }
 
 impl IdleRun {
+    /// Whether the final reply arrived and was `2xx`.
     pub fn ok(&self) -> bool {
         self.result.as_ref().is_ok_and(|r| r.code / 100 == 2)
     }
 }
 
+/// The idle check (`--idle-check`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdleFacts {
+    /// The idle time asked for.
     pub requested: Duration,
     /// Runs in the order made (the first one idles for `requested`).
     pub runs: Vec<IdleRun>,
@@ -285,26 +334,41 @@ pub struct IdleFacts {
 /// The two uploads of the TLS shutdown check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsEofFacts {
+    /// The final reply to the upload ending with `close_notify`.
     pub with_close_notify: Outcome<Reply>,
+    /// The final reply to the upload ending without it.
     pub without_close_notify: Outcome<Reply>,
+    /// Why the check could not run at all.
     pub setup_error: Option<String>,
 }
 
 /// Everything the probe saw.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Facts {
+    /// The URL probed, password masked.
     pub url: String,
+    /// Plain, explicit or implicit TLS.
     pub security: Option<Security>,
+    /// The host's addresses.
     pub resolve: Option<Timed<Outcome<Vec<IpAddr>>>>,
+    /// The control connection.
     pub connect: Option<Timed<Outcome<ControlAddrs>>>,
+    /// The greeting.
     pub banner: Option<Timed<Outcome<Reply>>>,
+    /// The reply to `FEAT`.
     pub feat: Option<Timed<Outcome<Reply>>>,
+    /// TLS setup (`ftps://`, `ftpes://`).
     pub tls: Option<Timed<TlsFacts>>,
     /// Final reply of `USER`/`PASS`.
     pub login: Option<Timed<Outcome<Reply>>>,
+    /// The reply to `CWD` into the URL's directory.
     pub cwd: Option<Timed<Outcome<Reply>>>,
+    /// The reply to `SYST`.
     pub syst: Option<Timed<Outcome<Reply>>>,
+    /// One entry per data mode tried.
     pub modes: Vec<ModeFacts>,
+    /// The idle check, when asked for.
     pub idle: Option<IdleFacts>,
+    /// The TLS shutdown check, when asked for.
     pub tls_eof: Option<TlsEofFacts>,
 }

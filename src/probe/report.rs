@@ -4,19 +4,23 @@ use serde::Serialize;
 
 use super::diagnose::{Check, Status};
 
+/// The `--json` report.
 #[derive(Debug, Serialize)]
 pub struct Report<'a> {
     /// The probed URL, password redacted.
     pub url: &'a str,
     /// Every check passed (warnings allowed).
     pub ok: bool,
+    /// One entry per step the probe reached.
     pub checks: &'a [Check],
 }
 
+/// Whether no check failed (warnings allowed): exit status 0.
 pub fn all_passed(checks: &[Check]) -> bool {
     checks.iter().all(|c| c.status != Status::Fail)
 }
 
+/// The `--json` report on `checks` for `url` (already redacted), pretty-printed.
 pub fn json(url: &str, checks: &[Check]) -> String {
     let report = Report {
         url,

@@ -15,19 +15,33 @@ use super::tls::TlsClient;
 
 /// What to probe and how.
 pub struct Options {
+    /// The server URL.
     pub target: Target,
+    /// User name: `--user`, else the URL's, else `anonymous`.
     pub user: String,
+    /// Password: `--password-file`, else the URL's, else `ftpgate-probe@`.
     pub password: String,
+    /// Bound on every single wait (`--timeout`).
     pub timeout: Duration,
+    /// Data modes to check, in order, without repeats (`--modes`).
     pub modes: Vec<DataMode>,
+    /// A file to download in every mode (`--retr`).
     pub retr: Option<String>,
+    /// Upload (then delete) a test file in every mode (`--stor`).
     pub stor: bool,
+    /// Size of the `--stor` test file, in bytes.
     pub stor_size: usize,
+    /// Name of the test file, in the URL's directory (`--scratch`).
     pub scratch: String,
+    /// Idle time for the idle check (`--idle-check`); `None`: no idle check.
     pub idle_check: Option<Duration>,
+    /// Extra runs of the idle-check bisection (`--idle-rounds`).
     pub idle_rounds: u32,
+    /// Run the TLS shutdown check (`--tls-eof-check`).
     pub tls_eof_check: bool,
+    /// Address to announce in `PORT`/`EPRT`; `None`: the control connection's local one.
     pub active_address: Option<IpAddr>,
+    /// Print progress lines on stderr (off with `--quiet`).
     pub progress: bool,
 }
 

@@ -18,16 +18,22 @@ pub enum Security {
     Implicit,
 }
 
+/// Why a probe URL does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
+    /// Not `ftp://`, `ftpes://` or `ftps://`.
     #[error("URL must start with ftp://, ftpes:// or ftps://")]
     Scheme,
+    /// No host after the scheme.
     #[error("URL has no host")]
     MissingHost,
+    /// The port is not a number in 1..=65535 (the text given).
     #[error("invalid port `{0}`")]
     Port(String),
+    /// An IPv6 host's `[` has no `]`.
     #[error("unterminated `[` in IPv6 host")]
     Bracket,
+    /// A `%` not followed by two hex digits.
     #[error("invalid percent-encoding in URL")]
     Percent,
 }
@@ -35,11 +41,15 @@ pub enum TargetError {
 /// A parsed probe URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Target {
+    /// Plain, explicit or implicit TLS, from the scheme.
     pub security: Security,
     /// Host name or IP literal (without brackets).
     pub host: String,
+    /// The control port: the URL's, else 21 (`ftps://`: 990).
     pub port: u16,
+    /// User name from the URL, decoded; `None` when absent or empty.
     pub user: Option<String>,
+    /// Password from the URL, decoded.
     pub password: Option<String>,
     /// Decoded path without the leading `/` (RFC 1738: relative to the login directory).
     pub path: String,
@@ -53,6 +63,7 @@ impl fmt::Debug for Target {
 }
 
 impl Target {
+    /// Parses an `ftp://`, `ftpes://` or `ftps://` URL.
     pub fn parse(url: &str) -> Result<Target, TargetError> {
         let (security, rest) = if let Some(r) = strip_prefix_ci(url, "ftp://") {
             (Security::Plain, r)
@@ -103,6 +114,7 @@ impl Target {
         })
     }
 
+    /// The URL scheme: `ftp`, `ftpes` or `ftps`.
     pub fn scheme(&self) -> &'static str {
         match self.security {
             Security::Plain => "ftp",

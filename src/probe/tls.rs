@@ -94,18 +94,24 @@ pub struct TlsClient {
     host: String,
 }
 
+/// Why the TLS client could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
+    /// `--ca-file` could not be read.
     #[error("reading {path}: {source}")]
     Read {
+        /// The file's path as given.
         path: String,
+        /// The read error.
         source: std::io::Error,
     },
+    /// rustls rejected the configuration.
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
 }
 
 impl TlsClient {
+    /// A client for `host`, trusting the CAs in `ca_file`, else the system bundle.
     pub fn new(host: &str, ca_file: Option<&Path>) -> Result<TlsClient, TlsSetupError> {
         // The ring provider (no C build); deprecated only for lacking post-quantum key exchange.
         #[allow(deprecated)]

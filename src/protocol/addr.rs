@@ -10,14 +10,19 @@ use std::ops::Range;
 use nom::combinator::all_consuming;
 use nom::Parser;
 
+/// Why an address in a `227`/`229`/`PORT`/`EPRT` could not be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {
+    /// No address where one was expected.
     #[error("no host-port tuple found")]
     Missing,
+    /// A number too large for its field (byte, port).
     #[error("field out of range")]
     OutOfRange,
+    /// An `EPRT` network protocol other than 1 (IPv4) or 2 (IPv6).
     #[error("unsupported network protocol")]
     UnsupportedProtocol,
+    /// Not of the form the command or reply requires.
     #[error("malformed address")]
     Malformed,
 }
@@ -27,6 +32,7 @@ pub enum AddrError {
 pub struct PasvTuple {
     /// Range of `h1,h2,h3,h4,p1,p2` in the line (exactly the six numbers and five commas).
     pub span: Range<usize>,
+    /// The address and port the six numbers name.
     pub addr: SocketAddrV4,
 }
 
@@ -118,7 +124,9 @@ fn is_delimiter(b: u8) -> bool {
 pub struct EpsvPort {
     /// Range of the decimal port digits in the line.
     pub span: Range<usize>,
+    /// The port named.
     pub port: u16,
+    /// The delimiter character used (usually `|`), kept for rewriting.
     pub delimiter: u8,
 }
 

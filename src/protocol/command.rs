@@ -16,28 +16,51 @@ const IAC: u8 = 255;
 /// The verbs ftpgate acts on; everything else is [`Verb::Other`] and passes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verb {
+    /// `USER`: user name (RFC 959).
     User,
+    /// `PASS`: password.
     Pass,
+    /// `ACCT`: account.
     Acct,
+    /// `PASV`: passive mode, IPv4 (RFC 959).
     Pasv,
+    /// `EPSV`: extended passive mode (RFC 2428).
     Epsv,
+    /// `LPSV`: long passive mode (RFC 1639); refused.
     Lpsv,
+    /// `PORT`: active mode, IPv4 (RFC 959).
     Port,
+    /// `EPRT`: extended active mode (RFC 2428).
     Eprt,
+    /// `LPRT`: long active mode (RFC 1639); refused.
     Lprt,
+    /// `RETR`: download a file.
     Retr,
+    /// `STOR`: upload a file.
     Stor,
+    /// `STOU`: upload under a unique name.
     Stou,
+    /// `APPE`: append to a file.
     Appe,
+    /// `LIST`: directory listing.
     List,
+    /// `NLST`: name list.
     Nlst,
+    /// `MLSD`: machine-readable listing (RFC 3659).
     Mlsd,
+    /// `ABOR`: abort the transfer.
     Abor,
+    /// `STAT`: status.
     Stat,
+    /// `NOOP`: no operation.
     Noop,
+    /// `QUIT`: end the session.
     Quit,
+    /// `REIN`: reinitialize (log out).
     Rein,
+    /// `AUTH`: start TLS (RFC 4217); refused.
     Auth,
+    /// Any other verb: passed through untouched.
     Other,
 }
 
@@ -108,6 +131,7 @@ impl std::fmt::Display for Verb {
 /// One parsed command line. Borrowed from the line buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Command<'a> {
+    /// The verb, classified.
     pub verb: Verb,
     /// The verb token as sent (after any leading Telnet sequences), original case.
     pub verb_token: &'a [u8],
@@ -116,6 +140,7 @@ pub struct Command<'a> {
     pub arg: &'a [u8],
 }
 
+/// Why a client line is not a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
     /// Blank line, or a line with no verb token (e.g. starts with a space).

@@ -6,11 +6,15 @@
 /// Default longest control line accepted (terminator included).
 pub const DEFAULT_MAX_LINE: usize = 4096;
 
+/// Why a line could not be framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LineError {
     /// `max` bytes arrived without a line terminator.
     #[error("line longer than {max} bytes")]
-    TooLong { max: usize },
+    TooLong {
+        /// The line-length limit, in bytes.
+        max: usize,
+    },
 }
 
 /// Finds the first complete line in `buf`.

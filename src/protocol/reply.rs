@@ -37,6 +37,7 @@ pub enum ReplyLine {
     End(ReplyCode),
 }
 
+/// Why a server line is not a valid reply line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
     /// Outside a multi-line block, the line does not start with a code in 100..=599
@@ -52,6 +53,7 @@ pub struct ReplyFramer {
 }
 
 impl ReplyFramer {
+    /// A framer outside any multi-line block.
     pub fn new() -> Self {
         Self::default()
     }

@@ -12,7 +12,7 @@ use super::addr::{find_epsv_port, find_pasv_tuple, format_pasv_tuple, AddrError}
 /// port 0 are written as given).
 pub fn rewrite_227(line: &[u8], to: SocketAddrV4) -> Result<Vec<u8>, AddrError> {
     let tuple = find_pasv_tuple(line)?;
-    splice(line, tuple.span, format_pasv_tuple(to).as_bytes())
+    replace_span(line, tuple.span, format_pasv_tuple(to).as_bytes())
 }
 
 /// Rewrites the port in a `229` line to `port`, keeping the delimiter and text.
@@ -24,13 +24,13 @@ pub fn rewrite_229(line: &[u8], port: u16) -> Result<Vec<u8>, AddrError> {
     if port == 0 {
         return Err(AddrError::OutOfRange);
     }
-    splice(line, found.span, port.to_string().as_bytes())
+    replace_span(line, found.span, port.to_string().as_bytes())
 }
 
 /// `line` with the bytes in `span` replaced by `with`. An out-of-bounds span is never
 /// produced by the finders; it is an error rather than a panic or a line passed on
 /// unrewritten (which would leak the backend's address).
-fn splice(line: &[u8], span: Range<usize>, with: &[u8]) -> Result<Vec<u8>, AddrError> {
+fn replace_span(line: &[u8], span: Range<usize>, with: &[u8]) -> Result<Vec<u8>, AddrError> {
     let (Some(prefix), Some(suffix)) = (line.get(..span.start), line.get(span.end..)) else {
         return Err(AddrError::Malformed);
     };
@@ -142,11 +142,14 @@ mod tests {
     }
 
     #[test]
-    fn splice_out_of_bounds_is_an_error_not_a_panic() {
-        assert_eq!(splice(b"abc", 2..9, b"x"), Err(AddrError::Malformed));
+    fn replace_span_out_of_bounds_is_an_error_not_a_panic() {
+        assert_eq!(replace_span(b"abc", 2..9, b"x"), Err(AddrError::Malformed));
         #[allow(clippy::reversed_empty_ranges)]
         let inverted = 3..1;
-        assert_eq!(splice(b"abc", inverted, b"x"), Err(AddrError::Malformed));
-        assert_eq!(splice(b"abc", 1..2, b"XY"), Ok(b"aXYc".to_vec()));
+        assert_eq!(
+            replace_span(b"abc", inverted, b"x"),
+            Err(AddrError::Malformed)
+        );
+        assert_eq!(replace_span(b"abc", 1..2, b"XY"), Ok(b"aXYc".to_vec()));
     }
 }

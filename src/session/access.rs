@@ -18,6 +18,7 @@ const MAX_LOGGED_USER: usize = 64;
 #[derive(Debug, Default)]
 pub struct SessionStats {
     user: Option<String>,
+    /// Client commands parsed (blank or verb-less lines not counted).
     pub commands: u64,
     bytes_up: u64,
     bytes_down: u64,

@@ -38,13 +38,18 @@ use crate::relay::relay_tcp_with_idle;
 /// How one side of a data connection is obtained.
 #[derive(Debug)]
 pub enum Endpoint {
+    /// Accept one connection on a leased data port.
     Accept {
+        /// The bound listener on the leased port.
         listener: TcpListener,
+        /// The port's lease; the port returns to the pool when the endpoint is dropped.
         lease: PortLease,
         /// The only peer IP accepted.
         expect: IpAddr,
     },
+    /// Connect out to a peer's data address.
     Connect {
+        /// The peer's data address.
         target: SocketAddr,
         /// Local address to connect from (port 0: any).
         local: Option<SocketAddr>,
@@ -54,11 +59,14 @@ pub enum Endpoint {
 /// The mode a data connection uses on the client side; a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataMode {
+    /// Passive (PASV/EPSV): the client connects in.
     Passive,
+    /// Active (PORT/EPRT): ftpgate connects out to the client.
     Active,
 }
 
 impl DataMode {
+    /// The `mode` label value: `passive` or `active`.
     pub fn label(self) -> &'static str {
         match self {
             DataMode::Passive => "passive",
@@ -70,28 +78,46 @@ impl DataMode {
 /// What the session hears back about its data connections.
 #[derive(Debug, Clone, Copy)]
 pub enum DataEvent {
-    Started { id: u64 },
+    /// Both sides are connected and the relay runs.
+    Started {
+        /// The data connection's id within its session.
+        id: u64,
+    },
+    /// The data connection ended (or never came up).
     Finished(Finished),
 }
 
+/// The end of one data connection: what it moved and for how long.
 #[derive(Debug, Clone, Copy)]
 pub struct Finished {
+    /// The data connection's id within its session.
     pub id: u64,
+    /// The client-facing mode.
     pub mode: DataMode,
+    /// Bytes relayed from the client to the backend (uploads).
     pub client_to_backend: u64,
+    /// Bytes relayed from the backend to the client (downloads, listings).
     pub backend_to_client: u64,
+    /// How long the relay ran; zero when the connection was never established.
     pub duration: Duration,
     /// False when the connection was never established (timeout, refused connect).
     pub established: bool,
 }
 
+/// Everything one data connection needs: how to get each side, and its timeouts.
 #[derive(Debug)]
 pub struct DataPlan {
+    /// The data connection's id within its session.
     pub id: u64,
+    /// The client-facing mode.
     pub mode: DataMode,
+    /// How the client side is obtained.
     pub client: Endpoint,
+    /// How the backend side is obtained.
     pub backend: Endpoint,
+    /// How long a listener waits for its peer (`timeouts.data_connect`).
     pub accept_timeout: Duration,
+    /// How long a connect out may take (`timeouts.backend_connect`).
     pub connect_timeout: Duration,
     /// Close the connection when no byte moved for this long.
     pub idle_timeout: Option<Duration>,

@@ -7,12 +7,10 @@
 //! the session's deadlines and by shutdown, so a peer that stops reading cannot hold a
 //! session past its timeouts.
 
-use std::future::Future;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::WriteHalf;
@@ -22,24 +20,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
 use super::admission::AdmissionRefused;
+use super::data::DataEvent;
 use super::edge::{spawn_data, PoolEdge};
 use super::limits::PreloginSlot;
-use super::machine::{Action, Addresses, Deadline, Outbox, SessionMachine};
+use super::machine::{Action, Addresses, SessionMachine};
 use super::outcome::{Outcome, SessionError};
 use super::replies::LocalReply;
 use super::timer::Timer;
 use super::upstream::connect_upstream;
+use super::writes::{bounded, grace, write_backend, Interrupt, CLOSE_GRACE};
 use super::SessionContext;
 use crate::config::ListenerMode;
 use crate::metrics::Refusal;
-use crate::net::{drain_past_urgent_mark, prepare_control_socket, send_urgent};
+use crate::net::{drain_past_urgent_mark, prepare_control_socket};
 use crate::protocol::addr::canonical_ip;
 
 /// Control lines are short; a small read size keeps idle sessions cheap (two buffers each).
 const READ_CHUNK: usize = 4 * 1024;
-/// How long a closing session tries to deliver its last reply (a client that does not
-/// read gets no more).
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -156,27 +153,6 @@ async fn say_goodbye(metrics: &crate::metrics::Metrics, client: &mut TcpStream, 
     .await;
 }
 
-/// What interrupted a write.
-enum Interrupt {
-    Deadline(Deadline),
-    Shutdown,
-}
-
-/// Runs `write` unless a session deadline or shutdown comes first.
-async fn bounded<F: Future<Output = io::Result<()>>>(
-    write: F,
-    deadline: Option<(Instant, Deadline)>,
-    shutdown: &CancellationToken,
-) -> Result<io::Result<()>, Interrupt> {
-    let mut timer = Timer::default();
-    timer.arm(deadline.map(|(at, _)| at));
-    tokio::select! {
-        r = write => Ok(r),
-        () = timer.fired() => Err(Interrupt::Deadline(deadline.map_or(Deadline::Idle, |(_, k)| k))),
-        () = shutdown.cancelled() => Err(Interrupt::Shutdown),
-    }
-}
-
 async fn pump(
     m: &mut Machine,
     mut client: TcpStream,
@@ -186,11 +162,15 @@ async fn pump(
     shutdown: &CancellationToken,
 ) -> Outcome {
     let max_line = ctx.config.control.max_line_length;
-    // Cancelled when the session ends: withdraws data mappings not yet in use.
-    let data_scope = shutdown.child_token();
-    let _withdraw_all = data_scope.clone().drop_guard();
     let (data_tx, mut data_rx) = mpsc::unbounded_channel();
-    let mut newest_data: Option<CancellationToken> = None;
+    let mut data = DataTasks {
+        ctx,
+        events: data_tx,
+        scope: shutdown.child_token(),
+        newest: None,
+    };
+    // Data mappings not yet in use are withdrawn when the session ends.
+    let _withdraw_all = data.scope.clone().drop_guard();
     let mut closing: Option<Outcome> = None;
     let (mut noop_timer, mut deadline_timer) = (Timer::default(), Timer::default());
     let mut cbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -205,8 +185,18 @@ async fn pump(
             cbuf.reserve(READ_CHUNK);
         }
         sbuf.reserve(READ_CHUNK);
-        let deadline = m.next_deadline();
-        deadline_timer.arm(deadline.map(|(at, _)| at));
+        // Armed no later than the machine's next deadline, nor than the earliest a
+        // backend-reply deadline could start from now: then a command sent this turn
+        // never has to move the timer earlier (see `Timer::arm_early`).
+        let now = Instant::now();
+        let reply_bound = Some(ctx.config.timeouts.backend_reply)
+            .filter(|d| !d.is_zero())
+            .map(|d| now + d);
+        let wake = match (m.next_deadline().map(|(at, _)| at), reply_bound) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        deadline_timer.arm_early(wake);
         noop_timer.arm(m.next_keepalive());
         let mut backend_read_at = None;
         tokio::select! {
@@ -233,8 +223,10 @@ async fn pump(
             Some(ev) = data_rx.recv() => m.on_data_event(ev, Instant::now()),
             () = noop_timer.fired() => m.on_keepalive(Instant::now()),
             () = deadline_timer.fired() => {
-                if let Some((_, kind)) = deadline {
-                    m.on_deadline(kind, Instant::now());
+                // The timer may fire early; only a deadline really due counts.
+                let now = Instant::now();
+                if let Some((at, kind)) = m.next_deadline().filter(|(at, _)| *at <= now) {
+                    m.on_deadline(kind, at.max(now));
                 }
             }
             () = shutdown.cancelled() => m.on_shutdown(),
@@ -251,83 +243,120 @@ async fn pump(
         if m.logged_in() {
             slot.release();
         }
-        let mut act = |m: &mut Machine, closing: &mut Option<Outcome>| {
-            for action in m.take_actions() {
-                match action {
-                    Action::WithdrawData => {
-                        if let Some(t) = newest_data.take() {
-                            t.cancel();
-                        }
-                    }
-                    Action::OpenData(spec) => {
-                        newest_data = Some(spawn_data(
-                            spec,
-                            &ctx.config,
-                            &ctx.metrics,
-                            &data_tx,
-                            &data_scope,
-                        ));
-                    }
-                    Action::Close(o) => *closing = closing.or(Some(o)),
-                }
+        data.execute(m, &mut closing);
+        flush_backend(m, &mut bw, closing, &mut deadline_timer, shutdown).await;
+        data.execute(m, &mut closing);
+        if flush_client(m, &mut cw, closing, &mut deadline_timer, shutdown).await {
+            if let Some(t) = backend_read_at {
+                ctx.metrics
+                    .reply_added_latency_seconds
+                    .observe(t.elapsed().as_secs_f64());
             }
-        };
-        act(m, &mut closing);
-
-        if !m.out.to_backend.is_empty() {
-            let deadline = m.next_deadline();
-            let r = match closing {
-                Some(_) => grace(write_backend(&mut bw, &m.out)).await,
-                None => bounded(write_backend(&mut bw, &m.out), deadline, shutdown).await,
-            };
-            m.out.to_backend.clear();
-            m.out.urgent_at = None;
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if closing.is_none() => m.on_error(&SessionError::BackendWrite(e)),
-                Ok(Err(_)) => {}
-                Err(interrupt) => interrupted(m, interrupt),
-            }
-            act(m, &mut closing);
         }
-
-        if !m.out.to_client.is_empty() {
-            let deadline = m.next_deadline();
-            let r = match closing {
-                Some(_) => grace(cw.write_all(&m.out.to_client)).await,
-                None => bounded(cw.write_all(&m.out.to_client), deadline, shutdown).await,
-            };
-            m.out.to_client.clear();
-            match r {
-                Ok(Ok(())) => {
-                    if let Some(t) = backend_read_at {
-                        ctx.metrics
-                            .reply_added_latency_seconds
-                            .observe(t.elapsed().as_secs_f64());
-                    }
-                }
-                Ok(Err(e)) => {
-                    if closing.is_none() {
-                        m.on_error(&SessionError::ClientWrite(e));
-                    }
-                    // Nothing more can reach this client.
-                    m.out.to_client.clear();
-                }
-                Err(interrupt) => {
-                    interrupted(m, interrupt);
-                    // One last try for the 421 that explains the close.
-                    let _ = grace(cw.write_all(&m.out.to_client)).await;
-                    m.out.to_client.clear();
-                }
-            }
-            act(m, &mut closing);
-        }
-
+        data.execute(m, &mut closing);
         if let Some(outcome) = closing {
             let _ = grace(cw.shutdown()).await;
             return outcome;
         }
     }
+}
+
+/// The session's data connections: started and withdrawn as the machine says.
+struct DataTasks<'a> {
+    ctx: &'a SessionContext,
+    events: mpsc::UnboundedSender<DataEvent>,
+    /// Parent of every data task's token; cancelled when the session ends.
+    scope: CancellationToken,
+    /// The newest data mapping, withdrawn when a newer one replaces it.
+    newest: Option<CancellationToken>,
+}
+
+impl DataTasks<'_> {
+    /// Carries out the machine's actions; a `Close` is remembered in `closing`.
+    fn execute(&mut self, m: &mut Machine, closing: &mut Option<Outcome>) {
+        for action in m.take_actions() {
+            match action {
+                Action::WithdrawData => {
+                    if let Some(t) = self.newest.take() {
+                        t.cancel();
+                    }
+                }
+                Action::OpenData(spec) => {
+                    let c = self.ctx;
+                    self.newest = Some(spawn_data(
+                        spec,
+                        &c.config,
+                        &c.metrics,
+                        &self.events,
+                        &self.scope,
+                    ));
+                }
+                Action::Close(o) => *closing = closing.or(Some(o)),
+            }
+        }
+    }
+}
+
+/// Writes the backend's outbox; a failure becomes a machine input.
+async fn flush_backend(
+    m: &mut Machine,
+    bw: &mut WriteHalf<'_>,
+    closing: Option<Outcome>,
+    timer: &mut Timer,
+    shutdown: &CancellationToken,
+) {
+    if m.out.to_backend.is_empty() {
+        return;
+    }
+    let deadline = m.next_deadline();
+    let r = match closing {
+        Some(_) => grace(write_backend(bw, &m.out)).await,
+        None => bounded(write_backend(bw, &m.out), timer, deadline, shutdown).await,
+    };
+    m.out.to_backend.clear();
+    m.out.urgent_at = None;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if closing.is_none() => m.on_error(&SessionError::BackendWrite(e)),
+        Ok(Err(_)) => {}
+        Err(interrupt) => interrupted(m, interrupt),
+    }
+}
+
+/// Writes the client's outbox; true when something was delivered. A failure or an
+/// interruption becomes a machine input.
+async fn flush_client(
+    m: &mut Machine,
+    cw: &mut WriteHalf<'_>,
+    closing: Option<Outcome>,
+    timer: &mut Timer,
+    shutdown: &CancellationToken,
+) -> bool {
+    if m.out.to_client.is_empty() {
+        return false;
+    }
+    let deadline = m.next_deadline();
+    let r = match closing {
+        Some(_) => grace(cw.write_all(&m.out.to_client)).await,
+        None => bounded(cw.write_all(&m.out.to_client), timer, deadline, shutdown).await,
+    };
+    m.out.to_client.clear();
+    match r {
+        Ok(Ok(())) => return true,
+        Ok(Err(e)) if closing.is_none() => {
+            m.on_error(&SessionError::ClientWrite(e));
+            // Nothing more can reach this client.
+            m.out.to_client.clear();
+        }
+        Ok(Err(_)) => {}
+        Err(interrupt) => {
+            interrupted(m, interrupt);
+            // One last try for the 421 that explains the close.
+            let _ = grace(cw.write_all(&m.out.to_client)).await;
+            m.out.to_client.clear();
+        }
+    }
+    false
 }
 
 /// A write interrupted by a deadline or shutdown: what was queued cannot be delivered
@@ -338,30 +367,5 @@ fn interrupted(m: &mut Machine, interrupt: Interrupt) {
     match interrupt {
         Interrupt::Deadline(kind) => m.on_deadline(kind, Instant::now()),
         Interrupt::Shutdown => m.on_shutdown(),
-    }
-}
-
-/// A last write of a closing session, bounded by [`CLOSE_GRACE`].
-async fn grace<F: Future<Output = io::Result<()>>>(write: F) -> Result<io::Result<()>, Interrupt> {
-    Ok(tokio::time::timeout(CLOSE_GRACE, write)
-        .await
-        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())))
-}
-
-/// Writes the backend's bytes, sending one byte as urgent data where a Telnet Synch
-/// was relayed.
-async fn write_backend(bw: &mut WriteHalf<'_>, out: &Outbox) -> io::Result<()> {
-    let bytes = &out.to_backend;
-    match out.urgent_at.filter(|&i| i < bytes.len()) {
-        Some(i) => {
-            let (before, rest) = bytes.split_at(i);
-            bw.write_all(before).await?;
-            if let Some((&urgent, after)) = rest.split_first() {
-                send_urgent(bw.as_ref(), urgent).await?;
-                bw.write_all(after).await?;
-            }
-            Ok(())
-        }
-        None => bw.write_all(bytes).await,
     }
 }

@@ -50,6 +50,7 @@ pub enum Origin {
     Greeting,
     /// A command the client sent.
     Client(Verb),
+    /// A command ftpgate sent on its own (keepalive NOOP, data setup).
     Injected(Injected),
 }
 
@@ -66,7 +67,9 @@ enum Pending {
 /// What to do with one server line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
+    /// Pass the line to the client unchanged.
     Forward,
+    /// Drop the line: it answers ftpgate's keepalive `NOOP`.
     Swallow,
     /// A line of a reply to ftpgate's own data-setup command.
     Intercept,
@@ -81,12 +84,16 @@ pub enum Disposition {
 pub struct Ended {
     /// `None` for an unsolicited reply (e.g. `421` idle timeout with nothing outstanding).
     pub origin: Option<Origin>,
+    /// The reply's code.
     pub code: ReplyCode,
 }
 
+/// The classification of one server line, with the reply it completed, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineOutcome {
+    /// The parsed line.
     pub line: ReplyLine,
+    /// What to do with it.
     pub disposition: Disposition,
     /// Set on the last line of a reply, preliminary or final.
     pub ended: Option<Ended>,
@@ -100,6 +107,8 @@ struct Current {
     disposition: Disposition,
 }
 
+/// The replies a session is owed, oldest first: matches each server reply to the
+/// command it answers and decides what reaches the client.
 #[derive(Debug)]
 pub struct ReplyLedger {
     pending: VecDeque<Pending>,

@@ -17,6 +17,7 @@ pub struct PreloginSlots {
 }
 
 impl PreloginSlots {
+    /// No slot taken yet; `gauge` (`ftpgate_sessions_prelogin`) follows the count.
     pub fn new(gauge: IntGauge) -> Self {
         PreloginSlots {
             taken: AtomicUsize::new(0),
@@ -38,6 +39,7 @@ impl PreloginSlots {
         })
     }
 
+    /// How many slots are held now.
     pub fn taken(&self) -> usize {
         self.taken.load(Ordering::Acquire)
     }

@@ -69,6 +69,7 @@ pub trait SessionEdge {
 /// The addresses of one session, fixed at its start (all canonical: no v4-mapped v6).
 #[derive(Debug, Clone, Copy)]
 pub struct Addresses {
+    /// Whether the session came in on a reverse or a transparent listener.
     pub mode: ListenerMode,
     /// The client's address.
     pub client_ip: IpAddr,
@@ -84,10 +85,17 @@ pub struct Addresses {
 #[derive(Debug)]
 pub enum EndpointSpec<L> {
     /// Accept on a bound listener, only from `expect`.
-    Accept { listener: L, expect: IpAddr },
+    Accept {
+        /// The bound listener.
+        listener: L,
+        /// The only peer IP accepted.
+        expect: IpAddr,
+    },
     /// Connect out to `target`, from `local` when set.
     Connect {
+        /// Where to connect.
         target: SocketAddr,
+        /// Local address to connect from; `None`: any.
         local: Option<SocketAddr>,
     },
 }
@@ -95,9 +103,13 @@ pub enum EndpointSpec<L> {
 /// A data connection to open.
 #[derive(Debug)]
 pub struct DataSpec<L> {
+    /// The data connection's id within its session.
     pub id: u64,
+    /// The client-facing mode.
     pub mode: DataMode,
+    /// The client side.
     pub client: EndpointSpec<L>,
+    /// The backend side.
     pub backend: EndpointSpec<L>,
 }
 
@@ -116,10 +128,19 @@ pub enum Action<L> {
 /// Bytes for the two control connections.
 #[derive(Debug, Default)]
 pub struct Outbox {
+    /// Bytes to write to the client, in order.
     pub to_client: Vec<u8>,
+    /// Bytes to write to the backend, in order.
     pub to_backend: Vec<u8>,
     /// Index in `to_backend` of a byte to send as TCP urgent data (Telnet Synch).
     pub urgent_at: Option<usize>,
+}
+
+/// Which control connection bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Client,
+    Backend,
 }
 
 /// The session deadlines (the keepalive has its own timer).
@@ -265,33 +286,12 @@ impl<E: SessionEdge> SessionMachine<E> {
     /// Bytes from the client: handles every complete line, as far as pipelining
     /// allows, and removes them from `buf`. A partial line is not activity.
     pub fn on_client_input(&mut self, buf: &mut Vec<u8>, now: Instant) {
-        self.now = now;
-        let max_line = self.cfg.control.max_line_length;
-        let mut used = 0;
-        while self.wants_client_input() {
-            let rest = buf.get(used..).unwrap_or_default();
-            match find_line(rest, max_line) {
-                Ok(Some(n)) => {
-                    let line = rest.get(..n).unwrap_or_default();
-                    used += n;
-                    self.last_activity = now;
-                    if self.over_prelogin_budget(n) {
-                        break;
-                    }
-                    self.on_client_line(line);
-                }
-                Ok(None) => break,
-                Err(LineError::TooLong { max }) => {
-                    self.metrics.refuse(Refusal::LineTooLong);
-                    warn!(max, "client line too long; closing session");
-                    self.reply_now(LocalReply::LineTooLong);
-                    self.close(Outcome::ClientError);
-                    break;
-                }
-            }
-        }
-        buf.drain(..used.min(buf.len()));
-        self.settle();
+        self.take_lines(Peer::Client, buf, now);
+    }
+
+    /// Bytes from the backend: handles every complete line and removes it from `buf`.
+    pub fn on_server_input(&mut self, buf: &mut Vec<u8>, now: Instant) {
+        self.take_lines(Peer::Backend, buf, now);
     }
 
     /// Counts a command line received before login; past `limits.prelogin_bytes` the
@@ -313,24 +313,43 @@ impl<E: SessionEdge> SessionMachine<E> {
         true
     }
 
-    /// Bytes from the backend: handles every complete line and removes it from `buf`.
-    pub fn on_server_input(&mut self, buf: &mut Vec<u8>, now: Instant) {
+    /// Frames `buf` into lines for as long as the machine takes them from `from`.
+    fn take_lines(&mut self, from: Peer, buf: &mut Vec<u8>, now: Instant) {
         self.now = now;
+        let max_line = match from {
+            Peer::Client => self.cfg.control.max_line_length,
+            Peer::Backend => MAX_REPLY_LINE,
+        };
         let mut used = 0;
-        while self.closing.is_none() {
+        while self.closing.is_none() && (from == Peer::Backend || self.wants_client_input()) {
             let rest = buf.get(used..).unwrap_or_default();
-            match find_line(rest, MAX_REPLY_LINE) {
+            match find_line(rest, max_line) {
                 Ok(Some(n)) => {
                     let line = rest.get(..n).unwrap_or_default();
                     used += n;
-                    self.backend_progress = now;
-                    self.on_server_line(line);
+                    if from == Peer::Client {
+                        self.last_activity = now;
+                        if self.over_prelogin_budget(n) {
+                            break;
+                        }
+                        self.on_client_line(line);
+                    } else {
+                        self.backend_progress = now;
+                        self.on_server_line(line);
+                    }
                 }
                 Ok(None) => break,
-                Err(LineError::TooLong { .. }) => {
-                    warn!("backend reply line too long; closing session");
-                    self.reply_now(LocalReply::InvalidServerReply);
-                    self.close(Outcome::BackendError);
+                Err(LineError::TooLong { max }) => {
+                    if from == Peer::Client {
+                        self.metrics.refuse(Refusal::LineTooLong);
+                        warn!(max, "client line too long; closing session");
+                        self.reply_now(LocalReply::LineTooLong);
+                        self.close(Outcome::ClientError);
+                    } else {
+                        warn!(max, "backend reply line too long; closing session");
+                        self.reply_now(LocalReply::InvalidServerReply);
+                        self.close(Outcome::BackendError);
+                    }
                     break;
                 }
             }
@@ -518,7 +537,7 @@ impl<E: SessionEdge> SessionMachine<E> {
             // The backend was never told: answer in its stead.
             Err(why) => return self.refuse((Refusal::DataPort, LocalReply::CantPrepareData(why))),
         };
-        let client = self.client_connect(target);
+        let client = self.client_endpoint(target);
         self.open_data(DataMode::Active, client, backend_side);
         let announce = backend_announce(self.addrs.mode, self.cfg.public_v4(), ours);
         let cmd = format_data_command(verb, announce);
@@ -723,7 +742,7 @@ impl<E: SessionEdge> SessionMachine<E> {
             None => rewrite_229(line, port),
         }
         .map_err(|e| format!("rewrite failed ({e})"))?;
-        let backend = self.backend_connect(target);
+        let backend = self.backend_endpoint(target);
         self.withdraw_data();
         self.open_data(DataMode::Passive, client, backend);
         self.metrics.rewrite(if public.is_some() {
@@ -790,8 +809,8 @@ impl<E: SessionEdge> SessionMachine<E> {
                 self.inject_setup(b"PASV\r\n");
             }
             SetupVerdict::Connect { client, backend } => {
-                let client = self.client_connect(client);
-                let backend = self.backend_connect(backend);
+                let client = self.client_endpoint(client);
+                let backend = self.backend_endpoint(backend);
                 self.withdraw_data();
                 self.open_data(DataMode::Active, client, backend);
                 self.forward(&held.line, held.verb);
@@ -838,7 +857,7 @@ impl<E: SessionEdge> SessionMachine<E> {
         ))
     }
 
-    fn client_connect(&self, target: SocketAddr) -> EndpointSpec<E::Listener> {
+    fn client_endpoint(&self, target: SocketAddr) -> EndpointSpec<E::Listener> {
         let local = client_connect_local(
             self.addrs.mode,
             self.cfg.active.source_port,
@@ -850,7 +869,7 @@ impl<E: SessionEdge> SessionMachine<E> {
 
     /// Backends see data connections from the control connection's local address
     /// (vsftpd refuses others: its `pasv_promiscuous=NO` check).
-    fn backend_connect(&self, target: SocketAddr) -> EndpointSpec<E::Listener> {
+    fn backend_endpoint(&self, target: SocketAddr) -> EndpointSpec<E::Listener> {
         EndpointSpec::Connect {
             target,
             local: Some(SocketAddr::new(self.addrs.backend_local.ip(), 0)),

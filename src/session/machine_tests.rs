@@ -385,6 +385,22 @@ fn local_replies_keep_command_order_under_pipelining() {
     );
 }
 
+/// vsftpd's `421-` on shutdown arrives unsolicited and may span lines: a local reply
+/// whose turn comes meanwhile waits until the block ends, never splitting it.
+#[test]
+fn local_replies_never_split_an_unsolicited_multiline_reply() {
+    let mut t = logged_in(|_| {});
+    t.server("421-Server is going down\r\n");
+    assert_eq!(t.take_client(), "421-Server is going down\r\n");
+    t.client("LPSV\r\n");
+    assert_eq!(t.take_client(), "", "not inside the open block");
+    t.server("421 Goodbye\r\n");
+    assert_eq!(
+        t.take_client(),
+        "421 Goodbye\r\n502 Command not implemented; use EPSV or EPRT.\r\n"
+    );
+}
+
 /// The pipelining bound: past `control.max_pipelined_commands` owed replies the client
 /// is not read; lines already read wait in the buffer.
 #[test]

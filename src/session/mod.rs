@@ -16,8 +16,9 @@
 //! - [`driver`]: the async edge (sockets, timers, `select!`); [`edge`]: data ports and
 //!   data tasks for the machine; [`upstream`]: the backend connect; [`data`]: one data
 //!   connection; [`access`]: the access log; [`limits`]: the pre-login cap;
-//!   [`admission`]: session caps and rates per client address; [`drain`]: when a
-//!   draining session closes; [`timer`]: a reusable timer.
+//!   [`writes`]: bounded control-connection writes; [`admission`]: session caps and
+//!   rates per client address; [`drain`]: when a draining session closes;
+//!   [`timer`]: a reusable timer.
 //!
 //! # The machine
 //! ```text
@@ -65,6 +66,7 @@ pub mod replies;
 pub mod timer;
 pub mod translate;
 pub mod upstream;
+pub mod writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,14 +84,17 @@ use crate::metrics::Metrics;
 /// What every session shares.
 #[derive(Debug)]
 pub struct SessionContext {
+    /// The configuration the gateway started with.
     pub config: Arc<Config>,
     /// Ports for client-facing data listeners.
     pub pool: Arc<PortPool>,
     /// Ports for backend-facing data listeners (active mode); may be `pool` itself.
     pub active_pool: Arc<PortPool>,
+    /// Picks the backend for each reverse-mode session.
     pub balancer: Balancer,
     /// Every bound listener, for loop protection in transparent mode.
     pub listen_addrs: Vec<SocketAddr>,
+    /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
     /// Sessions not yet logged in (`limits.max_prelogin_sessions`).
     pub prelogin: Arc<limits::PreloginSlots>,

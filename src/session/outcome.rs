@@ -22,17 +22,22 @@ pub enum Side {
 /// What went wrong on a side.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// Reading the client control connection failed.
     #[error("client read failed: {0}")]
     ClientRead(#[source] io::Error),
+    /// Writing to the client control connection failed.
     #[error("client write failed: {0}")]
     ClientWrite(#[source] io::Error),
+    /// Reading the backend control connection failed.
     #[error("backend read failed: {0}")]
     BackendRead(#[source] io::Error),
+    /// Writing to the backend control connection failed.
     #[error("backend write failed: {0}")]
     BackendWrite(#[source] io::Error),
 }
 
 impl SessionError {
+    /// Which peer's connection failed.
     pub fn side(&self) -> Side {
         match self {
             SessionError::ClientRead(_) | SessionError::ClientWrite(_) => Side::Client,
@@ -66,9 +71,13 @@ pub enum Outcome {
     Closed,
     /// No backend (or original destination) could be reached, or ftpgate refused to try.
     BackendUnavailable,
+    /// The client's control connection failed (or it sent an overlong line).
     ClientError,
+    /// The backend's control connection failed, or it broke the protocol.
     BackendError,
+    /// A login, idle or backend-reply timeout closed the session.
     Timeout,
+    /// ftpgate shut down.
     Shutdown,
     /// Closed at a command boundary while the gateway drained.
     Drained,
@@ -92,6 +101,7 @@ impl Outcome {
         Outcome::LocalResource,
     ];
 
+    /// The `outcome` label value.
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Closed => "closed",

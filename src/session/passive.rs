@@ -24,10 +24,16 @@ pub enum PassiveTargetDecision {
     Control(SocketAddr),
     /// The backend's control address, because the named address is not one ftpgate
     /// connects to (counted and logged: a misconfigured or hostile backend).
-    Substituted { named: Ipv4Addr, used: SocketAddr },
+    Substituted {
+        /// The address the backend named.
+        named: Ipv4Addr,
+        /// The backend's control address, used instead.
+        used: SocketAddr,
+    },
 }
 
 impl PassiveTargetDecision {
+    /// The address to connect to.
     pub fn addr(self) -> SocketAddr {
         match self {
             PassiveTargetDecision::Named(a) | PassiveTargetDecision::Control(a) => a,
@@ -122,6 +128,7 @@ pub struct HeldReply {
 /// The most a held passive reply may take before it is refused. Real servers send
 /// `227`/`229` on one line; a block this large is garbage or an attack.
 pub const MAX_HELD_REPLY_LINES: usize = 64;
+/// Bytes of a held passive reply block, at most; a larger one is replaced by `425`.
 pub const MAX_HELD_REPLY_BYTES: usize = 16 * 1024;
 
 impl HeldReply {

@@ -50,16 +50,25 @@ pub enum LocalReply {
     PassiveAt(SocketAddrV4),
     /// ftpgate's own `229` (active translation).
     ExtendedPassiveAt(u16),
+    /// `421`: not logged in within `timeouts.login`.
     LoginTimeout,
+    /// `421`: no command and no transfer within `timeouts.idle`.
     IdleTimeout,
     /// A command outstanding at the backend got no reply within `timeouts.backend_reply`.
     BackendReplyTimeout,
+    /// `421`: ftpgate is shutting down.
     ShuttingDown,
+    /// `421`: the backend control connection closed or failed.
     ConnectionLost,
+    /// `421`: the backend sent a line that is not an FTP reply.
     InvalidServerReply,
+    /// `421`: no backend accepted the connection.
     NoBackend,
+    /// `421`: a transparent session's original destination could not be read.
     UnknownDestination,
+    /// `421`: a transparent session's original destination is ftpgate itself (a loop).
     DestinationIsGateway,
+    /// `421`: a transparent session's original destination did not accept the connection.
     DestinationUnreachable,
     /// More sessions not yet logged in than `limits.max_prelogin_sessions`.
     TooManyPrelogin,

@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use tokio::time::{sleep_until, Instant, Sleep};
 
+/// A deadline that can be moved without a new timer; pending forever while unset.
 pub struct Timer {
     sleep: Pin<Box<Sleep>>,
     at: Option<Instant>,
@@ -29,6 +30,21 @@ impl Timer {
                 self.sleep.as_mut().reset(t);
             }
             self.at = at;
+        }
+    }
+
+    /// Sets a deadline that may fire early: the timer is moved only when `at` is
+    /// earlier than what is armed (or nothing is), and left alone when `at` is later
+    /// or `None` — the caller re-checks when it fires and arms again. Moving a tokio
+    /// timer earlier wakes the runtime's timer driver, a cross-thread unpark that
+    /// showed as 30% more CPU per command when every command moved the deadline.
+    pub fn arm_early(&mut self, at: Option<std::time::Instant>) {
+        let Some(at) = at.map(Instant::from_std) else {
+            return;
+        };
+        if self.at.is_none_or(|cur| at < cur) {
+            self.sleep.as_mut().reset(at);
+            self.at = Some(at);
         }
     }
 

@@ -34,7 +34,12 @@ pub enum Translation<L> {
     /// `227`/`229`, waiting for a transfer.
     ClientListening(EndpointSpec<L>),
     /// ftpgate's own data-setup command is at the backend; `held` waits for its reply.
-    Awaiting { setup: Setup<L>, held: HeldCommand },
+    Awaiting {
+        /// The setup command sent.
+        setup: Setup<L>,
+        /// The client's transfer command, held until the setup's reply.
+        held: HeldCommand,
+    },
 }
 
 impl<L> Translation<L> {
@@ -47,7 +52,9 @@ impl<L> Translation<L> {
 /// The client's transfer command, held until the backend answers ftpgate's setup.
 #[derive(Debug)]
 pub struct HeldCommand {
+    /// The command line as the client sent it.
     pub line: Vec<u8>,
+    /// Its verb.
     pub verb: Verb,
 }
 
@@ -56,14 +63,19 @@ pub struct HeldCommand {
 pub enum Setup<L> {
     /// Passive translation: EPSV, falling back to PASV if the backend refuses it.
     Epsv {
+        /// The client's data address (from its `PORT`/`EPRT`), to connect to.
         client: SocketAddr,
     },
+    /// Passive translation with `PASV`, after an IPv4 backend refused `EPSV`.
     Pasv {
+        /// The client's data address (from its `PORT`/`EPRT`), to connect to.
         client: SocketAddr,
     },
     /// Active translation: PORT/EPRT naming ftpgate's backend-side listener.
     Port {
+        /// The client side.
         client: EndpointSpec<L>,
+        /// ftpgate's listener the backend connects to.
         backend: EndpointSpec<L>,
     },
 }
@@ -74,17 +86,24 @@ pub enum SetupVerdict<L> {
     /// Passive translation succeeded: connect to the client's address and to the
     /// backend's data address.
     Connect {
+        /// The client side.
         client: SocketAddr,
+        /// The backend's data address.
         backend: SocketAddr,
     },
     /// Active translation succeeded: accept on both listeners.
     Accept {
+        /// The client side.
         client: EndpointSpec<L>,
+        /// ftpgate's listener the backend connects to.
         backend: EndpointSpec<L>,
     },
     /// The backend refused `EPSV`: ask for `PASV` instead (RFC 2428 is optional, and
     /// older servers lack it).
-    RetryWithPasv { client: SocketAddr },
+    RetryWithPasv {
+        /// The client's data address (from its `PORT`/`EPRT`), to connect to.
+        client: SocketAddr,
+    },
     /// The backend refused the setup (or its reply was unusable).
     Refused,
 }
@@ -196,39 +215,27 @@ mod tests {
         assert!(matches!(v, V::Refused));
     }
 
+    /// Active translation: both sides accept on ftpgate's listeners.
+    fn port_setup() -> Setup<u16> {
+        Setup::Port {
+            client: EndpointSpec::Accept {
+                listener: 1,
+                expect: client().ip(),
+            },
+            backend: EndpointSpec::Accept {
+                listener: 2,
+                expect: v4_backend(),
+            },
+        }
+    }
+
     #[test]
     fn port_accepted_by_any_2xx() {
         for line in ["200 PORT command successful\r\n", "250 ok\r\n"] {
-            let v = verdict(
-                Setup::Port {
-                    client: EndpointSpec::Accept {
-                        listener: 1,
-                        expect: client().ip(),
-                    },
-                    backend: EndpointSpec::Accept {
-                        listener: 2,
-                        expect: v4_backend(),
-                    },
-                },
-                line,
-                v4_backend(),
-            );
+            let v = verdict(port_setup(), line, v4_backend());
             assert!(matches!(v, V::Accept { .. }), "{line}");
         }
-        let v = verdict(
-            Setup::Port {
-                client: EndpointSpec::Accept {
-                    listener: 1,
-                    expect: client().ip(),
-                },
-                backend: EndpointSpec::Accept {
-                    listener: 2,
-                    expect: v4_backend(),
-                },
-            },
-            "500 Illegal PORT command\r\n",
-            v4_backend(),
-        );
+        let v = verdict(port_setup(), "500 Illegal PORT command\r\n", v4_backend());
         assert!(matches!(v, V::Refused));
     }
 

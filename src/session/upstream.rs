@@ -21,7 +21,9 @@ use crate::protocol::addr::canonical_ip;
 /// ends.
 #[derive(Debug)]
 pub struct NoUpstream {
+    /// The reply ftpgate sends the client before closing.
     pub reply: LocalReply,
+    /// How the session ends (its `outcome` label).
     pub outcome: Outcome,
 }
 

@@ -177,6 +177,7 @@ extern "C" {
     fn setns(fd: std::os::raw::c_int, nstype: std::os::raw::c_int) -> std::os::raw::c_int;
 }
 
+#[allow(unsafe_code)]
 fn enter_netns(path: &str) {
     let file = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
     // SAFETY: `file` is an open namespace file descriptor for the duration of

@@ -162,3 +162,16 @@ pub fn dead_addr() -> SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// Waits (bounded by [`WAIT`]) until `cond` holds: for values that settle just after a
+/// reply, such as byte counters booked when a data relay has wound down on both sides.
+pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
