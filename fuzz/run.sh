@@ -37,7 +37,7 @@ for t in "${targets[@]}"; do
         failed=1
     fi
     # With -jobs the per-job logs are fuzz-N.log in the working directory.
-    n=$(cat "$log" fuzz-*.log 2>/dev/null | sed -n 's/^stat::number_of_executed_units: *//p' | awk '{s+=$1} END {print s+0}')
+    n=$( { cat "$log"; cat fuzz-*.log 2>/dev/null || true; } | sed -n 's/^stat::number_of_executed_units: *//p' | awk '{s+=$1} END {print s+0}')
     rm -f fuzz-*.log
     total=$((total + n))
     printf 'FUZZ target=%s seconds=%s executions=%s status=%s\n' "$t" "$secs" "$n" "$status"
