@@ -186,6 +186,8 @@ pub struct SessionMachine<E: SessionEdge> {
     draining: bool,
     /// Command bytes received before login (`limits.prelogin_bytes`).
     prelogin_bytes: usize,
+    /// A data-port share refusal was logged (a PASV flood logs once, counts all).
+    port_share_logged: bool,
 }
 
 impl<E: SessionEdge> SessionMachine<E> {
@@ -222,6 +224,7 @@ impl<E: SessionEdge> SessionMachine<E> {
             closing: None,
             draining: false,
             prelogin_bytes: 0,
+            port_share_logged: false,
         }
     }
 
@@ -876,7 +879,7 @@ impl<E: SessionEdge> SessionMachine<E> {
         }
     }
 
-    fn lease_error(&self, e: LeaseError) -> String {
+    fn lease_error(&mut self, e: LeaseError) -> String {
         match e {
             LeaseError::Exhausted(n) => {
                 self.metrics.data_port_exhausted_total.inc();
@@ -884,10 +887,9 @@ impl<E: SessionEdge> SessionMachine<E> {
             }
             LeaseError::PerSession(n) => {
                 self.metrics.refuse(Refusal::DataPortsPerSession);
-                info!(
-                    ports = n,
-                    "session holds its data-port share (limits.data_ports_per_session)"
-                );
+                if !std::mem::replace(&mut self.port_share_logged, true) {
+                    info!(ports = n, "session holds its data-port share (limits.data_ports_per_session); further refusals counted, not logged");
+                }
             }
             LeaseError::Bind(_) => {}
         }
