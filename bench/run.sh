@@ -12,7 +12,10 @@
 #            from an earlier commit, measured interleaved with this one)
 #            --size SIZE (transfer size for download/upload, e.g. 1G; head -c syntax)
 #   FTPGATE_ARGS="--worker-threads 1" in the environment adds flags to ftpgate's command line.
-#            --only "download upload sessions noop idle"
+#            --only "download upload sessions noop idle ftps"
+#   ftps: FTPS rows with curl as the client (direct vsftpd with TLS, ftpgate with TLS on
+#   both sides, ftpgate offloading TLS to a clear vsftpd; ProFTPD mod_proxy: N/A unless
+#   installed): a big download, and short sessions (login, PROT P, EPSV, RETR 1 MiB, QUIT).
 #
 # Not part of the test suite. Needs root (tmpfs for uploads, vsftpd), vsftpd
 # (scripts/install-test-deps.sh installs it) and python3; haproxy is optional.
@@ -21,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-QUICK=0 ROUNDS= BUILD=1 COPY=0 BASE_BIN= ONLY="download upload sessions noop idle" SIZE=
+QUICK=0 ROUNDS= BUILD=1 COPY=0 BASE_BIN= ONLY="download upload sessions noop idle ftps" SIZE=
 while (($#)); do
     case $1 in
         --quick) QUICK=1 ;;
@@ -36,10 +39,11 @@ while (($#)); do
     shift
 done
 if ((QUICK)); then
-    : "${ROUNDS:=3}" ; BIG=256M SESSIONS=300 IDLE=1000 NOOPS=2000
+    : "${ROUNDS:=3}" ; BIG=256M SESSIONS=300 IDLE=1000 NOOPS=2000 FTPS_SESSIONS=100
 else
-    : "${ROUNDS:=5}" ; BIG=2G SESSIONS=2000 IDLE=9000 NOOPS=20000
+    : "${ROUNDS:=5}" ; BIG=2G SESSIONS=2000 IDLE=9000 NOOPS=20000 FTPS_SESSIONS=500
 fi
+FTPS_SESSIONS=${FTPS_SESSIONS_OVERRIDE:-$FTPS_SESSIONS}
 [[ -n $SIZE ]] && BIG=$SIZE
 CONCURRENCY=32
 
@@ -49,6 +53,10 @@ FG_COPY_PORT=${FG_COPY_PORT:-22123}
 FG_BASE_PORT=${FG_BASE_PORT:-22125}
 FG_IDLE_PORT=${FG_IDLE_PORT:-22124}
 STUB_PORT=${STUB_PORT:-22125}     # control-only stub backend for the idle measure
+VS_TLS_PORT=${VS_TLS_PORT:-22126} # vsftpd with TLS (FTPS rows)
+FG_TLS_PORT=${FG_TLS_PORT:-22127} # ftpgate, TLS both sides
+FG_OFF_PORT=${FG_OFF_PORT:-22128} # ftpgate, TLS offload (clear backend)
+TLS_PASV_LO=${TLS_PASV_LO:-32000} TLS_PASV_HI=${TLS_PASV_HI:-32999}
 PASV_LO=${PASV_LO:-31000} PASV_HI=${PASV_HI:-31999}
 
 [[ $(id -u) -eq 0 ]] || { echo "bench/run.sh: run as root" >&2; exit 1; }
@@ -189,7 +197,7 @@ run_load() {
 }
 
 for measure in $ONLY; do
-    [[ $measure == idle ]] && continue
+    [[ $measure == idle || $measure == ftps ]] && continue
     for r in $(seq "$ROUNDS"); do
         for path in "${PATHS[@]}"; do
             case $measure in
@@ -229,10 +237,68 @@ if [[ " $ONLY " == *" idle "* ]]; then
     echo "idle=$IDLE pss0=$pss0 pss1=$pss1 rss0=$rss0 rss1=$rss1 fds=$fds $(grep '^RESULT' "$RUN/idle.out" | cut -d' ' -f2-) $(grep '^READY' "$RUN/idle.out" | cut -d' ' -f2-)" >"$RES/idle"
 fi
 
+# ---- FTPS rows (curl as the client) -----------------------------------------------
+if [[ " $ONLY " == *" ftps "* ]]; then
+    command -v openssl >/dev/null || { echo "openssl missing: sudo bash scripts/install-test-deps.sh" >&2; exit 1; }
+    # A throw-away certificate for 127.0.0.1 serves vsftpd and ftpgate alike (CA:FALSE:
+    # webpki refuses a CA certificate as a server certificate).
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+        -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+        -keyout "$RUN/key.pem" -out "$RUN/cert.pem" 2>/dev/null
+    chmod 644 "$RUN/key.pem"
+    { fill bench/vsftpd.conf.in "$VS_TLS_PORT" | sed -e "s|pasv_min_port=.*|pasv_min_port=$TLS_PASV_LO|; s|pasv_max_port=.*|pasv_max_port=$TLS_PASV_HI|"
+      printf 'ssl_enable=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=YES\nforce_anon_data_ssl=YES\n'
+      printf 'require_ssl_reuse=YES\nssl_ciphers=HIGH\nrsa_cert_file=%s\nrsa_private_key_file=%s\n' "$RUN/cert.pem" "$RUN/key.pem"
+    } >"$RUN/vsftpd-tls.conf"
+    /usr/sbin/vsftpd "$RUN/vsftpd-tls.conf" >"$RUN/vsftpd-tls.log" 2>&1 &
+    PIDS+=($!)
+    wait_port 127.0.0.1 "$VS_TLS_PORT"
+    start_ftpgate_tls() { # name port data-ports backend backend-tls
+        "$FTPGATE" run --listen "127.0.0.1:$2" --backend "$4" --public-address 127.0.0.1 \
+            --data-ports "$3" --log-level warn --tls-cert "$RUN/cert.pem" --tls-key "$RUN/key.pem" \
+            --backend-tls "$5" --backend-ca "$RUN/cert.pem" ${FTPGATE_ARGS:-} >"$RUN/$1.log" 2>&1 &
+        PIDS+=($!)
+        PID[$1]=$!
+        ADDR[$1]=127.0.0.1:$2
+        wait_port 127.0.0.1 "$2"
+    }
+    ADDR[ftps-direct]=127.0.0.1:$VS_TLS_PORT
+    start_ftpgate_tls ftps-ftpgate "$FG_TLS_PORT" 44000-44999 "127.0.0.1:$VS_TLS_PORT" mirror
+    start_ftpgate_tls ftps-offload "$FG_OFF_PORT" 45000-45999 "127.0.0.1:$VS_PORT" off
+    FTPS_PATHS=(ftps-direct ftps-ftpgate ftps-offload)
+    log "ProFTPD mod_proxy with TLS: N/A (proftpd-mod-proxy is not installed)"
+    ftps_curl() { # path remote → curl's speed_download (bytes/s)
+        curl -s --ssl-reqd --cacert "$RUN/cert.pem" --user anonymous: --ftp-pasv \
+            -o /dev/null -w '%{speed_download}\n' "ftp://${ADDR[$1]}/$2"
+    }
+    for r in $(seq "$ROUNDS"); do
+        for path in "${FTPS_PATHS[@]}"; do
+            pid=${PID[$path]:-} before=0
+            [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+            if speed=$(ftps_curl "$path" "$BIGFILE"); then
+                echo "RESULT bytes_per_sec=$speed" >>"$RES/ftps-download.$path"
+                [[ -n $pid ]] && echo "$(($(cpu_ticks "$pid") - before))" >>"$RES/ftps-download.$path.ticks"
+                log "ftps download via $path: $speed B/s"
+            else
+                echo FAILED >>"$RES/ftps-download.$path.fail"
+            fi
+            # Short sessions: login, PBSZ/PROT P, EPSV, RETR 1 MiB, QUIT; 8 at a time.
+            [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+            start=$(date +%s.%N)
+            failed=$(seq "$FTPS_SESSIONS" | xargs -P 8 -I{} sh -c \
+                "curl -s --ssl-reqd --cacert '$RUN/cert.pem' --user anonymous: --ftp-pasv -o /dev/null 'ftp://${ADDR[$path]}/1m.bin' || echo F" | grep -c F || true)
+            end=$(date +%s.%N)
+            echo "RESULT sessions_per_sec=$(awk -v n="$FTPS_SESSIONS" -v a="$start" -v b="$end" 'BEGIN {print n / (b - a)}') failures=$failed" >>"$RES/ftps-sessions.$path"
+            [[ -n $pid ]] && echo "$(($(cpu_ticks "$pid") - before))" >>"$RES/ftps-sessions.$path.ticks"
+            log "ftps sessions via $path: $(tail -1 "$RES/ftps-sessions.$path")"
+        done
+    done
+fi
+
 # ---- table ---------------------------------------------------------------------------
-python3 - "$RES" "$HZ" "$BIG_BYTES" "$SESSIONS" "$ROUNDS" "${PATHS[@]}" <<'PY'
+python3 - "$RES" "$HZ" "$BIG_BYTES" "$SESSIONS" "$ROUNDS" "${FTPS_SESSIONS}" "${PATHS[@]}" <<'PY'
 import os, statistics, sys
-res, hz, big, sessions, rounds, paths = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6:]
+res, hz, big, sessions, rounds, ftps_sessions, paths = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]), sys.argv[7:]
 
 def rows(measure, path):
     p = os.path.join(res, f"{measure}.{path}")
@@ -298,6 +364,34 @@ for measure, key, label, fmt, per in specs:
 if cpu_lines:
     print("\n| ftpgate CPU (utime+stime, 1/%d s ticks) | median (min–max) |\n|---|---|" % hz)
     print("\n".join(cpu_lines))
+ftps_paths = ["ftps-direct", "ftps-ftpgate", "ftps-offload"]
+if any(rows("ftps-download", p) for p in ftps_paths):
+    print(f"\n## FTPS (curl client, vsftpd require_ssl_reuse=YES) — medians (min–max); ×ratio to direct FTPS\n")
+    print("| measure | direct FTPS | ftpgate TLS both sides | ftpgate TLS offload | ProFTPD mod_proxy |\n|---|---|---|---|---|")
+    for measure, key, label, fmt in [
+        ("ftps-download", "bytes_per_sec", "FTPS download MB/s", lambda v: f"{v / 1e6:.0f}"),
+        ("ftps-sessions", "sessions_per_sec", f"short FTPS sessions/s ({ftps_sessions} per round)", lambda v: f"{v:.1f}"),
+    ]:
+        base, cells = None, []
+        for p in ftps_paths:
+            vals = [float(r[key]) for r in rows(measure, p)]
+            s, m = cell(vals, fmt, base if p != "ftps-direct" else None)
+            if p == "ftps-direct":
+                base = m
+            if measure == "ftps-sessions":
+                s += f", {sum(int(r['failures']) for r in rows(measure, p))} failed"
+            if fails(measure, p):
+                s += f", {fails(measure, p)} runs FAILED"
+            cells.append(s)
+        print(f"| {label} | " + " | ".join(cells) + " | N/A |")
+    print("\n| ftpgate CPU, FTPS | median |\n|---|---|")
+    for p in ftps_paths[1:]:
+        t = ticks("ftps-download", p)
+        if t:
+            print(f"| {p}: per GiB downloaded | {statistics.median(t) / (big / 2**30):.3f} s |")
+        t = ticks("ftps-sessions", p)
+        if t:
+            print(f"| {p}: per short session | {statistics.median(t) * 1000 / ftps_sessions:.2f} ms |")
 idle = os.path.join(res, "idle")
 if os.path.exists(idle):
     d = dict(kv.split("=", 1) for kv in open(idle).read().split())

@@ -28,8 +28,10 @@ TEST_PASS=ftpgate-test-pw
 
 PACKAGES=(
     ca-certificates curl lftp tnftp vsftpd python3 python3-pyftpdlib
-    # test certificates for the FTPS checks of tests/e2e_probe.rs
+    # test certificates for the FTPS checks of tests/e2e_probe.rs and e2e_ftps.rs
     openssl
+    # pyftpdlib's TLS_FTPHandler (tests/e2e_ftps.rs)
+    python3-openssl
     iproute2 iptables conntrack nftables procps coreutils util-linux passwd
     # promtool and the prometheus server, for tests/metrics_admin.rs
     prometheus
@@ -88,6 +90,9 @@ unpack() {
 }
 mkdir -p "$OPT"
 unpack proftpd-core proftpd
+# mod_tls (FTPS, tests/e2e_ftps.rs) lives in proftpd-mod-crypto; loaded with
+# ModulePath/LoadModule from here.
+unpack proftpd-mod-crypto proftpd-crypto
 
 # Prove the unpacked binary runs (all shared libraries resolved).
 "$OPT/proftpd/usr/sbin/proftpd" --version >/dev/null

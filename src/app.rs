@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::balancer::Balancer;
-use crate::config::{ListenerMode, ValidConfig};
+use crate::config::{ListenerMode, ListenerTls, ValidConfig};
 use crate::dataport::PortPool;
 use crate::health::{self, HEALTH_CHECK_INTERVAL};
 use crate::metrics::Metrics;
@@ -63,11 +63,14 @@ pub enum AppError {
         /// The bind or listen error.
         source: io::Error,
     },
+    /// A certificate, key or CA file in `tls:` could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 /// The running gateway: its bound listeners and what every session shares.
 pub struct Gateway {
-    listeners: Vec<(TcpListener, ListenerMode)>,
+    listeners: Vec<(TcpListener, ListenerMode, ListenerTls)>,
     ctx: Arc<SessionContext>,
     /// What new sessions take; swapped by a reload.
     snapshots: Arc<Snapshots>,
@@ -88,11 +91,11 @@ impl Gateway {
             let addr = l.listen;
             let bound = crate::net::bind_listener(addr, l.tproxy, CONTROL_BACKLOG)
                 .map_err(|source| AppError::Bind { addr, source })?;
-            listeners.push((bound, l.mode));
+            listeners.push((bound, l.mode, l.tls));
         }
         let listen_addrs = listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|(l, _, _)| l.local_addr().ok())
             .collect();
         // Bound with the FTP listeners so a taken admin port fails startup too.
         let admin = match config.admin.listen {
@@ -108,6 +111,18 @@ impl Gateway {
             config.backends.clone(),
         ));
         metrics.init_labels(&config.backends);
+        let tls = crate::tls::TlsContexts::load(&config.tls)?;
+        if let Some(at) = tls.cert_not_after {
+            metrics
+                .tls_certificate_not_after
+                .store(at, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .tls_certificate_expiry_seconds
+                .set(at - crate::tls::unix_now());
+        }
+        if config.tls.backend_insecure {
+            tracing::warn!("tls.backend_insecure: backend certificates are NOT verified; anyone on the path to the backends can read and change FTPS sessions");
+        }
         let pool = PortPool::new(config.data_ports, &metrics);
         let active_pool = match config.active.ports {
             Some(r) => PortPool::new(r, &metrics),
@@ -124,6 +139,7 @@ impl Gateway {
             admission: Arc::default(),
             drain: CancellationToken::new(),
             metrics,
+            tls,
         });
         ctx.metrics
             .config_last_reload_success_timestamp_seconds
@@ -143,7 +159,7 @@ impl Gateway {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|(l, _, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -214,10 +230,11 @@ impl Gateway {
             ));
         }
         let acceptors = TaskTracker::new();
-        for (listener, mode) in self.listeners {
+        for (listener, mode, tls) in self.listeners {
             acceptors.spawn(accept_loop(
                 listener,
                 mode,
+                tls,
                 Arc::clone(&self.snapshots),
                 accepting.clone(),
                 signals.stop.clone(),
@@ -272,6 +289,7 @@ impl Gateway {
 async fn accept_loop(
     listener: TcpListener,
     mode: ListenerMode,
+    tls: ListenerTls,
     snapshots: Arc<Snapshots>,
     accepting: CancellationToken,
     shutdown: CancellationToken,
@@ -284,7 +302,7 @@ async fn accept_loop(
                 Ok((stream, peer)) => {
                     backoff.reset();
                     // Each session keeps the snapshot it started with across reloads.
-                    tracker.spawn(run_session(stream, peer, mode, snapshots.current(), shutdown.clone()));
+                    tracker.spawn(run_session(stream, peer, mode, tls, snapshots.current(), shutdown.clone()));
                     continue;
                 }
                 Err(e) => backoff.after_error(&e, &snapshots.current().metrics, "accept"),

@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
 use crate::config::{
-    BackendDataMode, Config, ConfigErrors, Deprecation, ListenerMode, Loaded, LogFormat, PortRange,
-    RelayMode,
+    BackendDataMode, BackendTlsPolicy, ClientTlsPolicy, Config, ConfigErrors, Deprecation,
+    ListenerMode, Loaded, LogFormat, PortRange, RelayMode,
 };
 
 /// The pre-`relay:` way to turn splice off; still honoured, with a deprecation warning.
@@ -155,6 +155,29 @@ pub struct RunArgs {
     /// Log format: text or json. YAML: log.format.
     #[arg(long, value_name = "FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Address accepting implicit FTPS (TLS from the first byte; repeatable).
+    /// YAML: listeners[] with tls: implicit.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub implicit_tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for FTPS towards clients. YAML: tls.cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert. YAML: tls.key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS towards clients: off, optional, required (default: optional with a
+    /// certificate, else off). YAML: tls.client.
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub client_tls: Option<ClientTlsPolicy>,
+    /// TLS towards backends: off, mirror (as the client), required. YAML: tls.backend.
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub backend_tls: Option<BackendTlsPolicy>,
+    /// PEM CA certificates backend certificates must chain to. YAML: tls.backend_ca.
+    #[arg(long, value_name = "FILE")]
+    pub backend_ca: Option<PathBuf>,
+    /// Do not verify backend certificates. YAML: tls.backend_insecure.
+    #[arg(long)]
+    pub backend_tls_insecure: bool,
 }
 
 impl RunArgs {
@@ -190,6 +213,7 @@ impl RunArgs {
                         listen,
                         mode: cfg.mode,
                         tproxy: true,
+                        tls: crate::config::ListenerTls::Explicit,
                     })
                     .collect();
             } else {
@@ -197,6 +221,19 @@ impl RunArgs {
                 cfg.listeners.clear();
             }
         }
+        // Added to whatever --listen / the file gave: implicit FTPS usually runs
+        // beside an explicit listener (990 beside 21).
+        cfg.listeners
+            .extend(
+                self.implicit_tls_listen
+                    .iter()
+                    .map(|&listen| crate::config::ListenerConfig {
+                        listen,
+                        mode: cfg.mode,
+                        tproxy: false,
+                        tls: crate::config::ListenerTls::Implicit,
+                    }),
+            );
         if self.map_passive {
             cfg.transparent.map_passive = true;
         }
@@ -274,6 +311,24 @@ impl RunArgs {
         }
         if let Some(f) = self.log_format {
             cfg.log.format = f;
+        }
+        if let Some(p) = &self.tls_cert {
+            cfg.tls.cert = Some(p.clone());
+        }
+        if let Some(p) = &self.tls_key {
+            cfg.tls.key = Some(p.clone());
+        }
+        if let Some(c) = self.client_tls {
+            cfg.tls.client = Some(c);
+        }
+        if let Some(b) = self.backend_tls {
+            cfg.tls.backend = b;
+        }
+        if let Some(p) = &self.backend_ca {
+            cfg.tls.backend_ca = Some(p.clone());
+        }
+        if self.backend_tls_insecure {
+            cfg.tls.backend_insecure = true;
         }
     }
 }

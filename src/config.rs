@@ -249,6 +249,148 @@ pub enum RelayMode {
     Copy,
 }
 
+/// TLS towards clients (`--client-tls`, YAML `tls.client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientTlsPolicy {
+    /// `AUTH` is refused with `502` (ftpgate's behaviour before FTPS).
+    Off,
+    /// `AUTH TLS` is accepted; clear-text sessions still work.
+    Optional,
+    /// A login before `AUTH TLS` is refused; the session never reaches a backend login.
+    Required,
+}
+
+/// TLS towards backends (`--backend-tls`, YAML `tls.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendTlsPolicy {
+    /// Never: the backend always sees clear text (TLS offload).
+    Off,
+    /// TLS to the backend exactly when the client used it.
+    #[default]
+    Mirror,
+    /// Always `AUTH TLS` to the backend, even for a clear-text client; a backend that
+    /// refuses ends the session with `421`.
+    Required,
+    /// The backend speaks TLS from the first byte (implicit FTPS, port 990).
+    Implicit,
+}
+
+/// The backend's data protection (`tls.backend_data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendDataProtection {
+    /// The client's `PBSZ`/`PROT` go to the backend: its data protection follows the
+    /// client's.
+    #[default]
+    Mirror,
+    /// Always `PROT P` towards a TLS backend (ftpgate answers the client's `PROT`).
+    Private,
+    /// Clear data towards the backend (ftpgate answers the client's `PROT`), e.g. to
+    /// keep the farm's data path cheap inside a trusted network.
+    Clear,
+}
+
+/// Whether data connections must be protected (`tls.client_data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientDataPolicy {
+    /// Clear data connections are allowed.
+    #[default]
+    Optional,
+    /// A transfer on a session that did not send `PROT P` is refused with `522`.
+    Required,
+}
+
+/// What to do when a client ends a TLS upload without `close_notify`
+/// (`tls.unclean_client_eof`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UncleanEof {
+    /// Close the backend side cleanly (with `close_notify`): the backend answers `226`
+    /// (vsftpd's documented `strict_ssl_read_eof=NO` behaviour, for the whole farm).
+    #[default]
+    Complete,
+    /// Reset the backend data connection, so a truncation shows as a failed transfer.
+    Abort,
+}
+
+/// FTPS: YAML `tls:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain presented to clients (leaf first).
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
+    /// Unset: `optional` when a certificate is configured, else `off`.
+    pub client: Option<ClientTlsPolicy>,
+    /// Whether client data connections must be protected (`PROT P`).
+    pub client_data: ClientDataPolicy,
+    /// Refuse a client data-connection handshake that does not resume a TLS session.
+    pub require_session_reuse: bool,
+    /// TLS towards backends.
+    pub backend: BackendTlsPolicy,
+    /// The backend's data protection once its control connection is TLS.
+    pub backend_data: BackendDataProtection,
+    /// PEM CA certificates that backend certificates must chain to; unset: the system
+    /// trust store.
+    pub backend_ca: Option<std::path::PathBuf>,
+    /// Name verified in backend certificates; unset: the backend's IP address.
+    pub backend_server_name: Option<String>,
+    /// Do not verify backend certificates (warned about at start).
+    pub backend_insecure: bool,
+    /// A client TLS upload that ends without `close_notify`.
+    pub unclean_client_eof: UncleanEof,
+    /// Highest TLS version offered to backends (`tls.backend_max_version`).
+    pub backend_max_version: TlsVersion,
+}
+
+/// A TLS protocol version (`"1.2"`, `"1.3"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3.
+    #[default]
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            client: None,
+            client_data: ClientDataPolicy::Optional,
+            // Python's ftplib never resumes the control session on data connections;
+            // curl and lftp do. Off by default so every common client works.
+            require_session_reuse: false,
+            backend: BackendTlsPolicy::Mirror,
+            backend_data: BackendDataProtection::Mirror,
+            backend_ca: None,
+            backend_server_name: None,
+            backend_insecure: false,
+            unclean_client_eof: UncleanEof::Complete,
+            backend_max_version: TlsVersion::Tls13,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The effective client policy: `optional` with a certificate, else `off`.
+    pub fn client_policy(&self) -> ClientTlsPolicy {
+        match (self.client, self.cert.is_some()) {
+            (Some(p), _) => p,
+            (None, true) => ClientTlsPolicy::Optional,
+            (None, false) => ClientTlsPolicy::Off,
+        }
+    }
+}
+
 /// One listener, for configurations that mix modes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -261,6 +403,21 @@ pub struct ListenerConfig {
     /// Accept TPROXY-diverted connections (sets IP_TRANSPARENT; needs CAP_NET_ADMIN).
     #[serde(default)]
     pub tproxy: bool,
+    /// `implicit`: FTPS from the first byte (port 990 style); `explicit` (default):
+    /// clear text until `AUTH TLS`.
+    #[serde(default)]
+    pub tls: ListenerTls,
+}
+
+/// How a listener starts TLS (YAML `listeners[].tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerTls {
+    /// Clear text; `AUTH TLS` upgrades (RFC 4217).
+    #[default]
+    Explicit,
+    /// TLS from the first byte; data connections protected by default.
+    Implicit,
 }
 
 /// Transparent (gateway) mode behaviour.
@@ -596,6 +753,8 @@ pub struct Config {
     pub worker_threads: Option<usize>,
     /// Log format and level.
     pub log: LogConfig,
+    /// FTPS towards clients and backends.
+    pub tls: TlsConfig,
 }
 
 const DEFAULT_DATA_PORTS: PortRange = PortRange {
@@ -625,6 +784,7 @@ impl Default for Config {
             relay: RelayMode::Auto,
             worker_threads: None,
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -654,6 +814,7 @@ struct RawConfig {
     relay: RelayMode,
     worker_threads: Option<usize>,
     log: LogConfig,
+    tls: TlsConfig,
     // Deprecated top-level spellings (DEPRECATED_KEYS).
     rewrite_passive: Option<bool>,
     passive_target: Option<PassiveTarget>,
@@ -785,6 +946,7 @@ impl RawConfig {
             relay: self.relay,
             worker_threads: self.worker_threads,
             log: self.log,
+            tls: self.tls,
         };
         Ok(Loaded {
             config,
@@ -909,7 +1071,30 @@ impl Config {
         if self.limits.data_ports_per_session == 0 {
             p.add("limits.data_ports_per_session", "must be at least 1");
         }
+        self.check_tls(&mut p);
         p.0
+    }
+
+    fn check_tls(&self, p: &mut Problems) {
+        let t = &self.tls;
+        if t.cert.is_some() != t.key.is_some() {
+            p.add("tls.cert", "tls.cert and tls.key go together");
+        }
+        if t.client.is_some_and(|c| c != ClientTlsPolicy::Off) && t.cert.is_none() {
+            p.add("tls.client", "needs tls.cert and tls.key");
+        }
+        let implicit = self
+            .listeners
+            .iter()
+            .any(|l| l.tls == ListenerTls::Implicit);
+        if implicit && t.cert.is_none() {
+            p.add("listeners", "tls: implicit needs tls.cert and tls.key");
+        }
+        if t.client_data == ClientDataPolicy::Required
+            && self.tls.client_policy() == ClientTlsPolicy::Off
+        {
+            p.add("tls.client_data", "required needs TLS towards clients");
+        }
     }
 
     fn check_listeners(&self, p: &mut Problems) {
@@ -1050,6 +1235,7 @@ impl Config {
                 listen,
                 mode: self.mode,
                 tproxy: false,
+                tls: ListenerTls::Explicit,
             })
             .chain(self.listeners.iter().cloned())
             .collect()

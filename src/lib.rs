@@ -18,6 +18,7 @@
 //!   `timeouts`, `limits`, `keepalive`, `admin`.
 //! - [`app`]: binds listeners and runs sessions until shutdown (drain included).
 //! - [`reload`]: configuration reload into snapshots for new sessions.
+//! - [`tls`]: FTPS at the edge: PEM loading, rustls configurations, upgradable streams.
 //! - [`probe`]: `ftpgate probe`, diagnoses FTP through NAT, firewalls and load balancers.
 
 // Nothing that came from the network may panic (STYLE: no unwrap/expect outside
@@ -41,3 +42,4 @@ pub mod protocol;
 pub mod relay;
 pub mod reload;
 pub mod session;
+pub mod tls;

@@ -72,6 +72,20 @@ pub struct Metrics {
     pub config_reload_total: IntCounterVec,
     /// Unix time of the last successful configuration load (start or reload).
     pub config_last_reload_success_timestamp_seconds: IntGauge,
+    /// By side (`client`, `backend`), outcome (`full`, `resumed`, `failed`) and
+    /// protocol version (`TLSv1_3`, `TLSv1_2`, `none` when failed).
+    pub tls_handshakes_total: IntCounterVec,
+    /// By action (`complete`, `abort`): client TLS uploads that ended without
+    /// `close_notify` (`tls.unclean_client_eof`).
+    pub tls_unclean_eof_total: IntCounterVec,
+    /// Seconds until the client-facing certificate expires (negative: expired).
+    pub tls_certificate_expiry_seconds: IntGauge,
+    /// Unix time the client-facing certificate expires (0: none); the expiry gauge is
+    /// recomputed from it at every scrape, so it counts down on an idle gateway too.
+    pub tls_certificate_not_after: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Transparent sessions whose control connection became an opaque relay after
+    /// `AUTH TLS`.
+    pub tls_passthrough_total: IntCounter,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
@@ -219,6 +233,25 @@ impl Metrics {
                     .buckets(fast_buckets),
                 )),
             ),
+            tls_handshakes_total: counters(
+                "ftpgate_tls_handshakes_total",
+                "TLS handshakes (control and data), by side, outcome and protocol version.",
+                &["side", "outcome", "version"],
+            ),
+            tls_unclean_eof_total: counters(
+                "ftpgate_tls_unclean_eof_total",
+                "Client TLS uploads ended without close_notify, by the action taken.",
+                &["action"],
+            ),
+            tls_passthrough_total: counter(
+                "ftpgate_tls_passthrough_total",
+                "Transparent sessions relayed opaquely after AUTH TLS (no certificate for the server).",
+            ),
+            tls_certificate_not_after: std::sync::Arc::default(),
+            tls_certificate_expiry_seconds: gauge(
+                "ftpgate_tls_certificate_expiry_seconds",
+                "Seconds until the certificate presented to clients expires.",
+            ),
             local_resource_exhausted_total: counters(
                 "ftpgate_local_resource_exhausted_total",
                 "Socket operations that failed because ftpgate ran out of a local resource, by resource.",
@@ -292,6 +325,18 @@ impl Metrics {
             .inc();
     }
 
+    /// A TLS handshake finished (`negotiated`) or failed (`None`).
+    pub fn tls_handshake(&self, side: &str, negotiated: Option<crate::tls::Negotiated>) {
+        let (outcome, version) = match negotiated {
+            Some(n) if n.resumed => ("resumed", n.version),
+            Some(n) => ("full", n.version),
+            None => ("failed", "none"),
+        };
+        self.tls_handshakes_total
+            .with_label_values(&[side, outcome, version])
+            .inc();
+    }
+
     /// Pre-creates every label value the dashboards expect, so series exist (at 0)
     /// before the first event: `rate()` and `increase()` are right from the first
     /// scrape, and every family is visible in `/metrics` at once.
@@ -319,6 +364,13 @@ impl Metrics {
         for d in ["download", "upload", "listing"] {
             self.transfer_duration_seconds.with_label_values(&[d]);
         }
+        for side in ["client", "backend"] {
+            self.tls_handshakes_total
+                .with_label_values(&[side, "failed", "none"]);
+        }
+        for a in ["complete", "abort"] {
+            self.tls_unclean_eof_total.with_label_values(&[a]);
+        }
         for r in Refusal::ALL {
             self.refusals_total.with_label_values(&[r.label()]);
         }
@@ -339,6 +391,13 @@ impl Metrics {
 
     /// The registry in Prometheus text exposition format.
     pub fn render(&self) -> String {
+        let not_after = self
+            .tls_certificate_not_after
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if not_after != 0 {
+            self.tls_certificate_expiry_seconds
+                .set(not_after - crate::tls::unix_now());
+        }
         let mut out = String::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
@@ -392,6 +451,13 @@ label_enum!(
         NoIpv4 => "no_ipv4",
         /// `AUTH` while ftpgate does not terminate TLS.
         AuthTls => "auth_tls",
+        /// `tls.client: required` or `tls.client_data: required` refused a command.
+        TlsRequired => "tls_required",
+        /// `CCC` (clear command channel) refused.
+        Ccc => "ccc",
+        /// A client data handshake that did not resume a session, under
+        /// `tls.require_session_reuse`.
+        TlsNotResumed => "tls_not_resumed",
         /// A transparent session that would connect to ftpgate itself.
         Loop => "loop",
         /// A backend's `227` named an address ftpgate does not connect to.

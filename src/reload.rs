@@ -79,6 +79,9 @@ pub enum ReloadError {
     /// The file did not parse or did not validate; each error names its key.
     #[error("configuration invalid, nothing changed: {0}")]
     Invalid(ConfigErrors),
+    /// A certificate or key in `tls:` could not be loaded; the old ones stay.
+    #[error("TLS files not loaded, nothing changed: {0}")]
+    Tls(String),
     /// No configuration source was given at start (nothing to re-read).
     #[error("no configuration file to reload (start ftpgate with --config)")]
     NoSource,
@@ -88,7 +91,7 @@ impl ReloadError {
     /// The `ftpgate_config_reload_total{outcome}` label.
     pub fn label(&self) -> &'static str {
         match self {
-            ReloadError::Invalid(_) => "invalid",
+            ReloadError::Invalid(_) | ReloadError::Tls(_) => "invalid",
             ReloadError::NoSource => "error",
         }
     }
@@ -189,7 +192,7 @@ impl Reloader {
                             warn!(error = %err, "reload refused; running configuration unchanged");
                         }
                     }
-                    ReloadError::NoSource => warn!("{e}"),
+                    ReloadError::Tls(_) | ReloadError::NoSource => warn!("{e}"),
                 }
             }
         }
@@ -212,6 +215,14 @@ impl Reloader {
                 }
             }
         }
+        // Certificates are re-read too (renewed files apply to new sessions).
+        let tls = crate::tls::TlsContexts::load(&config.tls)
+            .map_err(|e| ReloadError::Tls(e.to_string()))?;
+        if let Some(at) = tls.cert_not_after {
+            old.metrics
+                .tls_certificate_not_after
+                .store(at, std::sync::atomic::Ordering::Relaxed);
+        }
         old.metrics.init_labels(&config.backends);
         let ctx = SessionContext {
             config: Arc::new(config.clone()),
@@ -223,6 +234,7 @@ impl Reloader {
             prelogin: Arc::clone(&old.prelogin),
             admission: Arc::clone(&old.admission),
             drain: old.drain.clone(),
+            tls,
         };
         self.snapshots.swap(Arc::new(ctx));
         if let Some(hook) = &self.on_swap {

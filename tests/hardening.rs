@@ -13,10 +13,10 @@
 //!
 //! 127.0.0.0/8 is all loopback, so 127.0.0.2 and 127.0.0.3 play other hosts.
 
-#[path = "support/inprocess.rs"]
+#[path = "common/inprocess.rs"]
 #[allow(dead_code)] // shared with tests that use other parts of it
 mod inprocess;
-#[path = "support/mock_ftp.rs"]
+#[path = "common/mock_ftp.rs"]
 #[allow(dead_code)] // shared with tests that use more of it
 mod mock_ftp;
 

@@ -2,10 +2,10 @@
 //! written to misbehave (scripted here, on loopback), or a client that does what no
 //! polite client does. Each test fails on a gateway without the fix.
 
-#[path = "support/inprocess.rs"]
+#[path = "common/inprocess.rs"]
 #[allow(dead_code)] // shared with tests that use other parts of it
 mod inprocess;
-#[path = "support/mock_ftp.rs"]
+#[path = "common/mock_ftp.rs"]
 #[allow(dead_code)]
 mod mock_ftp;
 

@@ -4,10 +4,10 @@
 //! (per address, global, rate, data ports per session, pre-login floods). Loopback
 //! has a whole /8, so 127.0.0.2 plays another client address.
 
-#[path = "support/inprocess.rs"]
+#[path = "common/inprocess.rs"]
 #[allow(dead_code)] // shared with tests that use other parts of it
 mod inprocess;
-#[path = "support/mock_ftp.rs"]
+#[path = "common/mock_ftp.rs"]
 #[allow(dead_code)]
 mod mock_ftp;
 

@@ -7,10 +7,10 @@
 //! (scripts/install-test-deps.sh). Without them the tests that need them are skipped
 //! with a message, and fail when `CI` is set.
 
-#[path = "support/inprocess.rs"]
+#[path = "common/inprocess.rs"]
 #[allow(dead_code)] // shared with tests that use other parts of it
 mod inprocess;
-#[path = "support/mock_ftp.rs"]
+#[path = "common/mock_ftp.rs"]
 #[allow(dead_code)] // shared with tests that use more of it
 mod mock_ftp;
 

@@ -2,10 +2,10 @@
 //! relay, who may connect to a data port, port exhaustion, and bad input. Loopback has
 //! a whole /8, so 127.0.0.2 plays the foreign host.
 
-#[path = "support/inprocess.rs"]
+#[path = "common/inprocess.rs"]
 #[allow(dead_code)] // shared with tests that use other parts of it
 mod inprocess;
-#[path = "support/mock_ftp.rs"]
+#[path = "common/mock_ftp.rs"]
 mod mock_ftp;
 
 use std::net::SocketAddr;

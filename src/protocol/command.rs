@@ -58,14 +58,22 @@ pub enum Verb {
     Quit,
     /// `REIN`: reinitialize (log out).
     Rein,
-    /// `AUTH`: start TLS (RFC 4217); refused.
+    /// `AUTH`: start TLS (RFC 4217).
     Auth,
+    /// RFC 4217 §8: protection buffer size (always 0 with TLS).
+    Pbsz,
+    /// RFC 4217 §9: data channel protection level.
+    Prot,
+    /// RFC 4217 §11: clear command channel (refused).
+    Ccc,
+    /// RFC 2389: feature list (augmented with the FTPS features).
+    Feat,
     /// Any other verb: passed through untouched.
     Other,
 }
 
 /// Every classified verb with its upper-case token; `Other` is not listed.
-const VERBS: [(Verb, &str); 22] = [
+const VERBS: [(Verb, &str); 26] = [
     (Verb::User, "USER"),
     (Verb::Pass, "PASS"),
     (Verb::Acct, "ACCT"),
@@ -88,6 +96,10 @@ const VERBS: [(Verb, &str); 22] = [
     (Verb::Quit, "QUIT"),
     (Verb::Rein, "REIN"),
     (Verb::Auth, "AUTH"),
+    (Verb::Pbsz, "PBSZ"),
+    (Verb::Prot, "PROT"),
+    (Verb::Ccc, "CCC"),
+    (Verb::Feat, "FEAT"),
 ];
 
 impl Verb {

@@ -29,11 +29,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::UncleanEof;
 use crate::dataport::PortLease;
 use crate::metrics::{Metrics, Refusal, TimeoutKind};
 use crate::net::{connect_from, note_exhaustion, AcceptBackoff, LocalResource};
 use crate::protocol::addr::canonical_ip;
 use crate::relay::relay_tcp_with_idle;
+use crate::tls::MaybeTls;
 
 /// How one side of a data connection is obtained.
 #[derive(Debug)]
@@ -121,6 +125,40 @@ pub struct DataPlan {
     pub connect_timeout: Duration,
     /// Close the connection when no byte moved for this long.
     pub idle_timeout: Option<Duration>,
+    /// TLS on either side (`PROT P`).
+    pub tls: DataTlsPlan,
+}
+
+/// TLS layers of one data connection. Towards the client ftpgate is the TLS server,
+/// towards the backend the TLS client, whoever opened the TCP connection (RFC 4217 §7).
+#[derive(Default)]
+pub struct DataTlsPlan {
+    /// Client side in TLS, ftpgate the server.
+    pub client: Option<tokio_rustls::TlsAcceptor>,
+    /// Backend side in TLS: the session's connector (its resumption store holds the
+    /// control connection's session) and the name to verify.
+    pub backend: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    /// Refuse a client handshake that does not resume (`tls.require_session_reuse`).
+    pub require_reuse: bool,
+    /// A client upload ending without `close_notify` (`tls.unclean_client_eof`).
+    pub unclean: UncleanEof,
+    /// Changes when the backend sends a transfer command's `1xx`; the backend-side
+    /// handshake waits for it, as curl does (`None`: no wait).
+    pub preliminary: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+impl std::fmt::Debug for DataTlsPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataTlsPlan")
+            .field("client", &self.client.is_some())
+            .field("backend", &self.backend.is_some())
+            .field("require_reuse", &self.require_reuse)
+            .field("unclean", &self.unclean)
+            .finish()
+    }
 }
 
 impl DataPlan {
@@ -140,6 +178,7 @@ impl DataPlan {
             accept_timeout,
             connect_timeout,
             idle_timeout,
+            tls,
         } = self;
         let mut finished = Finished {
             id,
@@ -166,6 +205,24 @@ impl DataPlan {
                 return;
             }
         };
+        if tls.client.is_some() || tls.backend.is_some() {
+            let mut tls = tls;
+            let (c, b) = match secure_both(c, b, &mut tls, accept_timeout, &metrics).await {
+                Ok(x) => x,
+                Err(reason) => {
+                    info!(id, reason = %reason, "data connection TLS handshake failed");
+                    let _ = events.send(DataEvent::Finished(finished));
+                    return;
+                }
+            };
+            let _ = events.send(DataEvent::Started { id });
+            let started = Instant::now();
+            let (up, down) = relay_tls(c, b, idle_timeout, tls.unclean, &metrics, id).await;
+            finished.client_to_backend = up;
+            finished.backend_to_client = down;
+            drop(leases);
+            return finish(finished, started, &metrics, &events);
+        }
         let _ = events.send(DataEvent::Started { id });
         let started = Instant::now();
         // An aborted transfer (RST, ABOR, a close with unread data) still moved bytes:
@@ -197,6 +254,180 @@ impl DataPlan {
             .inc_by(finished.backend_to_client);
         let _ = events.send(DataEvent::Finished(finished));
     }
+}
+
+fn finish(
+    mut finished: Finished,
+    started: Instant,
+    metrics: &Metrics,
+    events: &mpsc::UnboundedSender<DataEvent>,
+) {
+    finished.duration = started.elapsed();
+    finished.established = true;
+    metrics
+        .data_bytes_total
+        .with_label_values(&["client_to_backend"])
+        .inc_by(finished.client_to_backend);
+    metrics
+        .data_bytes_total
+        .with_label_values(&["backend_to_client"])
+        .inc_by(finished.backend_to_client);
+    let _ = events.send(DataEvent::Finished(finished));
+}
+
+/// Both TLS handshakes at once, bounded by `timeout`; a client side that must resume
+/// and did not is refused.
+async fn secure_both(
+    c: TcpStream,
+    b: TcpStream,
+    tls: &mut DataTlsPlan,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> Result<(MaybeTls, MaybeTls), String> {
+    let mut preliminary = tls.preliminary.take();
+    // Client side first: a refused client (no resumption, failed handshake) must not
+    // let the backend go ahead, so the backend's handshake waits for it.
+    let client = async {
+        match &tls.client {
+            Some(acceptor) => {
+                let r = MaybeTls::Plain(c).accept(acceptor).await;
+                let negotiated = r.as_ref().ok().and_then(MaybeTls::negotiated);
+                metrics.tls_handshake("client", negotiated);
+                let s = r.map_err(|e| format!("client side: {e}"))?;
+                let resumed = negotiated.is_some_and(|n| n.resumed);
+                debug!(
+                    resumed,
+                    version = negotiated.map_or("none", |n| n.version),
+                    "client data connection in TLS"
+                );
+                if tls.require_reuse && !resumed {
+                    metrics.refuse(Refusal::TlsNotResumed);
+                    warn!("client data connection did not resume the TLS session; refused (tls.require_session_reuse)");
+                    return Err("client side: TLS session not resumed".to_string());
+                }
+                Ok(s)
+            }
+            None => Ok(MaybeTls::Plain(c)),
+        }
+    };
+    let both = async {
+        let c = client.await?;
+        let b = match &tls.backend {
+            Some((connector, name)) => {
+                if let Some(rx) = preliminary.as_mut() {
+                    rx.changed()
+                        .await
+                        .map_err(|_| "session ended before the transfer started".to_string())?;
+                }
+                let r = MaybeTls::Plain(b).connect(connector, name.clone()).await;
+                let negotiated = r.as_ref().ok().and_then(MaybeTls::negotiated);
+                metrics.tls_handshake("backend", negotiated);
+                debug!(
+                    resumed = negotiated.is_some_and(|n| n.resumed),
+                    "backend data connection in TLS"
+                );
+                r.map_err(|e| format!("backend side: {e}"))?
+            }
+            None => MaybeTls::Plain(b),
+        };
+        Ok((c, b))
+    };
+    match tokio::time::timeout(timeout, both).await {
+        Ok(r) => r,
+        Err(_) => Err("handshake timed out".into()),
+    }
+}
+
+/// Buffer per direction for TLS relays (one TLS record is at most 16 KiB).
+const TLS_RELAY_CHUNK: usize = 64 * 1024;
+
+/// The buffered relay used when either side is TLS. Each EOF is passed on with a
+/// shutdown, which on ftpgate's TLS sides is a `close_notify` first: backends with
+/// vsftpd's `strict_ssl_read_eof=YES` see a clean end. A client TLS side ending
+/// without `close_notify` is handled by `unclean`. Returns (up, down) bytes.
+async fn relay_tls(
+    mut c: MaybeTls,
+    mut b: MaybeTls,
+    idle: Option<Duration>,
+    unclean: UncleanEof,
+    metrics: &Metrics,
+    id: u64,
+) -> (u64, u64) {
+    let (mut cbuf, mut bbuf) = (vec![0u8; TLS_RELAY_CHUNK], vec![0u8; TLS_RELAY_CHUNK]);
+    let (mut up, mut down) = (0u64, 0u64);
+    let (mut c_open, mut b_open) = (true, true);
+    while c_open || b_open {
+        let idle_at = idle.map(|d| tokio::time::Instant::now() + d);
+        let idle_sleep = async {
+            match idle_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let step: io::Result<()> = tokio::select! {
+            r = c.read(&mut cbuf), if c_open => match r {
+                Ok(0) => {
+                    c_open = false;
+                    b.shutdown().await
+                }
+                Ok(n) => {
+                    up += n as u64;
+                    write_flush(&mut b, cbuf.get(..n).unwrap_or_default()).await
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && c.is_tls() => {
+                    c_open = false;
+                    match unclean {
+                        UncleanEof::Complete => {
+                            metrics.tls_unclean_eof_total.with_label_values(&["complete"]).inc();
+                            info!(id, bytes = up, "client ended its TLS data connection without close_notify; completing the backend side cleanly (tls.unclean_client_eof: complete)");
+                            b.shutdown().await
+                        }
+                        UncleanEof::Abort => {
+                            metrics.tls_unclean_eof_total.with_label_values(&["abort"]).inc();
+                            warn!(id, bytes = up, "client ended its TLS data connection without close_notify; resetting the backend side (tls.unclean_client_eof: abort)");
+                            // SO_LINGER 0: close sends RST, so the backend fails the
+                            // transfer instead of taking the truncated file as complete.
+                            let _ = socket2::SockRef::from(b.tcp()).set_linger(Some(Duration::ZERO));
+                            return (up, down);
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            r = b.read(&mut bbuf), if b_open => match r {
+                // A backend that closes without close_notify ended its data anyway.
+                Ok(0) => {
+                    b_open = false;
+                    c.shutdown().await
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && b.is_tls() => {
+                    debug!(id, "backend ended its TLS data connection without close_notify");
+                    b_open = false;
+                    c.shutdown().await
+                }
+                Ok(n) => {
+                    down += n as u64;
+                    write_flush(&mut c, bbuf.get(..n).unwrap_or_default()).await
+                }
+                Err(e) => Err(e),
+            },
+            () = idle_sleep => {
+                metrics.timeout(TimeoutKind::DataIdle);
+                info!(id, timeout = ?idle, "data connection idle; closed");
+                return (up, down);
+            }
+        };
+        if let Err(e) = step {
+            debug!(id, error = %e, up, down, "TLS data relay ended with error");
+            break;
+        }
+    }
+    (up, down)
+}
+
+async fn write_flush(s: &mut MaybeTls, bytes: &[u8]) -> io::Result<()> {
+    s.write_all(bytes).await?;
+    s.flush().await
 }
 
 enum Unopened {

@@ -7,33 +7,36 @@
 //! the session's deadlines and by shutdown, so a peer that stops reading cannot hold a
 //! session past its timeouts.
 
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::admission::AdmissionRefused;
 use super::data::DataEvent;
 use super::edge::{spawn_data, PoolEdge};
 use super::limits::PreloginSlot;
-use super::machine::{Action, Addresses, SessionMachine};
+use super::machine::{Action, Addresses, Deadline, SessionMachine};
 use super::outcome::{Outcome, SessionError};
 use super::replies::LocalReply;
 use super::timer::Timer;
+use super::tls::TlsState;
 use super::upstream::connect_upstream;
-use super::writes::{bounded, grace, write_backend, Interrupt, CLOSE_GRACE};
+use super::writes::{bounded, grace, write_backend, write_flush, Interrupt, CLOSE_GRACE};
 use super::SessionContext;
-use crate::config::ListenerMode;
+use crate::config::{BackendTlsPolicy, ListenerMode, ListenerTls};
 use crate::metrics::Refusal;
 use crate::net::{drain_past_urgent_mark, prepare_control_socket};
 use crate::protocol::addr::canonical_ip;
+use crate::tls::MaybeTls;
 
 /// Control lines are short; a small read size keeps idle sessions cheap (two buffers each).
 const READ_CHUNK: usize = 4 * 1024;
@@ -47,6 +50,7 @@ pub async fn run_session(
     client: TcpStream,
     peer: SocketAddr,
     mode: ListenerMode,
+    tls: ListenerTls,
     ctx: Arc<SessionContext>,
     shutdown: CancellationToken,
 ) {
@@ -54,17 +58,19 @@ pub async fn run_session(
     let span = info_span!("session", id, client = %peer, backend = tracing::field::Empty);
     let metrics = Arc::clone(&ctx.metrics);
     metrics.sessions_active.inc();
-    let outcome = serve(client, peer, mode, &ctx, &shutdown)
+    let outcome = serve(client, peer, mode, tls, &ctx, &shutdown)
         .instrument(span)
         .await;
     metrics.sessions_active.dec();
     metrics.session_ended(outcome);
 }
 
+#[allow(clippy::too_many_lines)]
 async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
     mode: ListenerMode,
+    listener_tls: ListenerTls,
     ctx: &SessionContext,
     shutdown: &CancellationToken,
 ) -> Outcome {
@@ -108,6 +114,66 @@ async fn serve(
         }
     };
     prepare_control_socket(&backend, keepalive);
+    let client_local = client.local_addr();
+    let backend_local = backend.local_addr();
+    let name = crate::tls::backend_server_name(&ctx.config.tls, canonical_ip(backend_addr.ip()));
+    let tls = SessionTls {
+        connector: ctx.tls.backend_session(),
+        name,
+    };
+    let mut initial = TlsState::default();
+    // Implicit FTPS: TLS before any FTP byte, each side bounded by its own timeout.
+    let mut client = MaybeTls::Plain(client);
+    if listener_tls == ListenerTls::Implicit {
+        let Some(acceptor) = ctx.tls.acceptor() else {
+            return Outcome::ClientError;
+        };
+        let r = tokio::time::timeout(ctx.config.timeouts.login, client.accept(&acceptor)).await;
+        match r {
+            Ok(Ok(s)) => {
+                ctx.metrics.tls_handshake("client", s.negotiated());
+                client = s;
+                initial = TlsState::implicit_client();
+            }
+            Ok(Err(e)) => {
+                ctx.metrics.tls_handshake("client", None);
+                info!(error = %e, "implicit TLS handshake with client failed");
+                return Outcome::ClientError;
+            }
+            Err(_) => {
+                ctx.metrics.tls_handshake("client", None);
+                info!("implicit TLS handshake with client timed out");
+                return Outcome::Timeout;
+            }
+        }
+    }
+    let mut backend = MaybeTls::Plain(backend);
+    if ctx.config.tls.backend == BackendTlsPolicy::Implicit {
+        let r = tokio::time::timeout(
+            ctx.config.timeouts.backend_connect,
+            backend.connect(&tls.connector, tls.name.clone()),
+        )
+        .await;
+        match r {
+            Ok(Ok(s)) => {
+                ctx.metrics.tls_handshake("backend", s.negotiated());
+                backend = s;
+                initial.backend = true;
+            }
+            other => {
+                ctx.metrics.tls_handshake("backend", None);
+                let reason = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "handshake timed out".into(),
+                };
+                warn!(reason = %reason, "TLS towards the backend failed (implicit); closing session");
+                let reply = LocalReply::BackendTlsFailed;
+                ctx.metrics.reply(reply.code());
+                let _ = grace(write_flush(&mut client, &reply.to_bytes())).await;
+                return Outcome::BackendError;
+            }
+        }
+    }
     tracing::Span::current().record("backend", tracing::field::display(backend_addr));
     debug!("session started");
     let backend_gauge = ctx
@@ -120,9 +186,9 @@ async fn serve(
     let addrs = Addresses {
         mode,
         client_ip: canonical_ip(peer.ip()),
-        client_local: client.local_addr().map(canon).unwrap_or(unknown),
+        client_local: client_local.map(canon).unwrap_or(unknown),
         backend: canon(backend_addr),
-        backend_local: backend.local_addr().map(canon).unwrap_or(unknown),
+        backend_local: backend_local.map(canon).unwrap_or(unknown),
     };
     let edge = PoolEdge {
         pool: Arc::clone(&ctx.pool),
@@ -137,7 +203,17 @@ async fn serve(
         addrs,
         Instant::now(),
     );
-    let outcome = pump(&mut machine, client, backend, &mut slot, ctx, shutdown).await;
+    machine.set_initial_tls(initial);
+    let outcome = pump(
+        &mut machine,
+        client,
+        backend,
+        &tls,
+        &mut slot,
+        ctx,
+        shutdown,
+    )
+    .await;
     backend_gauge.dec();
     machine.stats().log_end(outcome, started.elapsed());
     outcome
@@ -153,10 +229,51 @@ async fn say_goodbye(metrics: &crate::metrics::Metrics, client: &mut TcpStream, 
     .await;
 }
 
+/// The session's TLS client towards its backend: one resumption store shared by the
+/// control connection and its data connections, and the name verified.
+pub struct SessionTls {
+    /// ftpgate as the TLS client, with this session's resumption store.
+    pub connector: tokio_rustls::TlsConnector,
+    /// The name the backend's certificate must carry.
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+/// Upgrades `stream` in place with `upgrade`, bounded by the session deadlines and
+/// shutdown; the error names why it failed.
+async fn handshake<F, Fut>(
+    stream: &mut Option<MaybeTls>,
+    upgrade: F,
+    deadline: Option<(Instant, Deadline)>,
+    shutdown: &CancellationToken,
+) -> Result<(), String>
+where
+    F: FnOnce(MaybeTls) -> Fut,
+    Fut: Future<Output = io::Result<MaybeTls>>,
+{
+    let Some(plain) = stream.take() else {
+        return Err("connection already gone".into());
+    };
+    let mut timer = Timer::default();
+    timer.arm(deadline.map(|(at, _)| at));
+    tokio::select! {
+        r = upgrade(plain) => match r {
+            Ok(s) => {
+                *stream = Some(s);
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        () = timer.fired() => Err("handshake timed out".into()),
+        () = shutdown.cancelled() => Err("shutting down".into()),
+    }
+}
+
+#[allow(clippy::too_many_lines)]
 async fn pump(
     m: &mut Machine,
-    mut client: TcpStream,
-    mut backend: TcpStream,
+    client: MaybeTls,
+    backend: MaybeTls,
+    tls: &SessionTls,
     slot: &mut PreloginSlot<'_>,
     ctx: &SessionContext,
     shutdown: &CancellationToken,
@@ -165,9 +282,12 @@ async fn pump(
     let (data_tx, mut data_rx) = mpsc::unbounded_channel();
     let mut data = DataTasks {
         ctx,
+        tls,
         events: data_tx,
         scope: shutdown.child_token(),
         newest: None,
+        preliminaries: watch::channel(0u64).0,
+        upgrades: Upgrades::default(),
     };
     // Data mappings not yet in use are withdrawn when the session ends.
     let _withdraw_all = data.scope.clone().drop_guard();
@@ -175,10 +295,11 @@ async fn pump(
     let (mut noop_timer, mut deadline_timer) = (Timer::default(), Timer::default());
     let mut cbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut sbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let (mut cr, mut cw) = client.split();
-    let (mut br, mut bw) = backend.split();
+    // `None` only while a handshake owns the stream.
+    let (mut client, mut backend) = (Some(client), Some(backend));
     let mut drain_seen = false;
 
+    let mut deadline = m.next_deadline();
     loop {
         let read_client = m.wants_client_input();
         if read_client {
@@ -192,28 +313,42 @@ async fn pump(
         let reply_bound = Some(ctx.config.timeouts.backend_reply)
             .filter(|d| !d.is_zero())
             .map(|d| now + d);
-        let wake = match (m.next_deadline().map(|(at, _)| at), reply_bound) {
+        let wake = match (deadline.map(|(at, _)| at), reply_bound) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         deadline_timer.arm_early(wake);
         noop_timer.arm(m.next_keepalive());
         let mut backend_read_at = None;
+        let (Some(cs), Some(bs)) = (client.as_mut(), backend.as_mut()) else {
+            return closing.unwrap_or(Outcome::ClientError);
+        };
         tokio::select! {
-            r = cr.read_buf(&mut cbuf), if read_client => match r {
+            r = cs.read_buf(&mut cbuf), if read_client => match r {
                 Ok(0) => {
                     // Let the backend see the close; its own close ends its side.
-                    let _ = bw.shutdown().await;
+                    let _ = grace(bs.shutdown()).await;
                     m.on_client_closed();
                 }
-                Ok(_) => match drain_past_urgent_mark(cr.as_ref(), &mut cbuf, max_line) {
+                // Urgent data (Telnet Synch) exists only on plain TCP.
+                Ok(_) if cs.is_tls() => m.on_client_input(&mut cbuf, Instant::now()),
+                Ok(_) => match drain_past_urgent_mark(cs.tcp(), &mut cbuf, max_line) {
                     Ok(()) => m.on_client_input(&mut cbuf, Instant::now()),
                     Err(e) => m.on_error(&SessionError::ClientRead(e)),
                 },
+                // A TLS peer that closes TCP without close_notify (vsftpd after
+                // `221`, most clients after QUIT) has still closed.
+                Err(e) if cs.is_tls() && e.kind() == io::ErrorKind::UnexpectedEof => {
+                    let _ = grace(bs.shutdown()).await;
+                    m.on_client_closed();
+                }
                 Err(e) => m.on_error(&SessionError::ClientRead(e)),
             },
-            r = br.read_buf(&mut sbuf) => match r {
+            r = bs.read_buf(&mut sbuf) => match r {
                 Ok(0) => m.on_server_closed(&mut sbuf, Instant::now()),
+                Err(e) if bs.is_tls() && e.kind() == io::ErrorKind::UnexpectedEof => {
+                    m.on_server_closed(&mut sbuf, Instant::now());
+                }
                 Ok(_) => {
                     backend_read_at = Some(Instant::now());
                     m.on_server_input(&mut sbuf, Instant::now());
@@ -244,9 +379,30 @@ async fn pump(
             slot.release();
         }
         data.execute(m, &mut closing);
-        flush_backend(m, &mut bw, closing, &mut deadline_timer, shutdown).await;
+        // One deadline for both writes and the next turn's timer: only an error
+        // between them changes it, and an error closes the session anyway (a TLS step
+        // below recomputes it).
+        deadline = m.next_deadline();
+        flush_backend(
+            m,
+            backend.as_mut(),
+            closing,
+            deadline,
+            &mut deadline_timer,
+            shutdown,
+        )
+        .await;
         data.execute(m, &mut closing);
-        if flush_client(m, &mut cw, closing, &mut deadline_timer, shutdown).await {
+        if flush_client(
+            m,
+            client.as_mut(),
+            closing,
+            deadline,
+            &mut deadline_timer,
+            shutdown,
+        )
+        .await
+        {
             if let Some(t) = backend_read_at {
                 ctx.metrics
                     .reply_added_latency_seconds
@@ -254,21 +410,104 @@ async fn pump(
             }
         }
         data.execute(m, &mut closing);
+
+        // TLS upgrades, once the replies announcing them are out. Backend first: in
+        // mirror mode its success is what lets ftpgate send the client its 234.
+        if std::mem::take(&mut data.upgrades.backend) && closing.is_none() {
+            let r = handshake(
+                &mut backend,
+                |s| s.connect(&tls.connector, tls.name.clone()),
+                m.next_deadline(),
+                shutdown,
+            )
+            .await;
+            let negotiated = backend.as_ref().and_then(MaybeTls::negotiated);
+            ctx.metrics
+                .tls_handshake("backend", negotiated.filter(|_| r.is_ok()));
+            if let Some(n) = negotiated {
+                debug!(version = n.version, "backend control connection in TLS");
+            }
+            m.on_backend_tls(r, Instant::now());
+            data.execute(m, &mut closing);
+            deadline = m.next_deadline();
+            flush_client(
+                m,
+                client.as_mut(),
+                closing,
+                deadline,
+                &mut deadline_timer,
+                shutdown,
+            )
+            .await;
+            data.execute(m, &mut closing);
+            deadline = m.next_deadline();
+        }
+        if std::mem::take(&mut data.upgrades.client) && closing.is_none() {
+            if !cbuf.is_empty() {
+                // Bytes pipelined behind AUTH in clear text must not be taken as
+                // commands from inside TLS (the STARTTLS command-injection attack).
+                warn!(
+                    bytes = cbuf.len(),
+                    "discarding clear-text bytes sent after AUTH TLS"
+                );
+                cbuf.clear();
+            }
+            let r = match ctx.tls.acceptor() {
+                Some(acceptor) => {
+                    handshake(
+                        &mut client,
+                        |s| async move { s.accept(&acceptor).await },
+                        m.next_deadline(),
+                        shutdown,
+                    )
+                    .await
+                }
+                None => Err("no certificate configured".into()),
+            };
+            let negotiated = client.as_ref().and_then(MaybeTls::negotiated);
+            ctx.metrics
+                .tls_handshake("client", negotiated.filter(|_| r.is_ok()));
+            m.on_client_tls(r, Instant::now());
+            data.execute(m, &mut closing);
+            deadline = m.next_deadline();
+        }
+        if std::mem::take(&mut data.upgrades.passthrough) && closing.is_none() {
+            if let (Some(c), Some(b)) = (client.as_mut(), backend.as_mut()) {
+                return relay_opaque(c, b, &mut cbuf, &mut sbuf, ctx, shutdown).await;
+            }
+        }
+
         if let Some(outcome) = closing {
-            let _ = grace(cw.shutdown()).await;
+            if let Some(cw) = client.as_mut() {
+                let _ = grace(cw.shutdown()).await;
+            }
             return outcome;
         }
     }
 }
 
-/// The session's data connections: started and withdrawn as the machine says.
+/// TLS steps the machine asked for this turn, carried out after the outbox is written.
+#[derive(Default)]
+struct Upgrades {
+    client: bool,
+    backend: bool,
+    passthrough: bool,
+}
+
+/// The session's data connections: started and withdrawn as the machine says; the
+/// TLS steps it asks for are noted in `upgrades`.
 struct DataTasks<'a> {
     ctx: &'a SessionContext,
+    tls: &'a SessionTls,
     events: mpsc::UnboundedSender<DataEvent>,
     /// Parent of every data task's token; cancelled when the session ends.
     scope: CancellationToken,
     /// The newest data mapping, withdrawn when a newer one replaces it.
     newest: Option<CancellationToken>,
+    /// Counts the backend's `1xx` replies to transfer commands: a TLS data connection
+    /// to the backend handshakes after the next one.
+    preliminaries: watch::Sender<u64>,
+    upgrades: Upgrades,
 }
 
 impl DataTasks<'_> {
@@ -289,9 +528,16 @@ impl DataTasks<'_> {
                         &c.metrics,
                         &self.events,
                         &self.scope,
+                        &c.tls,
+                        self.tls,
+                        self.preliminaries.subscribe(),
                     ));
                 }
                 Action::Close(o) => *closing = closing.or(Some(o)),
+                Action::StartBackendTls => self.upgrades.backend = true,
+                Action::StartClientTls => self.upgrades.client = true,
+                Action::Passthrough => self.upgrades.passthrough = true,
+                Action::TransferPreliminary => self.preliminaries.send_modify(|n| *n += 1),
             }
         }
     }
@@ -300,15 +546,19 @@ impl DataTasks<'_> {
 /// Writes the backend's outbox; a failure becomes a machine input.
 async fn flush_backend(
     m: &mut Machine,
-    bw: &mut WriteHalf<'_>,
+    bw: Option<&mut MaybeTls>,
     closing: Option<Outcome>,
+    deadline: Option<(Instant, Deadline)>,
     timer: &mut Timer,
     shutdown: &CancellationToken,
 ) {
     if m.out.to_backend.is_empty() {
         return;
     }
-    let deadline = m.next_deadline();
+    let Some(bw) = bw else {
+        m.out.to_backend.clear();
+        return;
+    };
     let r = match closing {
         Some(_) => grace(write_backend(bw, &m.out)).await,
         None => bounded(write_backend(bw, &m.out), timer, deadline, shutdown).await,
@@ -327,18 +577,22 @@ async fn flush_backend(
 /// interruption becomes a machine input.
 async fn flush_client(
     m: &mut Machine,
-    cw: &mut WriteHalf<'_>,
+    cw: Option<&mut MaybeTls>,
     closing: Option<Outcome>,
+    deadline: Option<(Instant, Deadline)>,
     timer: &mut Timer,
     shutdown: &CancellationToken,
 ) -> bool {
     if m.out.to_client.is_empty() {
         return false;
     }
-    let deadline = m.next_deadline();
+    let Some(cw) = cw else {
+        m.out.to_client.clear();
+        return false;
+    };
     let r = match closing {
-        Some(_) => grace(cw.write_all(&m.out.to_client)).await,
-        None => bounded(cw.write_all(&m.out.to_client), timer, deadline, shutdown).await,
+        Some(_) => grace(write_flush(cw, &m.out.to_client)).await,
+        None => bounded(write_flush(cw, &m.out.to_client), timer, deadline, shutdown).await,
     };
     m.out.to_client.clear();
     match r {
@@ -352,11 +606,46 @@ async fn flush_client(
         Err(interrupt) => {
             interrupted(m, interrupt);
             // One last try for the 421 that explains the close.
-            let _ = grace(cw.write_all(&m.out.to_client)).await;
+            let _ = grace(write_flush(cw, &m.out.to_client)).await;
             m.out.to_client.clear();
         }
     }
     false
+}
+
+/// Transparent FTPS: the rest of the control connection is TLS between the client and
+/// its server, which ftpgate can neither read nor rewrite. Bytes already read go on
+/// first; then both directions are copied until either side closes or shutdown.
+async fn relay_opaque(
+    client: &mut MaybeTls,
+    backend: &mut MaybeTls,
+    cbuf: &mut Vec<u8>,
+    sbuf: &mut Vec<u8>,
+    ctx: &SessionContext,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    ctx.metrics.tls_passthrough_total.inc();
+    info!("server accepted AUTH TLS: relaying the control connection opaquely (transparent FTPS passthrough)");
+    let relay = async {
+        write_flush(backend, cbuf).await?;
+        write_flush(client, sbuf).await?;
+        cbuf.clear();
+        sbuf.clear();
+        tokio::io::copy_bidirectional(client, backend).await
+    };
+    tokio::select! {
+        r = relay => match r {
+            Ok((up, down)) => {
+                debug!(up, down, "opaque control relay ended");
+                Outcome::Closed
+            }
+            Err(e) => {
+                debug!(error = %e, "opaque control relay ended with error");
+                Outcome::Closed
+            }
+        },
+        () = shutdown.cancelled() => Outcome::Shutdown,
+    }
 }
 
 /// A write interrupted by a deadline or shutdown: what was queued cannot be delivered

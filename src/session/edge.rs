@@ -10,11 +10,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::data::{DataEvent, DataPlan, Endpoint};
+use super::data::{DataEvent, DataPlan, DataTlsPlan, Endpoint};
+use super::driver::SessionTls;
 use super::machine::{DataSpec, EndpointSpec, ListenerSide, SessionEdge};
 use crate::config::Config;
 use crate::dataport::{LeaseError, PortLease, PortPool};
 use crate::metrics::Metrics;
+use crate::tls::TlsContexts;
 
 /// A leased port with its listener.
 #[derive(Debug)]
@@ -69,14 +71,28 @@ fn per_session_full(held: usize, max: usize) -> bool {
 }
 
 /// Starts a data connection; the returned token withdraws it until it is in use.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_data(
     spec: DataSpec<BoundPort>,
     cfg: &Config,
     metrics: &Arc<Metrics>,
     events: &mpsc::UnboundedSender<DataEvent>,
     parent: &CancellationToken,
+    contexts: &TlsContexts,
+    session: &SessionTls,
+    preliminary: tokio::sync::watch::Receiver<u64>,
 ) -> CancellationToken {
     let t = &cfg.timeouts;
+    let tls = DataTlsPlan {
+        client: spec.tls.client.then(|| contexts.acceptor()).flatten(),
+        backend: spec
+            .tls
+            .backend
+            .then(|| (session.connector.clone(), session.name.clone())),
+        require_reuse: cfg.tls.require_session_reuse,
+        unclean: cfg.tls.unclean_client_eof,
+        preliminary: Some(preliminary),
+    };
     let plan = DataPlan {
         id: spec.id,
         mode: spec.mode,
@@ -85,6 +101,7 @@ pub fn spawn_data(
         accept_timeout: t.data_connect,
         connect_timeout: t.backend_connect,
         idle_timeout: (!t.data_idle.is_zero()).then_some(t.data_idle),
+        tls,
     };
     let cancel = parent.child_token();
     tokio::spawn(

@@ -41,6 +41,32 @@ pub enum Injected {
     Noop,
     /// PASV/EPSV/PORT/EPRT for mode translation: the reply goes to the translation step.
     DataSetup,
+    /// `AUTH TLS`, `PBSZ 0`, `PROT P` when ftpgate itself upgrades the backend
+    /// (`tls.backend: required`, or an implicit-TLS client): the reply goes to the
+    /// TLS step, never to the client.
+    Tls(TlsCommand),
+}
+
+/// The FTPS commands ftpgate sends on its own (RFC 4217 §§4, 8, 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsCommand {
+    /// `AUTH TLS`.
+    Auth,
+    /// `PBSZ 0`.
+    Pbsz,
+    /// `PROT P`.
+    Prot,
+}
+
+impl TlsCommand {
+    /// The command line sent.
+    pub fn line(self) -> &'static [u8] {
+        match self {
+            TlsCommand::Auth => b"AUTH TLS\r\n",
+            TlsCommand::Pbsz => b"PBSZ 0\r\n",
+            TlsCommand::Prot => b"PROT P\r\n",
+        }
+    }
 }
 
 /// Who a server reply answers.
@@ -332,7 +358,9 @@ impl ReplyLedger {
         });
         let disposition = match (origin, code.0) {
             (Some(Origin::Injected(Injected::Noop)), _) => Disposition::Swallow,
-            (Some(Origin::Injected(Injected::DataSetup)), _) => Disposition::Intercept,
+            (Some(Origin::Injected(Injected::DataSetup | Injected::Tls(_))), _) => {
+                Disposition::Intercept
+            }
             (_, 227) if self.rewrite_passive => Disposition::RewritePasv,
             (_, 229) if self.rewrite_passive => Disposition::RewriteEpsv,
             _ => Disposition::Forward,

@@ -19,13 +19,18 @@ use super::active::{backend_announce, check_active_target, client_connect_local,
 use super::data::{DataEvent, DataMode};
 use super::drain::{drain_step, DrainStep, DrainView};
 use super::keepalive;
-use super::ledger::{Disposition, Injected, Origin, ReplyLedger};
+use super::ledger::{Disposition, Injected, Origin, ReplyLedger, TlsCommand};
 use super::outcome::{Outcome, SessionError};
 use super::passive::{
     announce_v4, client_listener_ip, fix_private_pasv, passive_target, HeldReply,
     PassiveTargetDecision,
 };
 use super::replies::LocalReply;
+use super::tls::{
+    data_tls, decide_auth, decide_pbsz, decide_prot, inject_backend_prot, missing_features,
+    required_refusal, upgrade_backend_at_greeting, AuthDecision, DataTls, ProtectionDecision,
+    TlsState,
+};
 use super::translate::{setup_reply, HeldCommand, Setup, SetupVerdict, Translation};
 use crate::config::{BackendDataMode, Config, ListenerMode};
 use crate::dataport::LeaseError;
@@ -111,6 +116,8 @@ pub struct DataSpec<L> {
     pub client: EndpointSpec<L>,
     /// The backend side.
     pub backend: EndpointSpec<L>,
+    /// Which sides are TLS (`PROT P` in force on that side).
+    pub tls: DataTls,
 }
 
 /// What the driver must do besides writing the outbox.
@@ -123,6 +130,22 @@ pub enum Action<L> {
     OpenData(DataSpec<L>),
     /// Write the outbox, close the client's control connection, end the session.
     Close(Outcome),
+    /// After writing the outbox: TLS handshake with the backend as the TLS client;
+    /// report with [`SessionMachine::on_backend_tls`].
+    StartBackendTls,
+    /// The backend sent a transfer command's `1xx`: it is ready for the data
+    /// connection's TLS handshake (pyftpdlib takes a ClientHello that arrives before
+    /// it processed the command as stray data and resets; curl, too, starts data TLS
+    /// only after the `150`).
+    TransferPreliminary,
+    /// After writing the outbox (the server's `234`): relay both control connections
+    /// as opaque bytes until either closes (transparent mode, `AUTH TLS` to a server
+    /// ftpgate has no certificate for). The machine has no more say.
+    Passthrough,
+    /// After writing the outbox (the `234`): discard unread client bytes, TLS
+    /// handshake with the client as the TLS server; report with
+    /// [`SessionMachine::on_client_tls`].
+    StartClientTls,
 }
 
 /// Bytes for the two control connections.
@@ -188,6 +211,9 @@ pub struct SessionMachine<E: SessionEdge> {
     prelogin_bytes: usize,
     /// A data-port share refusal was logged (a PASV flood logs once, counts all).
     port_share_logged: bool,
+    tls: TlsState,
+    /// Inner lines of the backend reply being received (for `FEAT` augmentation).
+    reply_lines: Vec<Vec<u8>>,
 }
 
 impl<E: SessionEdge> SessionMachine<E> {
@@ -225,6 +251,8 @@ impl<E: SessionEdge> SessionMachine<E> {
             draining: false,
             prelogin_bytes: 0,
             port_share_logged: false,
+            tls: TlsState::default(),
+            reply_lines: Vec::new(),
         }
     }
 
@@ -237,6 +265,20 @@ impl<E: SessionEdge> SessionMachine<E> {
         self.closing.is_none()
             && self.ledger.outstanding() < self.cfg.control.max_pipelined_commands
             && !self.translation.holding()
+            && !self.tls.client_handshake_pending
+            && !self.tls.backend_handshake_pending
+            && !self.tls.passthrough_pending
+    }
+
+    /// Sets the TLS state a session starts with: an implicit-TLS client listener, an
+    /// implicit-TLS backend. Called before any input.
+    pub fn set_initial_tls(&mut self, st: TlsState) {
+        self.tls = st;
+    }
+
+    /// The session's TLS state.
+    pub fn tls_state(&self) -> &TlsState {
+        &self.tls
     }
 
     /// The earliest session deadline, if any applies.
@@ -434,6 +476,45 @@ impl<E: SessionEdge> SessionMachine<E> {
         self.settle();
     }
 
+    /// The backend handshake ([`Action::StartBackendTls`]) ended; `Err` names why.
+    pub fn on_backend_tls(&mut self, result: Result<(), String>, now: Instant) {
+        self.now = now;
+        match result {
+            Ok(()) => {
+                self.tls.backend = true;
+                let own = std::mem::take(&mut self.tls.backend_handshake_pending);
+                if inject_backend_prot(self.cfg.tls.backend_data, own) {
+                    self.protect_backend_data();
+                }
+                if self.tls.client_handshake_pending {
+                    // Mirror: the backend is in TLS; now the client's turn.
+                    self.reply_now(LocalReply::AuthTlsOk);
+                    self.actions.push(Action::StartClientTls);
+                }
+            }
+            Err(reason) => {
+                warn!(reason = %reason, "TLS towards the backend failed; closing session");
+                self.reply_now(LocalReply::BackendTlsFailed);
+                self.close(Outcome::BackendError);
+            }
+        }
+        self.settle();
+    }
+
+    /// The client handshake ([`Action::StartClientTls`]) ended; `Err` names why.
+    pub fn on_client_tls(&mut self, result: Result<(), String>, now: Instant) {
+        self.now = now;
+        self.tls.client_handshake_pending = false;
+        match result {
+            Ok(()) => self.tls.client = true,
+            Err(reason) => {
+                info!(reason = %reason, "client TLS handshake failed; closing session");
+                self.close(Outcome::ClientError);
+            }
+        }
+        self.settle();
+    }
+
     /// The gateway drains: the session says `421` and closes at its next command
     /// boundary (at once when idle); a running transfer and a data connection already
     /// promised to the client are honoured first. See [`super::drain`].
@@ -460,6 +541,11 @@ impl<E: SessionEdge> SessionMachine<E> {
         self.metrics.command(cmd.verb);
         debug!(command = %LogText::from_str(&redact_for_log(line)), "client command");
         let mode = self.cfg.backend_data_mode;
+        let policy = self.cfg.tls.client_policy();
+        if let Some(reply) = required_refusal(policy, self.cfg.tls.client_data, cmd.verb, &self.tls)
+        {
+            return self.refuse((Refusal::TlsRequired, reply));
+        }
         match cmd.verb {
             // RFC 1639: a 228 passed through would leak the backend's address; refusing
             // makes clients fall back to EPSV/PASV.
@@ -490,10 +576,24 @@ impl<E: SessionEdge> SessionMachine<E> {
                 self.forward(line, cmd.verb);
             }
             v if v.is_transfer() => self.on_transfer_command(line, v),
-            // After `234` the control channel becomes TLS, which a line relay cannot
-            // carry. Until ftpgate terminates TLS itself, refuse plainly: clients that
-            // require TLS stop, clients that merely prefer it continue in plain text.
-            Verb::Auth => self.refuse((Refusal::AuthTls, LocalReply::AuthUnsupported)),
+            Verb::Auth => self.on_auth(cmd.arg),
+            Verb::Pbsz => match decide_pbsz(&self.tls, self.cfg.tls.backend_data) {
+                ProtectionDecision::Answer(r) => self.answer(r),
+                ProtectionDecision::Forward => self.forward(line, cmd.verb),
+            },
+            Verb::Prot => match decide_prot(cmd.arg, &self.tls, self.cfg.tls.backend_data) {
+                (ProtectionDecision::Answer(r), private) => {
+                    if let Some(p) = private {
+                        self.tls.client_private = p;
+                    }
+                    self.answer(r);
+                }
+                (ProtectionDecision::Forward, private) => {
+                    self.tls.pending_prot = private;
+                    self.forward(line, cmd.verb);
+                }
+            },
+            Verb::Ccc => self.refuse((Refusal::Ccc, LocalReply::CccRefused)),
             Verb::User => {
                 self.stats.set_user(cmd.arg);
                 self.forward(line, cmd.verb);
@@ -501,12 +601,79 @@ impl<E: SessionEdge> SessionMachine<E> {
             Verb::Abor | Verb::Stat => {
                 // RFC 959 §4.1.3: relay the Telnet Synch the client sent, so servers
                 // that watch for urgent data notice the command during a transfer.
-                if let Some(dm) = find_synch(line) {
+                // Inside TLS there is no urgent data: the command goes in band
+                // (ProFTPD mod_proxy does the same).
+                if let Some(dm) = find_synch(line).filter(|_| !self.tls.backend) {
                     self.out.urgent_at = Some(self.out.to_backend.len() + dm);
                 }
                 self.forward(line, cmd.verb);
             }
             verb => self.forward(line, verb),
+        }
+    }
+
+    /// ftpgate's own upgrade of the backend (after its `220`): `AUTH TLS`, and the
+    /// client is not read until the handshake is done.
+    fn upgrade_backend(&mut self) {
+        debug!("upgrading the backend control connection to TLS");
+        self.tls.backend_handshake_pending = true;
+        self.queue_for_backend(TlsCommand::Auth.line());
+        self.ledger.injected(Injected::Tls(TlsCommand::Auth));
+    }
+
+    /// `PBSZ 0` and `PROT P` to a backend ftpgate put into TLS itself: its data
+    /// connections are protected whatever the client does (servers like vsftpd
+    /// refuse clear data on TLS sessions by default).
+    fn protect_backend_data(&mut self) {
+        for cmd in [TlsCommand::Pbsz, TlsCommand::Prot] {
+            self.queue_for_backend(cmd.line());
+            self.ledger.injected(Injected::Tls(cmd));
+        }
+    }
+
+    /// The backend answered one of ftpgate's own FTPS commands.
+    fn on_tls_command_reply(&mut self, cmd: TlsCommand, code: u16, line: &[u8]) {
+        match (cmd, code) {
+            (TlsCommand::Auth, 234) => self.actions.push(Action::StartBackendTls),
+            (TlsCommand::Auth, _) => {
+                warn!(code, reply = %LogText(trim_eol(line)), "backend refused AUTH TLS (tls.backend requires it); closing session");
+                self.reply_now(LocalReply::BackendTlsFailed);
+                self.close(Outcome::BackendError);
+            }
+            (TlsCommand::Pbsz, _) => {}
+            (TlsCommand::Prot, c) => {
+                self.tls.backend_private = (200..300).contains(&c);
+                if !self.tls.backend_private {
+                    warn!(code, reply = %LogText(trim_eol(line)), "backend refused PROT P; its data connections stay clear");
+                }
+            }
+        }
+    }
+
+    /// `AUTH` from the client: refused, answered with our `234`, or sent on to the
+    /// backend first (mirror). Either way the client is not read until its handshake.
+    fn on_auth(&mut self, arg: &[u8]) {
+        let policy = self.cfg.tls.client_policy();
+        let transparent = self.addrs.mode == ListenerMode::Transparent;
+        match decide_auth(policy, self.cfg.tls.backend, transparent, arg, &self.tls) {
+            AuthDecision::Passthrough => {
+                info!("AUTH in transparent mode: forwarded; on 234 the control connection becomes an opaque relay");
+                self.tls.passthrough_pending = true;
+                self.forward(&[b"AUTH ", arg].concat(), Verb::Auth);
+            }
+            AuthDecision::Refuse(LocalReply::AuthUnsupported) => {
+                self.refuse((Refusal::AuthTls, LocalReply::AuthUnsupported))
+            }
+            AuthDecision::Refuse(r) => self.answer(r),
+            AuthDecision::AcceptLocally => {
+                self.tls.client_handshake_pending = true;
+                self.answer(LocalReply::AuthTlsOk);
+            }
+            AuthDecision::ForwardToBackend => {
+                self.tls.client_handshake_pending = true;
+                self.queue_for_backend(b"AUTH TLS\r\n");
+                self.ledger.forwarded(Verb::Auth);
+            }
         }
     }
 
@@ -639,13 +806,72 @@ impl<E: SessionEdge> SessionMachine<E> {
         };
         // The code the client receives for a reply ending here, if it receives one.
         let mut sent = outcome.ended.map(|e| e.code.0);
+        let preliminary = outcome.ended.is_some_and(|e| {
+            e.code.0 < 200 && matches!(e.origin, Some(Origin::Client(v)) if v.is_transfer())
+        });
+        if preliminary {
+            self.actions.push(Action::TransferPreliminary);
+        }
+        let ended_for = |verb: Verb| {
+            outcome
+                .ended
+                .filter(|e| e.origin == Some(Origin::Client(verb)) && e.code.is_final())
+                .map(|e| e.code.0)
+        };
+        if let Some(code) = ended_for(Verb::Auth).filter(|_| self.tls.passthrough_pending) {
+            if code == 234 {
+                self.push_line(line);
+                self.metrics.reply(code);
+                self.actions.push(Action::Passthrough);
+                return;
+            }
+            self.tls.passthrough_pending = false;
+        }
+        if let Some(code) = ended_for(Verb::Auth) {
+            if code == 234 {
+                // Mirror: ftpgate's own 234 follows the backend handshake.
+                self.actions.push(Action::StartBackendTls);
+                self.reply_lines.clear();
+                return;
+            }
+            warn!(code, reply = %LogText(trim_eol(line)), "backend refused AUTH TLS");
+            self.tls.client_handshake_pending = false;
+        }
+        if let Some(code) = ended_for(Verb::Prot) {
+            if let Some(p) = self
+                .tls
+                .pending_prot
+                .take()
+                .filter(|_| (200..300).contains(&code))
+            {
+                self.tls.client_private = p;
+                self.tls.backend_private = p;
+            }
+        }
         match outcome.disposition {
-            Disposition::Forward => self.push_line(line),
+            Disposition::Forward => {
+                let feat_end =
+                    matches!(outcome.line, ReplyLine::End(_)) && ended_for(Verb::Feat) == Some(211);
+                if feat_end {
+                    let policy = self.cfg.tls.client_policy();
+                    for f in missing_features(policy, &self.reply_lines) {
+                        push_line(&mut self.out.to_client, f);
+                    }
+                } else if outcome.ended.is_none() && self.reply_lines.len() < 256 {
+                    self.reply_lines.push(trim_eol(line).to_vec());
+                }
+                self.push_line(line);
+            }
             Disposition::Swallow => sent = None,
             Disposition::Intercept => {
                 sent = None;
                 if let Some(ended) = outcome.ended.filter(|e| e.code.is_final()) {
-                    self.on_setup_reply(line, ended.code.0);
+                    match ended.origin {
+                        Some(Origin::Injected(Injected::Tls(cmd))) => {
+                            self.on_tls_command_reply(cmd, ended.code.0, line);
+                        }
+                        _ => self.on_setup_reply(line, ended.code.0),
+                    }
                 }
             }
             Disposition::RewritePasv | Disposition::RewriteEpsv => {
@@ -667,7 +893,19 @@ impl<E: SessionEdge> SessionMachine<E> {
             self.metrics.reply(code);
         }
         if outcome.ended.is_some() {
+            self.reply_lines.clear();
             self.emit_local_replies();
+        }
+        let greeted = outcome
+            .ended
+            .is_some_and(|e| e.origin == Some(Origin::Greeting) && e.code.0 == 220);
+        if greeted {
+            if upgrade_backend_at_greeting(self.cfg.tls.backend, &self.tls) {
+                self.upgrade_backend();
+            } else if self.tls.backend && inject_backend_prot(self.cfg.tls.backend_data, true) {
+                // Implicit backend: already TLS; protect its data the same way.
+                self.protect_backend_data();
+            }
         }
     }
 
@@ -913,6 +1151,7 @@ impl<E: SessionEdge> SessionMachine<E> {
             mode,
             client,
             backend,
+            tls: data_tls(&self.tls),
         }));
     }
 
@@ -958,10 +1197,15 @@ impl<E: SessionEdge> SessionMachine<E> {
 
     fn emit_local_replies(&mut self) {
         while let Some(reply) = self.ledger.next_local_reply() {
-            if let Some(code) = parse_code(&reply) {
-                self.metrics.reply(code.0);
+            let code = parse_code(&reply).map(|c| c.0);
+            if let Some(code) = code {
+                self.metrics.reply(code);
             }
             self.out.to_client.extend_from_slice(&reply);
+            // RFC 2228: after our 234 the next byte on the control connection is TLS.
+            if code == Some(234) {
+                self.actions.push(Action::StartClientTls);
+            }
         }
     }
 
@@ -996,7 +1240,10 @@ impl<E: SessionEdge> SessionMachine<E> {
     fn drain_view(&self) -> DrainView {
         DrainView {
             replies_owed: self.ledger.outstanding(),
-            command_held: self.translation.holding(),
+            // A TLS handshake under way is a command (AUTH) not yet finished.
+            command_held: self.translation.holding()
+                || self.tls.client_handshake_pending
+                || self.tls.backend_handshake_pending,
             data_running: self.active_data,
             // A PORT answered by ftpgate (passive translation) or its own 227/229
             // (active translation) is a promise too, though no task runs yet.

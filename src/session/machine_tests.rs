@@ -770,3 +770,249 @@ fn drain_honours_a_pending_passive_setup() {
     assert!(t.take_client().starts_with("421 "));
     assert_eq!(t.closed(), Some(Outcome::Drained));
 }
+
+// ----- FTPS -----
+
+fn with_cert(cfg: &mut Config) {
+    cfg.tls.cert = Some("cert.pem".into());
+    cfg.tls.key = Some("key.pem".into());
+}
+
+fn has(
+    actions: &[Action<(ListenerSide, u16)>],
+    want: fn(&Action<(ListenerSide, u16)>) -> bool,
+) -> bool {
+    actions.iter().any(want)
+}
+
+/// curl `--ssl-reqd` in front of vsftpd (`tls.backend: mirror`): AUTH goes to the
+/// backend, its 234 is held until ftpgate's backend handshake, then the client
+/// gets ftpgate's own 234 and its handshake starts. Nothing the client pipelined
+/// behind AUTH is read before that.
+#[test]
+fn curl_auth_tls_mirrors_to_vsftpd() {
+    let mut t = session(with_cert);
+    t.client("AUTH TLS\r\nUSER sneaky\r\n");
+    assert_eq!(t.take_backend(), "AUTH TLS\r\n");
+    assert!(
+        !t.m.wants_client_input(),
+        "client read before its handshake"
+    );
+    t.server("234 Proceed with negotiation.\r\n");
+    assert_eq!(
+        t.take_client(),
+        "",
+        "backend's 234 must wait for the backend handshake"
+    );
+    let a = t.actions();
+    assert!(has(&a, |a| matches!(a, Action::StartBackendTls)));
+    t.m.on_backend_tls(Ok(()), t.now);
+    assert!(t.take_client().starts_with("234 "));
+    assert!(has(&t.actions(), |a| matches!(a, Action::StartClientTls)));
+    t.m.on_client_tls(Ok(()), t.now);
+    assert!(t.m.wants_client_input());
+    // PBSZ/PROT now go to the TLS backend; its 200 to PROT P protects both data sides.
+    t.client("PBSZ 0\r\nPROT P\r\n");
+    assert_eq!(t.take_backend(), "PBSZ 0\r\nPROT P\r\n");
+    t.server("200 PBSZ set to 0.\r\n200 PROT now Private.\r\n");
+    assert_eq!(
+        t.take_client(),
+        "200 PBSZ set to 0.\r\n200 PROT now Private.\r\n"
+    );
+    assert!(t.m.tls_state().client_private && t.m.tls_state().backend_private);
+}
+
+/// TLS offload (`tls.backend: off`): ftpgate answers AUTH, PBSZ and PROT itself;
+/// the backend never hears of TLS.
+#[test]
+fn offload_answers_auth_pbsz_prot_locally() {
+    let mut t = session(|c| {
+        with_cert(c);
+        c.tls.backend = crate::config::BackendTlsPolicy::Off;
+    });
+    t.client("AUTH TLS\r\n");
+    assert!(t.take_client().starts_with("234 "));
+    assert_eq!(t.take_backend(), "");
+    assert!(has(&t.actions(), |a| matches!(a, Action::StartClientTls)));
+    t.m.on_client_tls(Ok(()), t.now);
+    t.client("PBSZ 0\r\nPROT P\r\nCCC\r\n");
+    assert_eq!(t.take_client(), "200 PBSZ=0\r\n200 Protection level set to P.\r\n502 CCC not permitted through this gateway.\r\n");
+    assert_eq!(t.take_backend(), "");
+    assert_eq!(
+        data_tls(t.m.tls_state()),
+        DataTls {
+            client: true,
+            backend: false
+        }
+    );
+}
+
+/// Without a certificate, AUTH keeps today's 502, so clients that only prefer TLS
+/// carry on in clear text.
+#[test]
+fn no_certificate_keeps_502_for_auth() {
+    let mut t = session(|_| {});
+    t.client("AUTH TLS\r\n");
+    assert!(t.take_client().starts_with("502 "));
+    assert!(t.m.wants_client_input());
+    assert_eq!(t.refusals(Refusal::AuthTls), 1);
+}
+
+/// `tls.backend: required` behind a clear client: ftpgate sends AUTH TLS after the
+/// backend's 220 and holds the client's USER until the handshake; PBSZ/PROT replies
+/// are swallowed, the client sees only its own replies.
+#[test]
+fn required_backend_upgrade_is_invisible_to_a_clear_client() {
+    let mut t = session_with(CLIENT, |c| {
+        c.tls.backend = crate::config::BackendTlsPolicy::Required
+    });
+    assert_eq!(t.take_backend(), "AUTH TLS\r\n");
+    assert!(!t.m.wants_client_input());
+    t.server("234 Proceed.\r\n");
+    assert!(has(&t.actions(), |a| matches!(a, Action::StartBackendTls)));
+    t.m.on_backend_tls(Ok(()), t.now);
+    assert_eq!(t.take_backend(), "PBSZ 0\r\nPROT P\r\n");
+    assert!(t.m.wants_client_input());
+    t.client("USER u\r\n");
+    assert_eq!(t.take_backend(), "USER u\r\n");
+    t.server("200 PBSZ=0\r\n200 PROT now Private.\r\n331 pw\r\n");
+    assert_eq!(t.take_client(), "331 pw\r\n");
+    assert!(t.m.tls_state().backend_private);
+}
+
+/// A backend that refuses ftpgate's own AUTH TLS under `required`: 421.
+#[test]
+fn required_backend_refusing_auth_gets_421() {
+    let mut t = session_with(CLIENT, |c| {
+        c.tls.backend = crate::config::BackendTlsPolicy::Required
+    });
+    t.take_backend();
+    t.server("530 Please login with USER and PASS.\r\n");
+    assert!(t.take_client().starts_with("421 "));
+    assert_eq!(t.closed(), Some(Outcome::BackendError));
+}
+
+/// pyftpdlib's plain handler lists no FTPS features: ftpgate adds them before the
+/// final line of the backend's FEAT.
+#[test]
+fn feat_gains_auth_tls_pbsz_prot() {
+    let mut t = session(with_cert);
+    t.client("FEAT\r\n");
+    t.server("211-Features:\r\n EPSV\r\n211 End\r\n");
+    assert_eq!(
+        t.take_client(),
+        "211-Features:\r\n EPSV\r\n AUTH TLS\r\n PBSZ\r\n PROT\r\n211 End\r\n"
+    );
+}
+
+/// ftplib's urgent ABOR: inside TLS to the backend there is no urgent data; the
+/// command goes in band.
+#[test]
+fn abor_inside_backend_tls_sends_no_urgent_byte() {
+    let mut t = logged_in(with_cert);
+    t.m.set_initial_tls(TlsState {
+        client: true,
+        backend: true,
+        ..TlsState::default()
+    });
+    t.client("NOOP\r\n");
+    t.client_bytes(b"\xff\xf4\xff\xf2ABOR\r\n");
+    assert_eq!(t.m.out.urgent_at, None);
+}
+
+/// `tls.client: required`: vsftpd's `force_local_logins_ssl` behaviour at the gateway.
+#[test]
+fn required_client_refuses_clear_login() {
+    let mut t = session(|c| {
+        with_cert(c);
+        c.tls.client = Some(crate::config::ClientTlsPolicy::Required);
+    });
+    t.client("USER u\r\n");
+    assert!(t.take_client().starts_with("530 "));
+    assert_eq!(t.take_backend(), "");
+}
+
+/// A LAN client's FTPS through the transparent gateway: AUTH goes to the server, its
+/// 234 reaches the client, and the control connection becomes opaque.
+#[test]
+fn transparent_auth_tls_becomes_passthrough() {
+    let cfg = Config::default();
+    let mut a = addrs(CLIENT);
+    a.mode = ListenerMode::Transparent;
+    let now = Instant::now();
+    let m = SessionMachine::new(
+        Arc::new(cfg),
+        Arc::new(Metrics::new()),
+        FakeEdge::default(),
+        a,
+        now,
+    );
+    let mut t = T { m, now };
+    t.server("220 ready\r\n");
+    t.take_client();
+    t.client("AUTH TLS\r\n");
+    assert_eq!(t.take_backend(), "AUTH TLS\r\n");
+    assert!(!t.m.wants_client_input());
+    t.server("234 Proceed.\r\n");
+    assert_eq!(t.take_client(), "234 Proceed.\r\n");
+    assert!(has(&t.actions(), |a| matches!(a, Action::Passthrough)));
+}
+
+/// pyftpdlib resets a TLS data connection whose ClientHello arrives before it
+/// processed RETR: the backend's 150 is what lets the data task handshake.
+#[test]
+fn transfer_preliminary_reply_is_announced() {
+    let mut t = logged_in(|_| {});
+    t.client("PASV\r\n");
+    t.server("227 Entering Passive Mode (10,0,0,2,195,80).\r\n");
+    t.actions();
+    t.client("RETR f\r\n");
+    assert!(!has(&t.actions(), |a| matches!(
+        a,
+        Action::TransferPreliminary
+    )));
+    t.server("150 Opening data connection.\r\n");
+    assert!(has(&t.actions(), |a| matches!(
+        a,
+        Action::TransferPreliminary
+    )));
+    // A 1xx to anything else (a misbehaving server) is not a transfer starting.
+    t.client("NOOP\r\n");
+    t.server("226 done\r\n120 later\r\n200 ok\r\n");
+    assert!(!has(&t.actions(), |a| matches!(
+        a,
+        Action::TransferPreliminary
+    )));
+}
+
+/// `tls.backend_data: private`: whatever the client's PROT, the backend's data is
+/// protected; the client's PBSZ/PROT are answered by ftpgate.
+#[test]
+fn backend_data_private_keeps_farm_data_encrypted() {
+    let mut t = session(|c| {
+        with_cert(c);
+        c.tls.backend_data = crate::config::BackendDataProtection::Private;
+    });
+    t.client("AUTH TLS\r\n");
+    assert_eq!(t.take_backend(), "AUTH TLS\r\n");
+    t.server("234 Proceed.\r\n");
+    t.actions();
+    t.m.on_backend_tls(Ok(()), t.now);
+    assert_eq!(t.take_backend(), "PBSZ 0\r\nPROT P\r\n");
+    t.m.on_client_tls(Ok(()), t.now);
+    t.server("200 PBSZ=0\r\n200 PROT now Private.\r\n");
+    assert!(t.take_client().starts_with("234 "));
+    t.client("PBSZ 0\r\nPROT C\r\n");
+    assert_eq!(t.take_backend(), "");
+    assert_eq!(
+        t.take_client(),
+        "200 PBSZ=0\r\n200 Protection level set to C.\r\n"
+    );
+    assert_eq!(
+        data_tls(t.m.tls_state()),
+        DataTls {
+            client: false,
+            backend: true
+        }
+    );
+}

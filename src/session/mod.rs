@@ -10,6 +10,8 @@
 //!   replies (pure).
 //! - [`translate`]: mode translation (`backend_data_mode`), the one place data-setup
 //!   state lives (pure).
+//! - [`tls`]: FTPS policy — `AUTH`/`PBSZ`/`PROT`/`CCC`, `required` policies, which
+//!   data sides are TLS, `FEAT` augmentation (pure).
 //! - [`keepalive`]: when NOOPs go to the backend (pure).
 //! - [`replies`]: every reply ftpgate writes itself; [`outcome`]: errors with their
 //!   side, and how sessions end.
@@ -64,6 +66,7 @@ pub mod outcome;
 pub mod passive;
 pub mod replies;
 pub mod timer;
+pub mod tls;
 pub mod translate;
 pub mod upstream;
 pub mod writes;
@@ -103,4 +106,6 @@ pub struct SessionContext {
     pub admission: Arc<admission::Admission>,
     /// Fires when the gateway starts draining (see [`drain`]).
     pub drain: CancellationToken,
+    /// Certificates and rustls configurations (`tls:`).
+    pub tls: crate::tls::TlsContexts,
 }

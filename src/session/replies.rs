@@ -84,6 +84,31 @@ pub enum LocalReply {
     PreloginBudget,
     /// ftpgate itself ran out of a local resource (file descriptors, memory).
     LocalResourceLimit,
+    /// `AUTH TLS` accepted: the TLS handshake follows (RFC 4217 §4).
+    AuthTlsOk,
+    /// `AUTH` with a mechanism other than TLS/SSL (RFC 2228: 504).
+    AuthMechanismUnsupported,
+    /// `AUTH` on a control connection already in TLS (RFC 2228: 503).
+    AlreadyTls,
+    /// `PBSZ`/`PROT` before `AUTH TLS` (RFC 4217 §8, §9: 503).
+    SecurityExchangeFirst,
+    /// `PBSZ` answered: TLS has no protection buffer, so it is always 0 (RFC 4217 §8).
+    PbszOk,
+    /// `PROT C` or `PROT P` accepted.
+    ProtOk(u8),
+    /// `PROT S`/`PROT E`: no such level with TLS (RFC 4217 §9: 536).
+    ProtUnsupported,
+    /// An unknown `PROT` level (RFC 2228: 504).
+    ProtUnknown,
+    /// `CCC`: a clear control channel after TLS would re-blind middleboxes and hide
+    /// nothing.
+    CccRefused,
+    /// `tls.client: required`: a login before `AUTH TLS`.
+    TlsRequiredForLogin,
+    /// `tls.client_data: required`: a transfer without `PROT P`.
+    TlsRequiredForData,
+    /// The backend refused TLS, or its handshake failed; the session ends.
+    BackendTlsFailed,
 }
 
 impl LocalReply {
@@ -116,7 +141,16 @@ impl LocalReply {
             | TooFast
             | Draining
             | PreloginBudget
-            | LocalResourceLimit => 421,
+            | LocalResourceLimit
+            | BackendTlsFailed => 421,
+            AuthTlsOk => 234,
+            AuthMechanismUnsupported | ProtUnknown => 504,
+            AlreadyTls | SecurityExchangeFirst => 503,
+            PbszOk | ProtOk(_) => 200,
+            ProtUnsupported => 536,
+            CccRefused => 502,
+            TlsRequiredForLogin => 530,
+            TlsRequiredForData => 521,
         }
     }
 
@@ -210,6 +244,22 @@ impl fmt::Display for LocalReply {
                 "{code} Too many commands before login; closing control connection."
             ),
             LocalResourceLimit => write!(f, "{code} Service not available, local resource limit."),
+            AuthTlsOk => write!(f, "{code} AUTH TLS successful; proceed with negotiation."),
+            AuthMechanismUnsupported => write!(f, "{code} Unsupported AUTH mechanism; use TLS."),
+            AlreadyTls => write!(f, "{code} Control connection already protected by TLS."),
+            SecurityExchangeFirst => write!(f, "{code} Send AUTH TLS first."),
+            PbszOk => write!(f, "{code} PBSZ=0"),
+            ProtOk(level) => write!(f, "{code} Protection level set to {}.", char::from(*level)),
+            ProtUnsupported => write!(f, "{code} PROT level not supported by TLS; use C or P."),
+            ProtUnknown => write!(f, "{code} Unknown PROT level; use C or P."),
+            CccRefused => write!(f, "{code} CCC not permitted through this gateway."),
+            TlsRequiredForLogin => {
+                write!(f, "{code} TLS required: send AUTH TLS before logging in.")
+            }
+            TlsRequiredForData => {
+                write!(f, "{code} Data connections must be protected: send PROT P.")
+            }
+            BackendTlsFailed => write!(f, "{code} Service not available: TLS to server failed."),
         }
     }
 }

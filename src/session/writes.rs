@@ -6,12 +6,12 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::WriteHalf;
 use tokio_util::sync::CancellationToken;
 
 use super::machine::{Deadline, Outbox};
 use super::timer::Timer;
 use crate::net::send_urgent;
+use crate::tls::MaybeTls;
 
 /// How long a closing session tries to deliver its last reply (a client that does not
 /// read gets no more).
@@ -65,19 +65,26 @@ pub async fn grace<F: Future<Output = io::Result<()>>>(
 }
 
 /// Writes the backend's bytes, sending one byte as urgent data where a Telnet Synch
-/// was relayed.
-pub async fn write_backend(bw: &mut WriteHalf<'_>, out: &Outbox) -> io::Result<()> {
+/// was relayed (plain TCP only: inside TLS there is no urgent data, and the machine
+/// sets none for a TLS backend).
+pub async fn write_backend(bw: &mut MaybeTls, out: &Outbox) -> io::Result<()> {
     let bytes = &out.to_backend;
-    match out.urgent_at.filter(|&i| i < bytes.len()) {
+    match out.urgent_at.filter(|&i| i < bytes.len() && !bw.is_tls()) {
         Some(i) => {
             let (before, rest) = bytes.split_at(i);
             bw.write_all(before).await?;
             if let Some((&urgent, after)) = rest.split_first() {
-                send_urgent(bw.as_ref(), urgent).await?;
+                send_urgent(bw.tcp(), urgent).await?;
                 bw.write_all(after).await?;
             }
             Ok(())
         }
-        None => bw.write_all(bytes).await,
+        None => write_flush(bw, bytes).await,
     }
+}
+
+/// Writes and flushes: a TLS stream holds written bytes until flushed.
+pub async fn write_flush(s: &mut MaybeTls, bytes: &[u8]) -> io::Result<()> {
+    s.write_all(bytes).await?;
+    s.flush().await
 }

@@ -1,6 +1,9 @@
-//! Shared end-to-end test harness: network namespaces ([`netns`]), real FTP
-//! daemons ([`servers`]), real FTP clients ([`clients`]) and ftpgate as a
-//! process ([`proxy`]), plus ready-made topologies.
+//! The one test harness. End-to-end tests `mod common;` and get network
+//! namespaces ([`netns`]), real FTP daemons ([`servers`]), real FTP clients
+//! ([`clients`]) and ftpgate as a process ([`proxy`]), plus ready-made
+//! topologies. In-process tests need none of that: they include
+//! `common/inprocess.rs` (ftpgate on loopback port 0, a minimal client) and
+//! `common/mock_ftp.rs` (a scriptable server) with `#[path]`.
 //!
 //! Requirements: root, iproute2, and what `scripts/install-test-deps.sh`
 //! installs. Tests call [`e2e_enabled`] first: without privileges they skip
