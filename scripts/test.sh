@@ -68,4 +68,12 @@ RUST_TEST_THREADS="${TEST_THREADS:-4}" cargo test --all-targets -- "$@"
 step "cargo test --doc"
 cargo test --doc
 
+# Fuzz smoke (issue 13): each target a few seconds, so a target that no longer builds
+# or crashes on its seeds fails CI. Long runs: bash fuzz/run.sh SECONDS.
+step "fuzz smoke"
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+bash fuzz/run.sh "${FUZZ_SMOKE_SECONDS:-5}"
+
 step "all checks passed"

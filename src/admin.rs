@@ -93,8 +93,13 @@ impl Drop for SourceSlot {
 #[derive(Debug)]
 pub struct AdminState {
     metrics: Arc<Metrics>,
-    farm: Arc<Farm>,
+    /// The current snapshot's farm (a reload replaces it).
+    farm: std::sync::RwLock<Arc<Farm>>,
     serving: AtomicBool,
+    /// `POST /reload`, once the gateway has a reloader.
+    reloader: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
+    /// Set when draining starts: `/readyz` answers `503 draining` so balancers move on.
+    draining: AtomicBool,
 }
 
 impl AdminState {
@@ -103,14 +108,31 @@ impl AdminState {
     pub fn new(metrics: Arc<Metrics>, farm: Arc<Farm>) -> Self {
         AdminState {
             metrics,
-            farm,
+            farm: std::sync::RwLock::new(farm),
             serving: AtomicBool::new(false),
+            reloader: std::sync::OnceLock::new(),
+            draining: AtomicBool::new(false),
         }
     }
 
     /// Set once the FTP listeners accept sessions (and cleared at shutdown).
     pub fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::Relaxed);
+    }
+
+    /// The farm readiness looks at, after a reload.
+    pub fn set_farm(&self, farm: Arc<Farm>) {
+        *self.farm.write().unwrap_or_else(|p| p.into_inner()) = farm;
+    }
+
+    /// Enables `POST /reload`.
+    pub fn set_reloader(&self, r: Arc<crate::reload::Reloader>) {
+        let _ = self.reloader.set(r);
+    }
+
+    /// Set once draining starts; `/healthz` stays `200` (the process is fine).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// `Ok` when ftpgate can take sessions; otherwise why not. Backend reachability is
@@ -120,17 +142,21 @@ impl AdminState {
     /// is enough. The body lists every member's state either way (after `ok` or the
     /// reason), for the operator reading `curl /readyz`.
     pub fn readiness(&self) -> Result<String, String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining".into());
+        }
         if !self.serving.load(Ordering::Relaxed) {
             return Err("FTP listeners are not serving".into());
         }
-        let detail = self.farm.describe();
-        if self.farm.specs().is_empty() {
+        let farm = Arc::clone(&self.farm.read().unwrap_or_else(|p| p.into_inner()));
+        let detail = farm.describe();
+        if farm.specs().is_empty() {
             return Ok(detail);
         }
-        if self.farm.usable_members() == 0 {
+        if farm.usable_members() == 0 {
             return Err(format!(
                 "no backend reachable (0 of {} up)\n{detail}",
-                self.farm.members().len()
+                farm.members().len()
             ));
         }
         Ok(detail)
@@ -226,6 +252,9 @@ async fn serve_connection(stream: TcpStream, state: &Arc<AdminState>) {
 }
 
 fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if *req.method() == Method::POST && req.uri().path() == "/reload" {
+        return reload(state);
+    }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
     }
@@ -241,6 +270,9 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match state.readiness() {
             Ok(detail) => text(StatusCode::OK, format!("ok\n{detail}")),
+            Err(reason) if reason == "draining" => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+            }
             Err(reason) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {reason}\n"),
@@ -250,6 +282,32 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
             StatusCode::NOT_FOUND,
             "not found: try /metrics, /healthz or /readyz\n".into(),
         ),
+    }
+}
+
+/// `POST /reload`: the same reload as `SIGHUP`, answered with its outcome. Only the
+/// admin listener serves it (bind `admin.listen` to a trusted address).
+fn reload(state: &AdminState) -> Response<Full<Bytes>> {
+    let Some(r) = state.reloader.get() else {
+        return text(StatusCode::NOT_FOUND, "reload not available\n".into());
+    };
+    match r.reload() {
+        Ok(kept) if kept.is_empty() => text(StatusCode::OK, "reloaded\n".into()),
+        Ok(kept) => text(
+            StatusCode::OK,
+            format!(
+                "reloaded; kept old values (restart to apply): {}\n",
+                kept.join(", ")
+            ),
+        ),
+        Err(crate::reload::ReloadError::Invalid(errors)) => {
+            let mut body = String::from("reload refused, nothing changed:\n");
+            for e in errors.iter() {
+                body.push_str(&format!("{e}\n"));
+            }
+            text(StatusCode::UNPROCESSABLE_ENTITY, body)
+        }
+        Err(e) => text(StatusCode::CONFLICT, format!("{e}\n")),
     }
 }
 

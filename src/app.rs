@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -22,14 +23,27 @@ use crate::farm::{resolve, Farm};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::net::AcceptBackoff;
+use crate::reload::{ConfigSource, LogLevelSetter, Reloader, Snapshots};
 use crate::session::limits::PreloginSlots;
 use crate::session::{run_session, SessionContext};
 
 /// Connections the kernel queues per FTP listener while ftpgate is busy accepting.
 const CONTROL_BACKLOG: i32 = 1024;
 
-/// How long sessions get to say goodbye after shutdown before the process exits anyway.
-const DRAIN: Duration = Duration::from_secs(5);
+/// How long sessions get to say goodbye after a hard stop before the process exits anyway.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often the remaining-sessions gauge is refreshed while draining.
+const DRAIN_TICK: Duration = Duration::from_secs(1);
+
+/// How a gateway is told to stop.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignals {
+    /// Graceful: close listeners, let sessions reach a command boundary, bounded by
+    /// `drain_timeout` (`SIGTERM`, `SIGINT`).
+    pub drain: CancellationToken,
+    /// Immediate: every session gets `421` now (a second signal, or the drain timeout).
+    pub stop: CancellationToken,
+}
 
 /// Why the gateway could not start: a listener failed to bind.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +73,14 @@ pub enum AppError {
 pub struct Gateway {
     listeners: Vec<(TcpListener, ListenerMode, ListenerTls)>,
     ctx: Arc<SessionContext>,
+    /// What new sessions take; swapped by a reload.
+    snapshots: Arc<Snapshots>,
+    /// Wakes the health checker when a reload changed the backends.
+    reloaded: Arc<Notify>,
     /// The `/metrics` `/healthz` `/readyz` listener, when `admin.listen` is set.
     admin: Option<TcpListener>,
     admin_state: Arc<AdminState>,
+    drain_timeout: Duration,
 }
 
 impl Gateway {
@@ -116,21 +135,30 @@ impl Gateway {
             Some(r) => PortPool::new(r, &metrics),
             None => Arc::clone(&pool),
         };
+        let drain_timeout = config.drain_timeout;
         let ctx = Arc::new(SessionContext {
             pool,
             active_pool,
             balancer: Balancer::new(farm),
             listen_addrs,
             config: Arc::new(config.into_inner()),
-            prelogin: PreloginSlots::new(metrics.sessions_prelogin.clone()),
+            prelogin: Arc::new(PreloginSlots::new(metrics.sessions_prelogin.clone())),
+            admission: Arc::default(),
+            drain: CancellationToken::new(),
             metrics,
             tls,
         });
+        ctx.metrics
+            .config_last_reload_success_timestamp_seconds
+            .set(crate::reload::unix_now());
         Ok(Gateway {
             listeners,
+            snapshots: Arc::new(Snapshots::new(Arc::clone(&ctx))),
+            reloaded: Arc::new(Notify::new()),
             ctx,
             admin,
             admin_state,
+            drain_timeout,
         })
     }
 
@@ -142,57 +170,127 @@ impl Gateway {
             .collect()
     }
 
+    /// The reloader for this gateway (`SIGHUP`, `POST /reload`): re-reads `source`
+    /// and swaps a new snapshot in for new sessions. Call before serving.
+    pub fn reloader(
+        &self,
+        source: Option<ConfigSource>,
+        log_level: Option<LogLevelSetter>,
+    ) -> Arc<Reloader> {
+        let admin_state = Arc::clone(&self.admin_state);
+        let reloaded = Arc::clone(&self.reloaded);
+        let on_swap: crate::reload::SwapHook = Box::new(move |ctx: &SessionContext| {
+            admin_state.set_farm(Arc::clone(&ctx.balancer.farm));
+            // A stored permit: a reload between two waits is not lost.
+            reloaded.notify_one();
+        });
+        let r = Arc::new(Reloader::new(
+            Arc::clone(&self.snapshots),
+            source,
+            log_level,
+            Some(on_swap),
+        ));
+        self.admin_state.set_reloader(Arc::clone(&r));
+        r
+    }
+
     /// The bound admin address (with the real port when `:0` was asked for), if any.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown` fires, then waits (bounded) for sessions to end.
+    /// Serves until `shutdown` fires, then closes every session at once (`421`) and
+    /// waits (bounded) for them to end.
     pub async fn serve(self, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
+        self.serve_until(StopSignals {
+            drain: shutdown.clone(),
+            stop: shutdown,
+        })
+        .await;
+    }
+
+    /// Serves until `signals.drain` (graceful) or `signals.stop` (immediate) fires.
+    /// Draining closes the listeners at once, makes `/readyz` answer `503 draining`,
+    /// lets each session finish what it started, and after `drain_timeout` closes what
+    /// is left. Returns when the last session has ended.
+    pub async fn serve_until(self, signals: StopSignals) {
+        let sessions = TaskTracker::new();
+        // Health checks and the admin endpoint outlive the listeners: `/readyz` must
+        // say `draining` while sessions finish.
+        let infra = CancellationToken::new();
+        let _stop_infra = infra.clone().drop_guard();
+        let accepting = CancellationToken::new();
+        tokio::spawn(check_health(
+            Arc::clone(&self.snapshots),
+            Arc::clone(&self.reloaded),
+            infra.clone(),
+        ));
         let farm = Arc::clone(&self.ctx.balancer.farm);
-        tracker.spawn(health::run(
-            Arc::clone(&farm),
-            self.ctx.config.health.clone(),
-            self.ctx.config.timeouts.backend_connect,
-            self.ctx.config.backend_proxy_protocol,
-            Arc::clone(&self.ctx.metrics),
-            shutdown.clone(),
-        ));
-        tracker.spawn(resolve::run(
-            Arc::clone(&farm),
-            self.ctx.config.backend_resolve_interval,
-            shutdown.clone(),
-        ));
         let backends: Vec<String> = farm.specs().iter().map(ToString::to_string).collect();
         info!(listeners = ?self.local_addrs(), ?backends, balance = farm.policy().label(), data_ports = %self.ctx.config.data_ports, relay = ?crate::relay::relay_mode(), "ftpgate ready");
         if let Some(admin) = self.admin {
             if let Ok(addr) = admin.local_addr() {
                 info!(%addr, "admin endpoint serving /metrics, /healthz, /readyz");
             }
-            tracker.spawn(admin::run(
+            tokio::spawn(admin::run(
                 admin,
                 Arc::clone(&self.admin_state),
-                shutdown.clone(),
+                infra.clone(),
             ));
         }
+        let acceptors = TaskTracker::new();
         for (listener, mode, tls) in self.listeners {
-            tracker.spawn(accept_loop(
+            acceptors.spawn(accept_loop(
                 listener,
                 mode,
                 tls,
-                Arc::clone(&self.ctx),
-                shutdown.clone(),
-                tracker.clone(),
+                Arc::clone(&self.snapshots),
+                accepting.clone(),
+                signals.stop.clone(),
+                sessions.clone(),
             ));
         }
+        acceptors.close();
         self.admin_state.set_serving(true);
-        shutdown.cancelled().await;
-        self.admin_state.set_serving(false);
-        tracker.close();
-        if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
-            warn!("sessions still open after drain period; exiting anyway");
+        tokio::select! {
+            () = signals.drain.cancelled() => {}
+            () = signals.stop.cancelled() => {}
         }
+        // Readiness and the gauge first, so anyone who sees the listeners closed sees
+        // them too; then the listeners: a balancer's next connect goes elsewhere.
+        let metrics = &self.ctx.metrics;
+        metrics.draining.set(1);
+        self.admin_state.set_draining();
+        self.admin_state.set_serving(false);
+        accepting.cancel();
+        acceptors.wait().await;
+        self.ctx.drain.cancel();
+        sessions.close();
+        if !signals.stop.is_cancelled() {
+            info!(sessions = sessions.len(), timeout = ?self.drain_timeout, "draining: listeners closed; sessions finish what they started");
+        }
+        let deadline = tokio::time::sleep(self.drain_timeout);
+        tokio::pin!(deadline);
+        loop {
+            metrics.drain_sessions_remaining.set(sessions.len() as i64);
+            tokio::select! {
+                () = sessions.wait() => break,
+                () = &mut deadline, if !signals.stop.is_cancelled() => {
+                    let left = sessions.len();
+                    metrics.drain_sessions_closed_total.inc_by(left as u64);
+                    warn!(sessions = left, "drain timeout: closing the sessions left");
+                    signals.stop.cancel();
+                }
+                () = signals.stop.cancelled() => {
+                    if tokio::time::timeout(STOP_GRACE, sessions.wait()).await.is_err() {
+                        warn!("sessions still open after stop; exiting anyway");
+                    }
+                    break;
+                }
+                () = tokio::time::sleep(DRAIN_TICK) => {}
+            }
+        }
+        metrics.drain_sessions_remaining.set(0);
         info!("ftpgate stopped");
     }
 }
@@ -201,7 +299,8 @@ async fn accept_loop(
     listener: TcpListener,
     mode: ListenerMode,
     tls: ListenerTls,
-    ctx: Arc<SessionContext>,
+    snapshots: Arc<Snapshots>,
+    accepting: CancellationToken,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -211,16 +310,54 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff.reset();
-                    tracker.spawn(run_session(stream, peer, mode, tls, Arc::clone(&ctx), shutdown.clone()));
+                    // Each session keeps the snapshot it started with across reloads.
+                    tracker.spawn(run_session(stream, peer, mode, tls, snapshots.current(), shutdown.clone()));
                     continue;
                 }
-                Err(e) => backoff.after_error(&e, &ctx.metrics, "accept"),
+                Err(e) => backoff.after_error(&e, &snapshots.current().metrics, "accept"),
             },
-            () = shutdown.cancelled() => return,
+            () = accepting.cancelled() => return,
         };
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return,
+            () = accepting.cancelled() => return,
+        }
+    }
+}
+
+/// Health checks for the current snapshot's backends, restarted when a reload
+/// swaps a new snapshot in.
+async fn check_health(snapshots: Arc<Snapshots>, reloaded: Arc<Notify>, stop: CancellationToken) {
+    let mut first = true;
+    loop {
+        let ctx = snapshots.current();
+        let farm = Arc::clone(&ctx.balancer.farm);
+        let round = stop.child_token();
+        tokio::spawn(health::run(
+            Arc::clone(&farm),
+            ctx.config.health.clone(),
+            ctx.config.timeouts.backend_connect,
+            ctx.config.backend_proxy_protocol,
+            Arc::clone(&ctx.metrics),
+            round.clone(),
+        ));
+        let (interval, resolved_at_start) = (ctx.config.backend_resolve_interval, first);
+        let names = round.clone();
+        tokio::spawn(async move {
+            // At start `Gateway::bind` resolved the names before "ready"; a reloaded
+            // farm resolves its names now (its addresses are members at once).
+            if !resolved_at_start {
+                tokio::select! {
+                    () = resolve::resolve_once(&farm) => {}
+                    () = names.cancelled() => return,
+                }
+            }
+            resolve::run(farm, interval, names).await;
+        });
+        first = false;
+        tokio::select! {
+            () = reloaded.notified() => round.cancel(),
+            () = stop.cancelled() => return,
         }
     }
 }

@@ -44,6 +44,13 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Make a running `ftpgate run --pid-file F` reload its configuration (sends
+    /// SIGHUP; the outcome is in its log and `ftpgate_config_reload_total`).
+    Reload {
+        /// The file `ftpgate run --pid-file` wrote.
+        #[arg(long, value_name = "FILE")]
+        pid_file: PathBuf,
+    },
     /// Diagnose an FTP server through NAT, firewalls and load balancers
     /// (exit 0: every check passed, 1: a check failed, 2: usage error).
     Probe(Box<crate::probe::ProbeArgs>),
@@ -142,6 +149,19 @@ pub struct RunArgs {
     /// Sessions not yet logged in, at most (0: unlimited). YAML: limits.max_prelogin_sessions.
     #[arg(long, value_name = "N")]
     pub max_prelogin_sessions: Option<usize>,
+    /// Sessions open at once, at most (0: unlimited). YAML: limits.max_sessions.
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<usize>,
+    /// Sessions open at once from one client address (0: unlimited).
+    /// YAML: limits.max_sessions_per_ip.
+    #[arg(long, value_name = "N")]
+    pub max_sessions_per_ip: Option<usize>,
+    /// After SIGTERM/SIGINT, how long running sessions may finish. YAML: drain_timeout.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Write the process id here (for `ftpgate reload --pid-file`).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
     /// Data relay: auto (splice(2) on Linux) or copy (user-space buffer). YAML: relay.
     #[arg(long, value_name = "MODE", value_enum)]
     pub relay: Option<RelayMode>,
@@ -305,6 +325,15 @@ impl RunArgs {
         }
         if let Some(n) = self.max_prelogin_sessions {
             cfg.limits.max_prelogin_sessions = n;
+        }
+        if let Some(n) = self.max_sessions {
+            cfg.limits.max_sessions = n;
+        }
+        if let Some(n) = self.max_sessions_per_ip {
+            cfg.limits.max_sessions_per_ip = n;
+        }
+        if let Some(d) = self.drain_timeout {
+            cfg.drain_timeout = d;
         }
         if let Some(r) = self.relay {
             cfg.relay = r;

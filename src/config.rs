@@ -497,15 +497,91 @@ pub struct AdminConfig {
 pub struct LimitsConfig {
     /// Sessions not yet logged in, at most; 0: unlimited.
     pub max_prelogin_sessions: usize,
+    /// Sessions open at once, at most; 0: unlimited. Refused with `421` before any
+    /// backend connect.
+    pub max_sessions: usize,
+    /// Sessions open at once from one client address, at most; 0: unlimited.
+    pub max_sessions_per_ip: usize,
+    /// New sessions per client address (`20/s`, `100/m burst 20`); unset: unlimited.
+    pub new_sessions_per_ip: Option<SessionRate>,
+    /// Data ports one session may hold at once (leased and not yet released); a new
+    /// `PASV`/`EPSV` releases the session's own unused one first.
+    pub data_ports_per_session: usize,
+    /// Bytes of command lines a client may send before it has logged in (a client
+    /// chatting without logging in holds a backend session); 0: unlimited.
+    pub prelogin_bytes: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_prelogin_sessions: 1000,
+            max_sessions: 0,
+            max_sessions_per_ip: 0,
+            new_sessions_per_ip: None,
+            data_ports_per_session: 4,
+            prelogin_bytes: 64 * 1024,
         }
     }
 }
+
+/// A rate of new sessions with a burst: `20/s`, `600/m`, `1000/h`, optionally
+/// followed by `burst N` (default: the count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SessionRate {
+    /// Sessions per `per`.
+    pub count: u32,
+    /// The period of `count`.
+    pub per: Duration,
+    /// Sessions a quiet address may open at once.
+    pub burst: u32,
+}
+
+impl SessionRate {
+    /// Sessions per second.
+    pub fn per_second(self) -> f64 {
+        f64::from(self.count) / self.per.as_secs_f64()
+    }
+}
+
+impl std::str::FromStr for SessionRate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}`: expected a rate like 20/s, 600/m or 100/m burst 20");
+        let mut words = s.split_whitespace();
+        let (count, unit) = words
+            .next()
+            .and_then(|r| r.split_once('/'))
+            .ok_or_else(bad)?;
+        let count: u32 = count.parse().map_err(|_| bad())?;
+        let per = match unit {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        let burst = match (words.next(), words.next(), words.next()) {
+            (None, _, _) => count,
+            (Some("burst"), Some(n), None) => n.parse().map_err(|_| bad())?,
+            _ => return Err(bad()),
+        };
+        if count == 0 || burst == 0 {
+            return Err(format!("`{s}`: rate and burst must be at least 1"));
+        }
+        Ok(SessionRate { count, per, burst })
+    }
+}
+
+impl TryFrom<String> for SessionRate {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+/// How long a draining gateway waits for sessions before closing them.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Active mode (PORT/EPRT) relaying.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -687,6 +763,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Caps on what clients may hold.
     pub limits: LimitsConfig,
+    /// After `SIGTERM`/`SIGINT`, how long sessions may finish before they are closed.
+    pub drain_timeout: Duration,
     /// The admin HTTP endpoint (metrics, health).
     pub admin: AdminConfig,
     /// Data relay implementation (process-wide).
@@ -735,6 +813,7 @@ impl Default for Config {
             keepalive: KeepaliveConfig::default(),
             timeouts: Timeouts::default(),
             limits: LimitsConfig::default(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             admin: AdminConfig::default(),
             relay: RelayMode::Auto,
             worker_threads: None,
@@ -772,6 +851,8 @@ struct RawConfig {
     keepalive: KeepaliveConfig,
     timeouts: Timeouts,
     limits: LimitsConfig,
+    #[serde(with = "humantime_serde")]
+    drain_timeout: Option<Duration>,
     admin: RawAdmin,
     relay: RelayMode,
     worker_threads: Option<usize>,
@@ -913,6 +994,7 @@ impl RawConfig {
             keepalive: self.keepalive,
             timeouts: self.timeouts,
             limits: self.limits,
+            drain_timeout: self.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             admin,
             relay: self.relay,
             worker_threads: self.worker_threads,
@@ -1045,6 +1127,9 @@ impl Config {
         }
         if self.worker_threads == Some(0) {
             p.add("worker_threads", "must be at least 1");
+        }
+        if self.limits.data_ports_per_session == 0 {
+            p.add("limits.data_ports_per_session", "must be at least 1");
         }
         self.check_tls(&mut p);
         p.0

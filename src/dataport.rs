@@ -43,6 +43,9 @@ pub enum LeaseError {
     /// Binding failed on every port tried (held by another process); the last error.
     #[error("cannot bind a data port: {0}")]
     Bind(#[source] io::Error),
+    /// The session holds `limits.data_ports_per_session` ports already.
+    #[error("this session holds {0} data ports already")]
+    PerSession(usize),
 }
 
 impl PortPool {
@@ -88,6 +91,7 @@ impl PortPool {
         Some(PortLease {
             pool: Arc::clone(self),
             port,
+            session: None,
         })
     }
 
@@ -126,6 +130,8 @@ impl PortPool {
 pub struct PortLease {
     pool: Arc<PortPool>,
     port: u16,
+    /// The holding session's count of leases (`limits.data_ports_per_session`).
+    session: Option<Arc<AtomicUsize>>,
 }
 
 impl PortLease {
@@ -133,11 +139,22 @@ impl PortLease {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// Counts this lease in a session's total until it drops.
+    pub fn count_in(&mut self, session: &Arc<AtomicUsize>) {
+        session.fetch_add(1, Ordering::AcqRel);
+        if let Some(old) = self.session.replace(Arc::clone(session)) {
+            old.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Drop for PortLease {
     fn drop(&mut self) {
         self.pool.release(self.port);
+        if let Some(s) = self.session.take() {
+            s.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

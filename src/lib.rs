@@ -20,7 +20,8 @@
 //!   farm's `BackendHealth`.
 //! - [`config`]'s sections follow the concerns: `passive`, `active`, `control`,
 //!   `timeouts`, `limits`, `keepalive`, `admin`.
-//! - [`app`]: binds listeners and runs sessions until shutdown.
+//! - [`app`]: binds listeners and runs sessions until shutdown (drain included).
+//! - [`reload`]: configuration reload into snapshots for new sessions.
 //! - [`tls`]: FTPS at the edge: PEM loading, rustls configurations, upgradable streams.
 //! - [`probe`]: `ftpgate probe`, diagnoses FTP through NAT, firewalls and load balancers.
 
@@ -45,5 +46,6 @@ pub mod probe;
 pub mod protocol;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod reload;
 pub mod session;
 pub mod tls;

@@ -4,13 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use ftpgate::app::Gateway;
-use ftpgate::cli::{Cli, Command};
+use ftpgate::app::{Gateway, StopSignals};
+use ftpgate::cli::{Cli, Command, RunArgs};
 use ftpgate::config::{Config, ConfigErrors, LogConfig, LogFormat, ValidConfig};
 use ftpgate::metrics::Metrics;
+use ftpgate::reload::{ConfigSource, LogLevelSetter, Reloader};
 
 /// Exit status for an invalid configuration, distinct from runtime failure (1).
 const EXIT_CONFIG: u8 = 2;
@@ -36,6 +36,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Probe(args) => ftpgate::probe::main(&args),
+        Command::Reload { pid_file } => match signal_reload(&pid_file) {
+            Ok(pid) => {
+                println!("ftpgate: asked process {pid} to reload (see its log)");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ftpgate reload: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => {
             let (config, deprecations) = match args
                 .resolve()
@@ -46,13 +56,13 @@ fn main() -> ExitCode {
                     return config_errors("ftpgate: invalid configuration", &errors);
                 }
             };
-            init_logs(&config.log);
+            let log_level = init_logs(&config.log);
             for d in &deprecations {
                 tracing::warn!("{d}");
             }
             // Process-wide, and before any session can start a relay.
             ftpgate::relay::set_relay_mode(config.relay);
-            match run(config) {
+            match run(config, args, log_level) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -72,16 +82,67 @@ fn config_errors(prefix: &str, errors: &ConfigErrors) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-fn init_logs(log: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// Sets up logging; returns how a reload changes `log.level` (none when `RUST_LOG`
+/// is set: it wins, as at start).
+fn init_logs(log: &LogConfig) -> Option<LogLevelSetter> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_wins = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(&log.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    // Colours only for a terminal: piped logs (journald, files, tests) stay plain.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+    }
+    if env_wins {
+        return None;
+    }
+    Some(Box::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    }))
+}
+
+/// `ftpgate reload`: SIGHUP to the process named in the pid file.
+#[allow(unsafe_code)] // kill(2): no safe wrapper in std.
+fn signal_reload(pid_file: &std::path::Path) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(pid_file)
+        .with_context(|| format!("reading {}", pid_file.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{}: not a process id", pid_file.display()))?;
+    anyhow::ensure!(pid > 0, "{}: not a process id", pid_file.display());
+    // SAFETY: kill(2) with a positive pid and a valid signal number has no memory effects.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("signalling process {pid}"));
+    }
+    Ok(pid)
+}
+
+/// Removes the pid file when `run` ends.
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> anyhow::Result<PidFile> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing pid file {}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -105,7 +166,11 @@ fn raise_fd_limit() {
     }
 }
 
-fn run(config: ValidConfig) -> anyhow::Result<()> {
+fn run(
+    config: ValidConfig,
+    args: Box<RunArgs>,
+    log_level: Option<LogLevelSetter>,
+) -> anyhow::Result<()> {
     raise_fd_limit();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = config.worker_threads {
@@ -115,18 +180,45 @@ fn run(config: ValidConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
+    let pid_file = args.pid_file.clone();
+    let result = runtime.block_on(async {
+        let signals = StopSignals::default();
         let gateway = Gateway::bind(config, std::sync::Arc::new(Metrics::new()))
             .await
             .context("binding listeners")?;
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        gateway.serve(shutdown).await;
+        let source: Option<ConfigSource> = args.config.is_some().then(|| {
+            let args = std::sync::Arc::new(args);
+            Box::new(move || args.resolve()) as ConfigSource
+        });
+        let reloader = gateway.reloader(source, log_level);
+        let _pid = pid_file.as_deref().map(PidFile::write).transpose()?;
+        tokio::spawn(stop_on_signal(signals.clone()));
+        tokio::spawn(reload_on_hangup(reloader));
+        gateway.serve_until(signals).await;
         Ok(())
-    })
+    });
+    // Sessions are gone; nothing left is worth waiting for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// Each `SIGHUP` reloads the configuration (errors are logged and counted).
+async fn reload_on_hangup(reloader: std::sync::Arc<Reloader>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; reload through POST /reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading configuration");
+        // Reading a small file; a blocking thread keeps the runtime responsive anyway.
+        let r = std::sync::Arc::clone(&reloader);
+        let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+    }
+}
+
+/// The first `SIGTERM`/`SIGINT` drains; a second one stops at once.
+async fn stop_on_signal(signals: StopSignals) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -135,9 +227,14 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         tracing::warn!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    for what in ["draining", "stopping now"] {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: {what}"),
+            _ = int.recv() => tracing::info!("SIGINT: {what}"),
+        }
+        if what == "draining" {
+            signals.drain.cancel();
+        }
     }
-    shutdown.cancel();
+    signals.stop.cancel();
 }

@@ -75,6 +75,16 @@ pub struct Metrics {
     /// By reason (`per_source_limit`, `global_limit`, `first_byte_timeout`): admin
     /// connections closed without an answer.
     pub admin_connections_refused_total: IntCounterVec,
+    /// 1 while the gateway drains (after `SIGTERM`/`SIGINT`), else 0.
+    pub draining: IntGauge,
+    /// Sessions still open while draining (0 when not draining).
+    pub drain_sessions_remaining: IntGauge,
+    /// Sessions still open at the drain timeout, closed by ftpgate.
+    pub drain_sessions_closed_total: IntCounter,
+    /// By outcome (`ok`, `invalid`, `error`): configuration reloads.
+    pub config_reload_total: IntCounterVec,
+    /// Unix time of the last successful configuration load (start or reload).
+    pub config_last_reload_success_timestamp_seconds: IntGauge,
     /// By side (`client`, `backend`), outcome (`full`, `resumed`, `failed`) and
     /// protocol version (`TLSv1_3`, `TLSv1_2`, `none` when failed).
     pub tls_handshakes_total: IntCounterVec,
@@ -295,6 +305,27 @@ impl Metrics {
                 "Admin (metrics/health) connections closed without an answer, by reason.",
                 &["reason"],
             ),
+            draining: gauge(
+                "ftpgate_draining",
+                "1 while ftpgate drains (no new sessions; running ones finish), else 0.",
+            ),
+            drain_sessions_remaining: gauge(
+                "ftpgate_drain_sessions_remaining",
+                "Sessions still open while draining.",
+            ),
+            drain_sessions_closed_total: counter(
+                "ftpgate_drain_sessions_closed_total",
+                "Sessions still open at the drain timeout and closed by ftpgate.",
+            ),
+            config_reload_total: counters(
+                "ftpgate_config_reload_total",
+                "Configuration reloads, by outcome (ok, invalid, error).",
+                &["outcome"],
+            ),
+            config_last_reload_success_timestamp_seconds: gauge(
+                "ftpgate_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful configuration load (start or reload).",
+            ),
             registry: r,
         }
     }
@@ -408,6 +439,9 @@ impl Metrics {
             self.local_resource_exhausted_total
                 .with_label_values(&[res.label()]);
         }
+        for o in ["ok", "invalid", "error"] {
+            self.config_reload_total.with_label_values(&[o]);
+        }
         for r in ["per_source_limit", "global_limit", "first_byte_timeout"] {
             self.admin_connections_refused_total.with_label_values(&[r]);
         }
@@ -490,6 +524,16 @@ label_enum!(
         PassiveReplyTooLong => "passive_reply_too_long",
         /// `limits.max_prelogin_sessions` reached.
         PreloginLimit => "prelogin_limit",
+        /// `limits.max_sessions` reached.
+        MaxSessions => "max_sessions",
+        /// `limits.max_sessions_per_ip` reached for the client's address.
+        MaxSessionsPerIp => "max_sessions_per_ip",
+        /// `limits.new_sessions_per_ip` exceeded by the client's address.
+        SessionRate => "session_rate",
+        /// `limits.data_ports_per_session` ports held by the session.
+        DataPortsPerSession => "data_ports_per_session",
+        /// `limits.prelogin_bytes` sent before logging in.
+        PreloginBytes => "prelogin_bytes",
     }
 );
 

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::admission::AdmissionRefused;
 use super::data::DataEvent;
 use super::edge::{spawn_data, PoolEdge};
 use super::front::{await_user, client_behind_balancer, send_backend_header};
@@ -86,6 +87,26 @@ async fn serve(
     let started = Instant::now();
     let keepalive = ctx.config.keepalive.tcp_params();
     prepare_control_socket(&client, keepalive);
+    let client_ip = canonical_ip(peer.ip());
+    let _admitted = match ctx
+        .admission
+        .admit(client_ip, &ctx.config.limits, Instant::now())
+    {
+        Ok(ticket) => ticket,
+        Err(why) => {
+            ctx.metrics.refuse(why.refusal());
+            if ctx.admission.should_log(client_ip, Instant::now()) {
+                info!(reason = %why, "session refused before any backend connect (logged once a minute per address)");
+            }
+            let reply = match why {
+                AdmissionRefused::MaxSessions => LocalReply::TooManySessions,
+                AdmissionRefused::MaxPerIp => LocalReply::TooManyFromAddress,
+                AdmissionRefused::Rate => LocalReply::TooFast,
+            };
+            say_goodbye(&ctx.metrics, &mut client, reply).await;
+            return Outcome::Limited;
+        }
+    };
     let Some(mut slot) = ctx
         .prelogin
         .try_take(ctx.config.limits.max_prelogin_sessions)
@@ -205,6 +226,8 @@ async fn serve(
     let edge = PoolEdge {
         pool: Arc::clone(&ctx.pool),
         active_pool: Arc::clone(&ctx.active_pool),
+        held: Arc::default(),
+        max_held: ctx.config.limits.data_ports_per_session,
     };
     let mut machine = SessionMachine::new(
         Arc::clone(&ctx.config),
@@ -322,6 +345,7 @@ async fn pump(
     let mut sbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     // `None` only while a handshake owns the stream.
     let (mut client, mut backend) = (Some(client), Some(backend));
+    let mut drain_seen = false;
 
     let mut deadline = m.next_deadline();
     loop {
@@ -389,6 +413,10 @@ async fn pump(
                 }
             }
             () = shutdown.cancelled() => m.on_shutdown(),
+            () = ctx.drain.cancelled(), if !drain_seen => {
+                drain_seen = true;
+                m.on_drain();
+            }
         }
         // Lines read earlier but left while the machine wanted no input (pipelining
         // limit, a held command) are offered again once it does.

@@ -2,6 +2,7 @@
 //! pools, and data connections started as tasks. I/O edge.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -30,6 +31,10 @@ pub struct PoolEdge {
     pub pool: Arc<PortPool>,
     /// Backend-facing listeners (active mode); may be `pool` itself.
     pub active_pool: Arc<PortPool>,
+    /// This session's leases alive now (both pools): each lease counts until it drops.
+    pub held: Arc<AtomicUsize>,
+    /// `limits.data_ports_per_session`.
+    pub max_held: usize,
 }
 
 impl SessionEdge for PoolEdge {
@@ -44,13 +49,25 @@ impl SessionEdge for PoolEdge {
             ListenerSide::Client => &self.pool,
             ListenerSide::Backend => &self.active_pool,
         };
-        let (lease, listener) = pool.bind(ip)?;
+        // One session must not empty the pool for everyone: its own leases are
+        // capped. Unused ones are withdrawn when a newer mapping replaces them, so a
+        // well-behaved client never comes near the cap.
+        if per_session_full(self.held.load(Ordering::Acquire), self.max_held) {
+            return Err(LeaseError::PerSession(self.max_held));
+        }
+        let (mut lease, listener) = pool.bind(ip)?;
+        lease.count_in(&self.held);
         Ok((lease.port(), BoundPort { lease, listener }))
     }
 
     fn is_own_address(&self, ip: IpAddr) -> bool {
         crate::net::is_local_ip(ip)
     }
+}
+
+/// Whether a session holding `held` leases may take no more (`max` 0: no cap).
+fn per_session_full(held: usize, max: usize) -> bool {
+    max != 0 && held >= max
 }
 
 /// Starts a data connection; the returned token withdraws it until it is in use.
@@ -107,5 +124,46 @@ fn endpoint(spec: EndpointSpec<BoundPort>) -> Endpoint {
             expect,
         },
         EndpointSpec::Connect { target, local } => Endpoint::Connect { target, local },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn pasv_flood_session_is_capped_and_leases_come_back() {
+        // A client looping PASV without ever transferring.
+        let metrics = Metrics::new();
+        let pool = PortPool::new("46100-46109".parse().unwrap(), &metrics);
+        let mut edge = PoolEdge {
+            pool: Arc::clone(&pool),
+            active_pool: Arc::clone(&pool),
+            held: Arc::new(AtomicUsize::new(0)),
+            max_held: 3,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(edge.bind_data_listener(ListenerSide::Client, ip).unwrap());
+        }
+        let refused = edge.bind_data_listener(ListenerSide::Client, ip);
+        assert!(matches!(refused, Err(LeaseError::PerSession(3))));
+        assert_eq!(
+            pool.in_use(),
+            3,
+            "the other 7 ports stay for other sessions"
+        );
+        held.pop();
+        assert!(edge.bind_data_listener(ListenerSide::Client, ip).is_ok());
+        drop(held);
+        assert_eq!(edge.held.load(Ordering::Acquire), 0);
+        assert_eq!(pool.in_use(), 0);
     }
 }

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::access::SessionStats;
 use super::active::{backend_announce, check_active_target, client_connect_local, Refused};
 use super::data::{DataEvent, DataMode};
+use super::drain::{drain_step, DrainStep, DrainView};
 use super::keepalive;
 use super::ledger::{Disposition, Injected, Origin, ReplyLedger, TlsCommand};
 use super::outcome::{Outcome, SessionError};
@@ -200,8 +201,16 @@ pub struct SessionMachine<E: SessionEdge> {
     /// Last sign of life from the backend while it owes a reply: the reply clock.
     backend_progress: Instant,
     active_data: usize,
+    /// Data connections mapped and not yet established nor given up.
+    pending_data: usize,
     next_noop: Option<Instant>,
     closing: Option<Outcome>,
+    /// The gateway drains: close at the next command boundary.
+    draining: bool,
+    /// Command bytes received before login (`limits.prelogin_bytes`).
+    prelogin_bytes: usize,
+    /// A data-port share refusal was logged (a PASV flood logs once, counts all).
+    port_share_logged: bool,
     tls: TlsState,
     /// Inner lines of the backend reply being received (for `FEAT` augmentation).
     reply_lines: Vec<Vec<u8>>,
@@ -236,8 +245,12 @@ impl<E: SessionEdge> SessionMachine<E> {
             last_activity: now,
             backend_progress: now,
             active_data: 0,
+            pending_data: 0,
             next_noop: None,
             closing: None,
+            draining: false,
+            prelogin_bytes: 0,
+            port_share_logged: false,
             tls: TlsState::default(),
             reply_lines: Vec::new(),
         }
@@ -332,6 +345,25 @@ impl<E: SessionEdge> SessionMachine<E> {
         self.take_lines(Peer::Backend, buf, now);
     }
 
+    /// Counts a command line received before login; past `limits.prelogin_bytes` the
+    /// session is refused and closed (a client that chats without logging in holds a
+    /// backend session and, with a forking server, a process).
+    fn over_prelogin_budget(&mut self, line_len: usize) -> bool {
+        let budget = self.cfg.limits.prelogin_bytes;
+        if self.ledger.logged_in() || budget == 0 {
+            return false;
+        }
+        self.prelogin_bytes = self.prelogin_bytes.saturating_add(line_len);
+        if self.prelogin_bytes <= budget {
+            return false;
+        }
+        self.metrics.refuse(Refusal::PreloginBytes);
+        info!(budget, "pre-login byte budget spent; closing session");
+        self.reply_now(LocalReply::PreloginBudget);
+        self.close(Outcome::Limited);
+        true
+    }
+
     /// Frames `buf` into lines for as long as the machine takes them from `from`.
     fn take_lines(&mut self, from: Peer, buf: &mut Vec<u8>, now: Instant) {
         self.now = now;
@@ -348,6 +380,9 @@ impl<E: SessionEdge> SessionMachine<E> {
                     used += n;
                     if from == Peer::Client {
                         self.last_activity = now;
+                        if self.over_prelogin_budget(n) {
+                            break;
+                        }
                         self.on_client_line(line);
                     } else {
                         self.backend_progress = now;
@@ -400,8 +435,14 @@ impl<E: SessionEdge> SessionMachine<E> {
     pub fn on_data_event(&mut self, ev: DataEvent, now: Instant) {
         self.now = now;
         match ev {
-            DataEvent::Started { .. } => self.active_data += 1,
+            DataEvent::Started { .. } => {
+                self.active_data += 1;
+                self.pending_data = self.pending_data.saturating_sub(1);
+            }
             DataEvent::Finished(f) => {
+                if !f.established {
+                    self.pending_data = self.pending_data.saturating_sub(1);
+                }
                 if f.established {
                     self.active_data = self.active_data.saturating_sub(1);
                     self.stats
@@ -477,6 +518,14 @@ impl<E: SessionEdge> SessionMachine<E> {
                 self.close(Outcome::ClientError);
             }
         }
+        self.settle();
+    }
+
+    /// The gateway drains: the session says `421` and closes at its next command
+    /// boundary (at once when idle); a running transfer and a data connection already
+    /// promised to the client are honoured first. See [`super::drain`].
+    pub fn on_drain(&mut self) {
+        self.draining = true;
         self.settle();
     }
 
@@ -1074,10 +1123,19 @@ impl<E: SessionEdge> SessionMachine<E> {
         }
     }
 
-    fn lease_error(&self, e: LeaseError) -> String {
-        if let LeaseError::Exhausted(n) = e {
-            self.metrics.data_port_exhausted_total.inc();
-            warn!(ports = n, "data-port range exhausted");
+    fn lease_error(&mut self, e: LeaseError) -> String {
+        match e {
+            LeaseError::Exhausted(n) => {
+                self.metrics.data_port_exhausted_total.inc();
+                warn!(ports = n, "data-port range exhausted");
+            }
+            LeaseError::PerSession(n) => {
+                self.metrics.refuse(Refusal::DataPortsPerSession);
+                if !std::mem::replace(&mut self.port_share_logged, true) {
+                    info!(ports = n, "session holds its data-port share (limits.data_ports_per_session); further refusals counted, not logged");
+                }
+            }
+            LeaseError::Bind(_) => {}
         }
         e.to_string()
     }
@@ -1093,6 +1151,7 @@ impl<E: SessionEdge> SessionMachine<E> {
         backend: EndpointSpec<E::Listener>,
     ) {
         self.next_data_id += 1;
+        self.pending_data += 1;
         self.actions.push(Action::OpenData(DataSpec {
             id: self.next_data_id,
             mode,
@@ -1173,6 +1232,31 @@ impl<E: SessionEdge> SessionMachine<E> {
             self.ledger.running_transfer().is_some(),
             self.now,
         );
+        if self.draining
+            && self.closing.is_none()
+            && drain_step(self.drain_view()) == DrainStep::CloseNow
+        {
+            debug!("draining: closing at a command boundary");
+            self.reply_now(LocalReply::Draining);
+            self.close(Outcome::Drained);
+        }
+    }
+
+    /// What draining waits for.
+    fn drain_view(&self) -> DrainView {
+        DrainView {
+            replies_owed: self.ledger.outstanding(),
+            // A TLS handshake under way is a command (AUTH) not yet finished.
+            command_held: self.translation.holding()
+                || self.tls.client_handshake_pending
+                || self.tls.backend_handshake_pending,
+            data_running: self.active_data,
+            // A PORT answered by ftpgate (passive translation) or its own 227/229
+            // (active translation) is a promise too, though no task runs yet.
+            data_pending: self.pending_data
+                + usize::from(!matches!(self.translation, Translation::Idle)),
+            reply_held: self.held_reply.is_some(),
+        }
     }
 
     /// A transfer or a translation is in flight: the session is not idle.

@@ -736,6 +736,67 @@ fn user_routing_swallows_the_backend_banner_and_keeps_pipelined_order() {
     assert!(t.m.logged_in());
 }
 
+// ----- drain -----
+
+fn finished(id: u64, established: bool) -> DataEvent {
+    DataEvent::Finished(super::super::data::Finished {
+        id,
+        mode: DataMode::Passive,
+        client_to_backend: 0,
+        backend_to_client: 10,
+        duration: Duration::from_secs(1),
+        established,
+    })
+}
+
+/// An idle lftp session during a rolling update: 421 at once.
+#[test]
+fn drain_closes_an_idle_session_at_once() {
+    let mut t = logged_in(|_| {});
+    t.m.on_drain();
+    assert!(t.take_client().starts_with("421 "));
+    assert_eq!(t.closed(), Some(Outcome::Drained));
+}
+
+/// curl mid-RETR: the transfer's 226 reaches the client first, then 421.
+#[test]
+fn drain_waits_for_a_running_transfers_final_reply() {
+    let mut t = logged_in(|_| {});
+    t.client("PASV\r\n");
+    t.server("227 Entering Passive Mode (10,0,0,2,195,80).\r\n");
+    assert!(t.take_client().starts_with("227 "));
+    assert_eq!(t.opened().len(), 1);
+    t.client("RETR f\r\n");
+    t.server("150 go\r\n");
+    t.m.on_data_event(DataEvent::Started { id: 1 }, t.now);
+    t.m.on_drain();
+    assert_eq!(t.take_client(), "150 go\r\n");
+    assert_eq!(t.closed(), None, "transfer running: not closed");
+    t.server("226 done\r\n");
+    assert_eq!(t.closed(), None, "data connection still draining");
+    t.m.on_data_event(finished(1, true), t.now);
+    let out = t.take_client();
+    assert!(out.starts_with("226 done\r\n421 "), "{out:?}");
+    assert_eq!(t.closed(), Some(Outcome::Drained));
+}
+
+/// Python ftplib got its 227 just before the drain and sends RETR next: honoured.
+#[test]
+fn drain_honours_a_pending_passive_setup() {
+    let mut t = logged_in(|_| {});
+    t.client("PASV\r\n");
+    t.server("227 Entering Passive Mode (10,0,0,2,195,80).\r\n");
+    t.take_client();
+    assert_eq!(t.opened().len(), 1);
+    t.m.on_drain();
+    assert_eq!(t.closed(), None, "the 227 was a promise");
+    assert!(t.m.wants_client_input());
+    // The client never comes: the mapping times out, and the session closes.
+    t.m.on_data_event(finished(1, false), t.now);
+    assert!(t.take_client().starts_with("421 "));
+    assert_eq!(t.closed(), Some(Outcome::Drained));
+}
+
 // ----- FTPS -----
 
 fn with_cert(cfg: &mut Config) {

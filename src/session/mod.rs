@@ -20,7 +20,9 @@
 //!   connection; [`access`]: the access log; [`limits`]: the pre-login cap;
 //!   [`routing`]: `balance: user`, ftpgate's own greeting until `USER` (pure);
 //!   [`front`]: the client side before the machine (PROXY header, user greeting);
-//!   [`writes`]: bounded control-connection writes; [`timer`]: a reusable timer.
+//!   [`writes`]: bounded control-connection writes; [`admission`]: session caps and
+//!   rates per client address; [`drain`]: when a draining session closes;
+//!   [`timer`]: a reusable timer.
 //!
 //! # The machine
 //! ```text
@@ -57,7 +59,9 @@
 
 pub mod access;
 pub mod active;
+pub mod admission;
 pub mod data;
+pub mod drain;
 pub mod driver;
 pub mod edge;
 pub mod front;
@@ -77,6 +81,8 @@ pub mod writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
 
 pub use driver::run_session;
 pub use outcome::Outcome;
@@ -102,7 +108,12 @@ pub struct SessionContext {
     /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
     /// Sessions not yet logged in (`limits.max_prelogin_sessions`).
-    pub prelogin: limits::PreloginSlots,
+    pub prelogin: Arc<limits::PreloginSlots>,
+    /// Session counts and rates per client address (`limits.max_sessions*`,
+    /// `limits.new_sessions_per_ip`).
+    pub admission: Arc<admission::Admission>,
+    /// Fires when the gateway starts draining (see [`drain`]).
+    pub drain: CancellationToken,
     /// Certificates and rustls configurations (`tls:`).
     pub tls: crate::tls::TlsContexts,
 }

@@ -79,6 +79,8 @@ pub enum Outcome {
     Timeout,
     /// ftpgate shut down.
     Shutdown,
+    /// Closed at a command boundary while the gateway drained.
+    Drained,
     /// Refused before a backend connect by a session limit.
     Limited,
     /// ftpgate ran out of a local resource (file descriptors, memory).
@@ -87,13 +89,14 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for label pre-creation.
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Closed,
         Outcome::BackendUnavailable,
         Outcome::ClientError,
         Outcome::BackendError,
         Outcome::Timeout,
         Outcome::Shutdown,
+        Outcome::Drained,
         Outcome::Limited,
         Outcome::LocalResource,
     ];
@@ -107,6 +110,7 @@ impl Outcome {
             Outcome::BackendError => "backend_error",
             Outcome::Timeout => "timeout",
             Outcome::Shutdown => "shutdown",
+            Outcome::Drained => "drained",
             Outcome::Limited => "limited",
             Outcome::LocalResource => "local_resource",
         }

@@ -72,6 +72,16 @@ pub enum LocalReply {
     DestinationUnreachable,
     /// More sessions not yet logged in than `limits.max_prelogin_sessions`.
     TooManyPrelogin,
+    /// `limits.max_sessions` sessions are open.
+    TooManySessions,
+    /// `limits.max_sessions_per_ip` sessions are open from the client's address.
+    TooManyFromAddress,
+    /// The client's address opens sessions faster than `limits.new_sessions_per_ip`.
+    TooFast,
+    /// The gateway drains: the session ends at a command boundary.
+    Draining,
+    /// More than `limits.prelogin_bytes` of commands before logging in.
+    PreloginBudget,
     /// ftpgate itself ran out of a local resource (file descriptors, memory).
     LocalResourceLimit,
     /// ftpgate's own greeting under `balance: user` (the text is `greeting`).
@@ -134,6 +144,11 @@ impl LocalReply {
             | DestinationIsGateway
             | DestinationUnreachable
             | TooManyPrelogin
+            | TooManySessions
+            | TooManyFromAddress
+            | TooFast
+            | Draining
+            | PreloginBudget
             | LocalResourceLimit
             | BackendTlsFailed => 421,
             AuthTlsOk => 234,
@@ -226,6 +241,23 @@ impl fmt::Display for LocalReply {
             TooManyPrelogin => write!(
                 f,
                 "{code} Too many connections waiting to log in; try again later."
+            ),
+            TooManySessions => write!(f, "{code} Too many sessions; try again later."),
+            TooManyFromAddress => write!(
+                f,
+                "{code} Too many sessions from your address; try again later."
+            ),
+            TooFast => write!(
+                f,
+                "{code} Too many new sessions from your address; slow down."
+            ),
+            Draining => write!(
+                f,
+                "{code} Service restarting, closing control connection; please reconnect."
+            ),
+            PreloginBudget => write!(
+                f,
+                "{code} Too many commands before login; closing control connection."
             ),
             LocalResourceLimit => write!(f, "{code} Service not available, local resource limit."),
             AuthTlsOk => write!(f, "{code} AUTH TLS successful; proceed with negotiation."),

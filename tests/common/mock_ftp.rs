@@ -18,6 +18,10 @@ pub struct MockOptions {
     pub pasv_ip: [u8; 4],
     /// Answer NOOP while a transfer runs (as proftpd does) instead of after it (vsftpd).
     pub noop_during_transfer: bool,
+    /// Keep up to this many old passive listeners open for the connection's life
+    /// instead of dropping the previous one at the next PASV (servers that time
+    /// listeners out themselves): data connections to old ports stay established.
+    pub keep_pasv_listeners: usize,
 }
 
 impl Default for MockOptions {
@@ -27,6 +31,7 @@ impl Default for MockOptions {
             epsv_reply: "229 Entering Extended Passive Mode (|||{port}|)".into(),
             pasv_ip: [127, 0, 0, 1],
             noop_during_transfer: false,
+            keep_pasv_listeners: 0,
         }
     }
 }
@@ -108,6 +113,7 @@ async fn control(stream: TcpStream, state: Arc<Mutex<MockState>>, opts: MockOpti
     let mut r = BufReader::new(r);
     w.write_all(b"220 mock ready\r\n").await.unwrap();
     let mut data: Option<DataSource> = None;
+    let mut kept: Vec<DataSource> = Vec::new();
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -136,7 +142,11 @@ async fn control(stream: TcpStream, state: Arc<Mutex<MockState>>, opts: MockOpti
             "PASV" => {
                 let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let p = l.local_addr().unwrap().port();
-                data = Some(DataSource::Listen(l));
+                if let Some(old) = data.replace(DataSource::Listen(l)) {
+                    if kept.len() < opts.keep_pasv_listeners {
+                        kept.push(old);
+                    }
+                }
                 let [a, b, c, d] = opts.pasv_ip;
                 let tuple = format!("{a},{b},{c},{d},{},{}", p >> 8, p & 0xff);
                 opts.pasv_reply.replace("{tuple}", &tuple)

@@ -215,6 +215,26 @@ impl Ftpgate {
             .collect()
     }
 
+    /// Sends `signal` (`TERM`, `HUP`, ...) to ftpgate.
+    pub fn signal(&self, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    /// The exit status once ftpgate has exited, waiting at most `bound`.
+    pub fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            // Polling the exit status (bounded by `deadline`).
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Sends SIGTERM and waits up to 10 s for a clean exit, then SIGKILL.
     /// Returns the exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
