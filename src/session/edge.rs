@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::data::{DataEvent, DataPlan, DataTlsPlan, Endpoint};
-use super::driver::SessionTls;
 use super::machine::{DataSpec, EndpointSpec, ListenerSide, SessionEdge};
+use super::transport::SessionTls;
 use crate::config::Config;
 use crate::dataport::{LeaseError, PortLease, PortPool};
 use crate::metrics::Metrics;

@@ -12,10 +12,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::driver::{say_goodbye, READ_CHUNK};
+use super::driver::READ_CHUNK;
 use super::outcome::Outcome;
 use super::replies::LocalReply;
 use super::routing::{before_user, GateStep};
+use super::start::say_goodbye;
 use super::writes::grace;
 use super::SessionContext;
 use crate::protocol::addr::canonical_ip;

@@ -22,6 +22,8 @@
 //!   [`front`]: the client side before the machine (PROXY header, user greeting);
 //!   [`writes`]: bounded control-connection writes; [`admission`]: session caps and
 //!   rates per client address; [`drain`]: when a draining session closes;
+//!   [`start`]: a session's start (limits, routing, backend connect, implicit TLS);
+//!   [`transport`]: TLS upgrades in place and the opaque passthrough relay;
 //!   [`timer`]: a reusable timer.
 //!
 //! # The machine
@@ -73,9 +75,11 @@ pub mod outcome;
 pub mod passive;
 pub mod replies;
 pub mod routing;
+pub mod start;
 pub mod timer;
 pub mod tls;
 pub mod translate;
+pub mod transport;
 pub mod upstream;
 pub mod writes;
 
