@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::balancer::Balancer;
+use crate::cluster::forward::{ClusterError, ClusterListeners, ClusterNode, ForwardSettings};
 use crate::config::{ListenerMode, ListenerTls, ValidConfig};
 use crate::dataport::PortPool;
 use crate::farm::{resolve, Farm};
@@ -67,6 +68,9 @@ pub enum AppError {
     /// A certificate, key or CA file in `tls:` could not be used.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsSetupError),
+    /// Cluster mode could not start (ordinal, slices, or a listener).
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 /// The running gateway: its bound listeners and what every session shares.
@@ -81,6 +85,8 @@ pub struct Gateway {
     admin: Option<TcpListener>,
     admin_state: Arc<AdminState>,
     drain_timeout: Duration,
+    /// Cluster mode: the other slices' ports and the peer listener, bound.
+    cluster: Option<ClusterListeners>,
 }
 
 impl Gateway {
@@ -130,7 +136,25 @@ impl Gateway {
         if config.tls.backend_insecure {
             tracing::warn!("tls.backend_insecure: backend certificates are NOT verified; anyone on the path to the backends can read and change FTPS sessions");
         }
-        let pool = PortPool::new(config.data_ports, &metrics);
+        // Cluster mode: this replica announces and leases only its own slice; the
+        // other slices' ports are bound here for forwarding.
+        let (cluster, cluster_listeners) = if config.cluster.enabled() {
+            let host = crate::cluster::hostname();
+            let node = ClusterNode::new(
+                &config.cluster,
+                config.data_ports,
+                host.as_deref(),
+                Arc::clone(&metrics),
+            )?;
+            let bound = node.bind()?;
+            (Some(node), Some(bound))
+        } else {
+            (None, None)
+        };
+        let own_ports = cluster
+            .as_ref()
+            .map_or(config.data_ports, |c| c.own_slice());
+        let pool = PortPool::new(own_ports, &metrics);
         let active_pool = match config.active.ports {
             Some(r) => PortPool::new(r, &metrics),
             None => Arc::clone(&pool),
@@ -147,6 +171,7 @@ impl Gateway {
             drain: CancellationToken::new(),
             metrics,
             tls,
+            cluster,
         });
         ctx.metrics
             .config_last_reload_success_timestamp_seconds
@@ -159,7 +184,13 @@ impl Gateway {
             admin,
             admin_state,
             drain_timeout,
+            cluster: cluster_listeners,
         })
+    }
+
+    /// The bound `cluster.listen` address (with the real port when `:0` was asked for).
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster.as_ref().and_then(ClusterListeners::peer_addr)
     }
 
     /// The bound listener addresses (with real ports when `:0` was asked for).
@@ -238,6 +269,18 @@ impl Gateway {
                 infra.clone(),
             ));
         }
+        // Forwarding outlives the FTP listeners: while this replica drains, peers
+        // still forward its sessions' data connections to it, and balancers may still
+        // send it data connections for other replicas until they see `/readyz` fail.
+        let forwards = TaskTracker::new();
+        let cluster_stop = CancellationToken::new();
+        if let (Some(node), Some(listeners)) = (self.ctx.cluster.clone(), self.cluster) {
+            let settings = ForwardSettings {
+                proxy_protocol: self.ctx.config.proxy_protocol.clone(),
+                data_idle: self.ctx.config.timeouts.data_idle,
+            };
+            tokio::spawn(node.run(listeners, settings, cluster_stop.clone(), forwards.clone()));
+        }
         let acceptors = TaskTracker::new();
         for (listener, mode, tls) in self.listeners {
             acceptors.spawn(accept_loop(
@@ -291,6 +334,27 @@ impl Gateway {
             }
         }
         metrics.drain_sessions_remaining.set(0);
+        // Then the connections relayed for peers' sessions, within what is left of the
+        // drain timeout (a stop gives them the short grace only).
+        cluster_stop.cancel();
+        forwards.close();
+        if !forwards.is_empty() {
+            info!(
+                forwards = forwards.len(),
+                "waiting for data connections forwarded for peers"
+            );
+            let bound = async {
+                if signals.stop.is_cancelled() {
+                    tokio::time::sleep(STOP_GRACE).await;
+                } else {
+                    (&mut deadline).await;
+                }
+            };
+            tokio::select! {
+                () = forwards.wait() => {}
+                () = bound => warn!(forwards = forwards.len(), "forwarded data connections still open; exiting anyway"),
+            }
+        }
         info!("ftpgate stopped");
     }
 }

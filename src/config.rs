@@ -775,6 +775,8 @@ pub struct Config {
     pub log: LogConfig,
     /// FTPS towards clients and backends.
     pub tls: TlsConfig,
+    /// Scale-out: this replica's data-port slice and its peers.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// ftpgate's own `220` text under `balance: user` (the backend's banner is swallowed).
@@ -819,6 +821,7 @@ impl Default for Config {
             worker_threads: None,
             log: LogConfig::default(),
             tls: TlsConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -858,6 +861,7 @@ struct RawConfig {
     worker_threads: Option<usize>,
     log: LogConfig,
     tls: TlsConfig,
+    cluster: crate::cluster::ClusterConfig,
     // Deprecated top-level spellings (DEPRECATED_KEYS).
     rewrite_passive: Option<bool>,
     passive_target: Option<PassiveTarget>,
@@ -1000,6 +1004,7 @@ impl RawConfig {
             worker_threads: self.worker_threads,
             log: self.log,
             tls: self.tls,
+            cluster: self.cluster,
         };
         Ok(Loaded {
             config,
@@ -1132,6 +1137,7 @@ impl Config {
             p.add("limits.data_ports_per_session", "must be at least 1");
         }
         self.check_tls(&mut p);
+        self.cluster.check(self.data_ports, p.sink("cluster"));
         p.0
     }
 

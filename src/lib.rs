@@ -23,6 +23,8 @@
 //! - [`app`]: binds listeners and runs sessions until shutdown (drain included).
 //! - [`reload`]: configuration reload into snapshots for new sessions.
 //! - [`tls`]: FTPS at the edge: PEM loading, rustls configurations, upgradable streams.
+//! - [`cluster`]: scale-out — data-port slices per replica, forwarding a data
+//!   connection to the replica that owns its port (PROXY v2 between peers).
 //! - [`probe`]: `ftpgate probe`, diagnoses FTP through NAT, firewalls and load balancers.
 
 // Nothing that came from the network may panic (STYLE: no unwrap/expect outside
@@ -36,6 +38,7 @@ pub mod admin;
 pub mod app;
 pub mod balancer;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dataport;
 pub mod farm;

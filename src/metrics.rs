@@ -99,6 +99,8 @@ pub struct Metrics {
     /// Transparent sessions whose control connection became an opaque relay after
     /// `AUTH TLS`.
     pub tls_passthrough_total: IntCounter,
+    /// `ftpgate_cluster_*`: scale-out forwarding (see [`crate::cluster`]).
+    pub cluster: crate::cluster::ClusterMetrics,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
@@ -291,6 +293,7 @@ impl Metrics {
                 "Transparent sessions relayed opaquely after AUTH TLS (no certificate for the server).",
             ),
             tls_certificate_not_after: std::sync::Arc::default(),
+            cluster: crate::cluster::ClusterMetrics::register(&r),
             tls_certificate_expiry_seconds: gauge(
                 "ftpgate_tls_certificate_expiry_seconds",
                 "Seconds until the certificate presented to clients expires.",

@@ -259,7 +259,8 @@ fn local_v2() -> Vec<u8> {
     v
 }
 
-fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+/// Both addresses in one family (IPv4-mapped IPv6 when they differ), as headers need.
+pub(crate) fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
     let canon = |s: SocketAddr| SocketAddr::new(canonical_ip(s.ip()), s.port());
     let (a, b) = (canon(a), canon(b));
     let v6 = |s: SocketAddr| match s {

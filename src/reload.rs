@@ -29,6 +29,8 @@ const RESTART_KEYS: &[&str] = &[
     "relay",
     "worker_threads",
     "log.format",
+    // Slices must not move under running sessions (and peers compute the same ones).
+    "cluster",
 ];
 
 /// What a reload does with a new, valid file.
@@ -56,6 +58,7 @@ pub fn plan(old: &Config, new: Config) -> ReloadPlan {
             "relay" => old.relay != effective.relay,
             "worker_threads" => old.worker_threads != effective.worker_threads,
             "log.format" => old.log.format != effective.log.format,
+            "cluster" => old.cluster != effective.cluster,
             _ => false,
         };
         if changed {
@@ -71,6 +74,7 @@ pub fn plan(old: &Config, new: Config) -> ReloadPlan {
     effective.relay = old.relay;
     effective.worker_threads = old.worker_threads;
     effective.log.format = old.log.format;
+    effective.cluster = old.cluster.clone();
     ReloadPlan { effective, kept }
 }
 
@@ -242,6 +246,7 @@ impl Reloader {
             prelogin: Arc::clone(&old.prelogin),
             admission: Arc::clone(&old.admission),
             drain: old.drain.clone(),
+            cluster: old.cluster.clone(),
             tls,
         };
         let ctx = Arc::new(ctx);

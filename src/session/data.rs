@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::cluster::handoff::{Handed, HandoffSlot};
 use crate::config::UncleanEof;
 use crate::dataport::PortLease;
 use crate::metrics::{Metrics, Refusal, TimeoutKind};
@@ -54,6 +55,9 @@ pub enum Endpoint {
         lease: PortLease,
         /// The only peer IP accepted.
         expect: IpAddr,
+        /// Cluster mode: connections for this port that landed on another replica,
+        /// forwarded here with the original client's address.
+        handoff: Option<HandoffSlot>,
     },
     /// Connect out to a peer's data address.
     Connect {
@@ -532,11 +536,27 @@ async fn accept_side(
             listener,
             lease,
             expect,
+            mut handoff,
         } => {
             let port = lease.port();
             let mut backoff = AcceptBackoff::default();
             loop {
                 tokio::select! {
+                    Some(Handed { stream, client, from }) = next_forwarded(&mut handoff) => {
+                        // The peer's header names the client; the same check as for a
+                        // direct connection applies to it.
+                        let real = SocketAddr::new(canonical_ip(client.ip()), client.port());
+                        if real.ip() != expect {
+                            drop(stream);
+                            metrics.refuse(Refusal::ForeignDataPeer);
+                            warn!(port, side, peer = %real, from, "forwarded data connection from foreign address refused");
+                            continue;
+                        }
+                        drop(listener);
+                        drop(handoff);
+                        debug!(port, side, from, "data connection forwarded by peer replica");
+                        return Ok(Half::Accepted(stream, lease, real));
+                    }
                     accepted = listener.accept() => match accepted {
                         Ok((mut stream, peer)) => {
                             let Some(real) = data_peer(&mut stream, peer, proxy, deadline, metrics).await else {
@@ -551,9 +571,11 @@ async fn accept_side(
                                 warn!(port, side, peer = %real, "data connection from foreign address refused");
                                 continue;
                             }
-                            // One connection per mapping: closing the listener now means
-                            // nobody else can reach this port while it relays.
+                            // One connection per mapping: closing the listener (and the
+                            // cluster registration) now means nobody else can reach this
+                            // port while it relays.
                             drop(listener);
+                            drop(handoff);
                             return Ok(Half::Accepted(stream, lease, real));
                         }
                         Err(e) => match LocalResource::of(&e) {
@@ -575,6 +597,15 @@ async fn accept_side(
                 }
             }
         }
+    }
+}
+
+/// The next connection a peer replica forwarded for this port; never, outside
+/// cluster mode.
+async fn next_forwarded(slot: &mut Option<HandoffSlot>) -> Option<Handed> {
+    match slot {
+        Some(slot) => slot.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::data::{DataEvent, DataPlan, DataTlsPlan, Endpoint};
 use super::machine::{DataSpec, EndpointSpec, ListenerSide, SessionEdge};
 use super::transport::SessionTls;
+use crate::cluster::handoff::{HandoffSlot, Handoffs};
 use crate::config::Config;
 use crate::dataport::{LeaseError, PortLease, PortPool};
 use crate::metrics::Metrics;
@@ -23,6 +24,8 @@ use crate::tls::TlsContexts;
 pub struct BoundPort {
     lease: PortLease,
     listener: TcpListener,
+    /// Cluster mode: the port's registration for connections peers forward.
+    handoff: Option<HandoffSlot>,
 }
 
 /// Data ports from the gateway's pools.
@@ -35,6 +38,8 @@ pub struct PoolEdge {
     pub held: Arc<AtomicUsize>,
     /// `limits.data_ports_per_session`.
     pub max_held: usize,
+    /// Cluster mode: client-side ports register here for forwarded connections.
+    pub handoffs: Option<Arc<Handoffs>>,
 }
 
 impl SessionEdge for PoolEdge {
@@ -57,7 +62,20 @@ impl SessionEdge for PoolEdge {
         }
         let (mut lease, listener) = pool.bind(ip)?;
         lease.count_in(&self.held);
-        Ok((lease.port(), BoundPort { lease, listener }))
+        // Only client-side ports: a client's data connection may land on another
+        // replica; a backend connects to this replica directly.
+        let handoff = match side {
+            ListenerSide::Client => self.handoffs.as_ref().map(|h| h.register(lease.port())),
+            ListenerSide::Backend => None,
+        };
+        Ok((
+            lease.port(),
+            BoundPort {
+                lease,
+                listener,
+                handoff,
+            },
+        ))
     }
 
     fn is_own_address(&self, ip: IpAddr) -> bool {
@@ -122,6 +140,7 @@ fn endpoint(spec: EndpointSpec<BoundPort>) -> Endpoint {
             listener: listener.listener,
             lease: listener.lease,
             expect,
+            handoff: listener.handoff,
         },
         EndpointSpec::Connect { target, local } => Endpoint::Connect { target, local },
     }
@@ -142,6 +161,7 @@ mod tests {
             active_pool: Arc::clone(&pool),
             held: Arc::new(AtomicUsize::new(0)),
             max_held: 3,
+            handoffs: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

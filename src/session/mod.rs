@@ -120,4 +120,6 @@ pub struct SessionContext {
     pub drain: CancellationToken,
     /// Certificates and rustls configurations (`tls:`).
     pub tls: crate::tls::TlsContexts,
+    /// Cluster mode: where forwarded data connections are handed to sessions.
+    pub cluster: Option<Arc<crate::cluster::forward::ClusterNode>>,
 }

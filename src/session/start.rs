@@ -185,6 +185,7 @@ pub(super) async fn serve(
         active_pool: Arc::clone(&ctx.active_pool),
         held: Arc::default(),
         max_held: ctx.config.limits.data_ports_per_session,
+        handoffs: ctx.cluster.as_ref().map(|c| Arc::clone(&c.handoffs)),
     };
     let mut machine = SessionMachine::new(
         Arc::clone(&ctx.config),
