@@ -140,6 +140,15 @@ impl ClusterNode {
             .unwrap_or(self.slices.range())
     }
 
+    /// Forwards leave from `cluster.listen`'s address when it names one, so peers see
+    /// the address their `peer_cidrs` expect on a multi-homed host.
+    fn forward_source(&self) -> Option<SocketAddr> {
+        self.config
+            .listen
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| SocketAddr::new(a.ip(), 0))
+    }
+
     /// Binds every port of the other slices (all addresses) and `cluster.listen`.
     pub fn bind(&self) -> Result<ClusterListeners, ClusterError> {
         let mut forward = Vec::new();
@@ -247,7 +256,7 @@ impl ClusterNode {
         };
         let header = header::encode(source, local, self.ordinal);
         let connected = async {
-            let mut s = crate::net::connect_from(addr, None, t).await?;
+            let mut s = crate::net::connect_from(addr, self.forward_source(), t).await?;
             tokio::time::timeout(t, s.write_all(&header))
                 .await
                 .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
