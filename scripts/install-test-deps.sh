@@ -39,6 +39,8 @@ PACKAGES=(
     # DNS server for named backends (dnsmasq-base: the binary without the system
     # service that the dnsmasq package would start on port 53)
     haproxy dnsmasq-base
+    # pip for kubernetes-validate below (tests/kubernetes_manifests.rs)
+    python3-pip
     # proftpd-core's shared libraries (the package itself is unpacked below)
     libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
     libacl1 libcap2 libcrypt1 libidn2-0 libncursesw6 libpam0g libssl3
@@ -97,6 +99,19 @@ unpack proftpd-core proftpd
 # mod_tls (FTPS, tests/e2e_ftps.rs) lives in proftpd-mod-crypto; loaded with
 # ModulePath/LoadModule from here.
 unpack proftpd-mod-crypto proftpd-crypto
+
+# Kubernetes manifests (tests/kubernetes_manifests.rs): kubernetes-validate checks the
+# rendered overlays against the Kubernetes API schemas it ships (1.25 to 1.37 in this
+# version; the test asks for 1.30, strict). Pinned: a new release may change its schemas.
+# kubectl (for `kubectl kustomize`) is not installed here: Debian 12 has only kubectl
+# 1.20, whose kustomize is too old; this machine image ships a current one.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+if ! python3 -m pip show kubernetes-validate 2>/dev/null | grep -qx "Version: $KUBERNETES_VALIDATE_VERSION"; then
+    python3 -m pip install --quiet --break-system-packages "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+if ! command -v kubectl >/dev/null 2>&1; then
+    echo "install-test-deps.sh: kubectl not found: tests/kubernetes_manifests.rs will fail under CI" >&2
+fi
 
 # Prove the unpacked binary runs (all shared libraries resolved).
 "$OPT/proftpd/usr/sbin/proftpd" --version >/dev/null
