@@ -34,6 +34,8 @@ fn exported_names() -> BTreeSet<String> {
         .with_label_values(&["ftp.example.internal:21"]);
     m.proxy_headers_total
         .with_label_values(&["control", "accepted"]);
+    // Cluster families are created when cluster mode starts.
+    m.cluster.init(0, 3);
     let mut names = BTreeSet::new();
     for line in m.render().lines() {
         let Some(rest) = line.strip_prefix("# TYPE ") else {
@@ -242,6 +244,11 @@ fn every_expression_names_only_exported_metrics() {
         "ftpgate_health_checks_total",
         "ftpgate_backend_members",
         "ftpgate_proxy_headers_total",
+        // Scale-out (issue 14): per-replica forwarding.
+        "ftpgate_cluster_forwarded_total",
+        "ftpgate_cluster_forward_failures_total",
+        "ftpgate_cluster_forwarded_bytes_total",
+        "ftpgate_cluster_ordinal",
     ] {
         assert!(used.contains(needed), "no panel shows {needed}");
     }

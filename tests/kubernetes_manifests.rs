@@ -505,3 +505,39 @@ fn committed_service_ports_match_gen_ports() {
         );
     }
 }
+
+/// Every shipped ftpgate.yaml is a configuration ftpgate itself accepts (what
+/// `ftpgate check` says), in cluster mode, and pod `ftpgate-0` finds its ordinal in
+/// its host name. Needs no kubectl.
+#[test]
+fn shipped_configs_pass_ftpgate_check() {
+    let files: Vec<PathBuf> = ["base".to_string()]
+        .into_iter()
+        .chain(overlays().into_iter().map(|o| format!("overlays/{o}")))
+        .map(|d| kube_dir().join(d).join("ftpgate.yaml"))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(files.len() >= 3, "base and the overlays: {files:?}");
+    for f in files {
+        let loaded = ftpgate::config::Config::from_file(&f)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert!(
+            loaded.deprecations.is_empty(),
+            "{}: deprecated keys",
+            f.display()
+        );
+        let cfg = loaded
+            .config
+            .validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert!(cfg.cluster.enabled(), "{}: cluster mode off", f.display());
+        assert_eq!(cfg.cluster.own_ordinal(Some("ftpgate-0")), Ok(0));
+        assert!(
+            cfg.cluster
+                .peer_address(1)
+                .is_some_and(|p| p.contains("ftpgate-1.")),
+            "{}: peer_template",
+            f.display()
+        );
+    }
+}

@@ -36,7 +36,7 @@ fn promtool_accepts_the_alerting_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("5 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("6 rules found"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -47,6 +47,7 @@ fn alerts_name_only_exported_metrics() {
     let text = std::fs::read_to_string(alerts_file()).unwrap();
     let metrics = ftpgate::metrics::Metrics::new();
     metrics.init_labels(&["10.0.0.2:21".parse().unwrap()]);
+    metrics.cluster.init(0, 3);
     let exposition = metrics.render();
     let mut named = 0;
     for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
