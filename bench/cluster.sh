@@ -185,6 +185,7 @@ done
 for k in 0 1 2; do
     m=$(in_ns curl -s "http://127.0.9.$((k + 1)):9464/metrics" | grep -E '^ftpgate_cluster_(forwarded_total|forward_failures_total)' | awk '$2 > 0' | tr '\n' ' ')
     log "replica $k: ${m:-no forwards}"
+    log "replica $k: $(grep -E '^(VmRSS|VmHWM)' "/proc/${PID[$k]}/status" | tr -s ' \n' ' ')fds $(find "/proc/${PID[$k]}/fd" -mindepth 1 | wc -l)"
 done
 HZ=$(getconf CLK_TCK)
 python3 - "$RES" "$HZ" "$BIG_BYTES" "$SESSIONS" <<'EOF'
