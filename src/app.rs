@@ -147,6 +147,9 @@ impl Gateway {
                 Arc::clone(&metrics),
             )?;
             let bound = node.bind()?;
+            if config.public_address.is_empty() {
+                warn!("cluster mode without public_address: 227 replies name this replica's own address, which clients behind the balancer cannot reach (EPSV is unaffected)");
+            }
             (Some(node), Some(bound))
         } else {
             (None, None)
