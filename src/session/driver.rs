@@ -108,17 +108,23 @@ pub(super) async fn pump(
     let mut drain_seen = false;
 
     let mut deadline = m.next_deadline();
+    // Every write of both outboxes, with the actions each step decides.
+    macro_rules! flush_both {
+        () => {
+            flush_all(
+                m,
+                client.as_mut(),
+                backend.as_mut(),
+                &mut data,
+                &mut closing,
+                &mut deadline_timer,
+                shutdown,
+            )
+            .await
+        };
+    }
     // ftpgate's own greeting (`balance: user`) goes out before anything is read.
-    flush_client(
-        m,
-        client.as_mut(),
-        None,
-        deadline,
-        &mut deadline_timer,
-        shutdown,
-    )
-    .await;
-    data.execute(m, &mut closing);
+    flush_both!();
     loop {
         let read_client = m.wants_client_input();
         if read_client {
@@ -206,38 +212,16 @@ pub(super) async fn pump(
         if m.logged_in() {
             slot.release();
         }
-        data.execute(m, &mut closing);
-        // One deadline for both writes and the next turn's timer: only an error
-        // between them changes it, and an error closes the session anyway (a TLS step
-        // below recomputes it).
-        deadline = m.next_deadline();
-        flush_backend(
-            m,
-            backend.as_mut(),
-            closing,
-            deadline,
-            &mut deadline_timer,
-            shutdown,
-        )
-        .await;
-        data.execute(m, &mut closing);
-        if flush_client(
-            m,
-            client.as_mut(),
-            closing,
-            deadline,
-            &mut deadline_timer,
-            shutdown,
-        )
-        .await
-        {
+        if flush_both!() {
             if let Some(t) = backend_read_at {
                 ctx.metrics
                     .reply_added_latency_seconds
                     .observe(t.elapsed().as_secs_f64());
             }
         }
-        data.execute(m, &mut closing);
+        // The next turn's timer: only an error changes the deadline after the writes,
+        // and an error closes the session anyway (a step below recomputes it).
+        deadline = m.next_deadline();
 
         // `balance: user`: the backend for the USER just read.
         if let Some(req) = data.upgrades.connect.take().filter(|_| closing.is_none()) {
@@ -266,18 +250,7 @@ pub(super) async fn pump(
                     m.on_deadline(kind, now);
                 }
             }
-            data.execute(m, &mut closing);
-            deadline = m.next_deadline();
-            flush_client(
-                m,
-                client.as_mut(),
-                closing,
-                deadline,
-                &mut deadline_timer,
-                shutdown,
-            )
-            .await;
-            data.execute(m, &mut closing);
+            flush_both!();
             deadline = m.next_deadline();
         }
 
@@ -298,18 +271,9 @@ pub(super) async fn pump(
                 debug!(version = n.version, "backend control connection in TLS");
             }
             m.on_backend_tls(r, Instant::now());
-            data.execute(m, &mut closing);
-            deadline = m.next_deadline();
-            flush_client(
-                m,
-                client.as_mut(),
-                closing,
-                deadline,
-                &mut deadline_timer,
-                shutdown,
-            )
-            .await;
-            data.execute(m, &mut closing);
+            // ftpgate's own PBSZ/PROT, and a routed session's replayed USER, go now:
+            // nothing else may wake this loop before the backend answers them.
+            flush_both!();
             deadline = m.next_deadline();
         }
         if std::mem::take(&mut data.upgrades.client) && closing.is_none() {
@@ -423,6 +387,26 @@ impl DataTasks<'_> {
             }
         }
     }
+}
+
+/// Carries out the machine's actions and writes both outboxes (the backend's first),
+/// under one deadline; true when something reached the client.
+async fn flush_all(
+    m: &mut Machine,
+    client: Option<&mut MaybeTls>,
+    backend: Option<&mut MaybeTls>,
+    data: &mut DataTasks<'_>,
+    closing: &mut Option<Outcome>,
+    timer: &mut Timer,
+    shutdown: &CancellationToken,
+) -> bool {
+    data.execute(m, closing);
+    let deadline = m.next_deadline();
+    flush_backend(m, backend, *closing, deadline, timer, shutdown).await;
+    data.execute(m, closing);
+    let delivered = flush_client(m, client, *closing, deadline, timer, shutdown).await;
+    data.execute(m, closing);
+    delivered
 }
 
 /// Writes the backend's outbox; a failure becomes a machine input.

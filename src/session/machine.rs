@@ -296,18 +296,13 @@ impl<E: SessionEdge> SessionMachine<E> {
         }
     }
 
-    /// A `balance: user` session with no backend yet: ftpgate's own `220 <greeting>`
-    /// is in the outbox, and client commands are answered here until `USER` (see
-    /// [`super::routing`]). `addrs.backend`/`backend_local` are placeholders until
-    /// [`Self::on_backend_connected`].
-    pub fn awaiting_user(
-        cfg: Arc<Config>,
-        metrics: Arc<Metrics>,
-        edge: E,
-        addrs: Addresses,
-        now: Instant,
-    ) -> Self {
-        let mut m = Self::new(cfg, metrics, edge, addrs, now);
+    /// Makes a fresh machine a `balance: user` session with no backend yet: ftpgate's
+    /// own `220 <greeting>` is in the outbox, and client commands are answered here
+    /// until `USER` (see [`super::routing`]). `addrs.backend`/`backend_local` are
+    /// placeholders until [`Self::on_backend_connected`].
+    #[must_use]
+    pub fn awaiting_user(self) -> Self {
+        let mut m = self;
         m.ledger = ReplyLedger::unconnected(m.cfg.passive.rewrite);
         m.route = Route::AwaitingUser;
         m.reply_now(LocalReply::RoutingGreeting(m.cfg.greeting.clone()));

@@ -720,13 +720,14 @@ fn awaiting_user(f: impl FnOnce(&mut Config)) -> T {
     f(&mut cfg);
     let now = Instant::now();
     let mut t = T {
-        m: SessionMachine::awaiting_user(
+        m: SessionMachine::new(
             Arc::new(cfg),
             Arc::new(Metrics::new()),
             FakeEdge::default(),
             addrs(CLIENT),
             now,
-        ),
+        )
+        .awaiting_user(),
         now,
     };
     assert_eq!(t.take_client(), "220 ftpgate ready\r\n");

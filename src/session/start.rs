@@ -131,7 +131,7 @@ pub(super) async fn serve(
     // it asks (Action::ConnectBackend). Otherwise the backend is connected first.
     let routes_by_user = mode == ListenerMode::Reverse && ctx.config.balance == BalancePolicy::User;
     let (mut machine, backend) = if routes_by_user {
-        let m = SessionMachine::awaiting_user(cfg, metrics, edge, addrs, Instant::now());
+        let m = SessionMachine::new(cfg, metrics, edge, addrs, Instant::now()).awaiting_user();
         (m, None)
     } else {
         let opened = match open_backend(&client, &front, client_ip, None, &mut tls, ctx).await {
