@@ -244,6 +244,97 @@ pub fn encode_proxy_header(
     }
 }
 
+/// The client's TLS session as a v2 header describes it (HAProxy spec §2.2.5, the
+/// `PP2_TYPE_SSL` TLV): known when the client side is TLS at the time ftpgate writes
+/// the header (implicit FTPS, or `balance: user` after `AUTH TLS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// `PP2_SUBTYPE_SSL_VERSION`: `TLSv1.3`, `TLSv1.2` (OpenSSL's spelling, as
+    /// HAProxy sends it).
+    pub version: &'static str,
+    /// `PP2_SUBTYPE_SSL_CIPHER`: the IANA name (`TLS_AES_256_GCM_SHA384`,
+    /// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`).
+    pub cipher: String,
+    /// The SNI the client sent: `PP2_TYPE_AUTHORITY`.
+    pub sni: Option<String>,
+}
+
+/// `PP2_TYPE_AUTHORITY` (spec §2.2.2).
+pub const PP2_TYPE_AUTHORITY: u8 = 0x02;
+/// `PP2_TYPE_SSL` (spec §2.2.5).
+pub const PP2_TYPE_SSL: u8 = 0x20;
+/// `PP2_SUBTYPE_SSL_VERSION`.
+pub const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
+/// `PP2_SUBTYPE_SSL_CIPHER`.
+pub const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
+/// `PP2_CLIENT_SSL`: the client connected over TLS.
+pub const PP2_CLIENT_SSL: u8 = 0x01;
+
+/// rustls names TLS 1.3 suites `TLS13_…`; RFC 8446 (and OpenSSL, and HAProxy) say
+/// `TLS_…`. TLS 1.2 names are already IANA's.
+pub fn iana_cipher_name(rustls_name: &str) -> String {
+    match rustls_name.strip_prefix("TLS13_") {
+        Some(rest) => format!("TLS_{rest}"),
+        None => rustls_name.to_owned(),
+    }
+}
+
+/// [`encode_proxy_header`], and with v2 the client's TLS session as TLVs:
+/// `PP2_TYPE_AUTHORITY` (the SNI, when sent) and `PP2_TYPE_SSL` with `PP2_CLIENT_SSL`
+/// and the version and cipher sub-TLVs. v1 has no TLVs: `tls` is ignored.
+pub fn encode_proxy_header_tls(
+    version: ProxyVersion,
+    source: SocketAddr,
+    destination: SocketAddr,
+    tls: Option<&ClientTls>,
+) -> Vec<u8> {
+    let Some(tls) = tls.filter(|_| version == ProxyVersion::V2) else {
+        return encode_proxy_header(version, source, destination);
+    };
+    let (source, destination) = same_family(source, destination);
+    let mut builder = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (source, destination),
+    );
+    // Values longer than a TLV holds cannot come from rustls; such a TLV is left out.
+    let fits = |v: &[u8]| v.len() <= usize::from(u16::MAX) - 64;
+    if let Some(sni) = tls.sni.as_deref().filter(|s| fits(s.as_bytes())) {
+        builder = match builder.write_tlv(PP2_TYPE_AUTHORITY, sni.as_bytes()) {
+            Ok(b) => b,
+            Err(_) => return encode_proxy_header(version, source, destination),
+        };
+    }
+    let ssl = ssl_tlv_value(tls);
+    if fits(&ssl) {
+        builder = match builder.write_tlv(PP2_TYPE_SSL, &ssl) {
+            Ok(b) => b,
+            Err(_) => return encode_proxy_header(version, source, destination),
+        };
+    }
+    builder
+        .build()
+        .unwrap_or_else(|_| encode_proxy_header(version, source, destination))
+}
+
+/// The value of a `PP2_TYPE_SSL` TLV: `client` flags, a 32-bit `verify` (spec: zero
+/// only when the client presented a certificate that was verified; ftpgate asks for
+/// none, so 1), then sub-TLVs.
+fn ssl_tlv_value(tls: &ClientTls) -> Vec<u8> {
+    let mut v = vec![PP2_CLIENT_SSL];
+    v.extend(1u32.to_be_bytes());
+    for (kind, value) in [
+        (PP2_SUBTYPE_SSL_VERSION, tls.version.as_bytes()),
+        (PP2_SUBTYPE_SSL_CIPHER, tls.cipher.as_bytes()),
+    ] {
+        let len = u16::try_from(value.len()).unwrap_or(0);
+        v.push(kind);
+        v.extend(len.to_be_bytes());
+        v.extend(value.get(..usize::from(len)).unwrap_or_default());
+    }
+    v
+}
+
 /// The header of a connection made on ftpgate's own behalf (health checks): v2
 /// `LOCAL`, v1 `UNKNOWN`; the receiver uses the connection's own addresses.
 pub fn encode_local_header(version: ProxyVersion) -> Vec<u8> {
@@ -416,6 +507,102 @@ mod tests {
     fn mixed_families_are_sent_as_mapped_ipv6() {
         let h = encode_proxy_header(ProxyVersion::V1, a("[2001:db8::7]:1"), a("10.0.0.1:21"));
         assert_eq!(h, b"PROXY TCP6 2001:db8::7 ::ffff:10.0.0.1 1 21\r\n");
+    }
+
+    /// Sub-TLVs of a `PP2_TYPE_SSL` value (after `client` and `verify`).
+    fn sub_tlvs(ssl: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut rest = &ssl[5..];
+        while !rest.is_empty() {
+            let len = usize::from(u16::from_be_bytes([rest[1], rest[2]]));
+            out.push((rest[0], rest[3..3 + len].to_vec()));
+            rest = &rest[3 + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn a_tls_client_is_described_in_v2_tlvs_as_haproxy_does() {
+        let tls = ClientTls {
+            version: "TLSv1.3",
+            cipher: iana_cipher_name("TLS13_AES_256_GCM_SHA384"),
+            sni: Some("ftp.example.net".into()),
+        };
+        let bytes = encode_proxy_header_tls(
+            ProxyVersion::V2,
+            a("198.51.100.7:40000"),
+            a("203.0.113.1:990"),
+            Some(&tls),
+        );
+        // ppp decodes what ftpgate encodes; ftpgate's own parser still takes it.
+        let h = ppp::v2::Header::try_from(&bytes[..]).unwrap();
+        assert_eq!(h.len(), bytes.len());
+        let tlvs: Vec<_> = h.tlvs().map(|t| t.unwrap()).collect();
+        assert_eq!(tlvs.len(), 2, "{tlvs:?}");
+        assert_eq!(tlvs[0].kind, PP2_TYPE_AUTHORITY);
+        assert_eq!(&tlvs[0].value[..], b"ftp.example.net");
+        assert_eq!(tlvs[1].kind, u8::from(ppp::v2::Type::SSL));
+        let ssl = &tlvs[1].value;
+        assert_eq!(ssl[0], PP2_CLIENT_SSL);
+        assert_ne!(
+            &ssl[1..5],
+            &[0, 0, 0, 0],
+            "no client certificate: not verified"
+        );
+        assert_eq!(
+            sub_tlvs(ssl),
+            vec![
+                (u8::from(ppp::v2::Type::SSLVersion), b"TLSv1.3".to_vec()),
+                (
+                    u8::from(ppp::v2::Type::SSLCipher),
+                    b"TLS_AES_256_GCM_SHA384".to_vec()
+                ),
+            ]
+        );
+        assert!(matches!(
+            parse_proxy_header(&bytes),
+            Ok(Some((ProxyHeader::Proxied { source, .. }, n))) if source == a("198.51.100.7:40000") && n == bytes.len()
+        ));
+        // No SNI (a client connecting by address): no authority TLV.
+        let bare = ClientTls {
+            sni: None,
+            ..tls.clone()
+        };
+        let h2 = encode_proxy_header_tls(
+            ProxyVersion::V2,
+            a("198.51.100.7:40000"),
+            a("203.0.113.1:990"),
+            Some(&bare),
+        );
+        let kinds: Vec<u8> = ppp::v2::Header::try_from(&h2[..])
+            .unwrap()
+            .tlvs()
+            .map(|t| t.unwrap().kind)
+            .collect();
+        assert_eq!(kinds, vec![PP2_TYPE_SSL]);
+        // v1 has no TLVs; a clear client gets the plain header.
+        assert_eq!(
+            encode_proxy_header_tls(
+                ProxyVersion::V1,
+                a("198.51.100.7:1"),
+                a("203.0.113.1:21"),
+                Some(&tls)
+            ),
+            encode_proxy_header(ProxyVersion::V1, a("198.51.100.7:1"), a("203.0.113.1:21"))
+        );
+        assert_eq!(
+            encode_proxy_header_tls(
+                ProxyVersion::V2,
+                a("198.51.100.7:1"),
+                a("203.0.113.1:21"),
+                None
+            ),
+            encode_proxy_header(ProxyVersion::V2, a("198.51.100.7:1"), a("203.0.113.1:21"))
+        );
+        assert_eq!(
+            iana_cipher_name("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+        );
     }
 
     #[tokio::test]

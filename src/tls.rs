@@ -304,6 +304,26 @@ impl MaybeTls {
         })
     }
 
+    /// What a client handshake (ftpgate as the TLS server) negotiated, as a PROXY v2
+    /// `PP2_TYPE_SSL` names it; `None` unless this is the client side in TLS.
+    pub fn client_facts(&self) -> Option<crate::proxy_protocol::ClientTls> {
+        let MaybeTls::Server(s) = self else {
+            return None;
+        };
+        let c = s.get_ref().1;
+        let version = match c.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "unknown",
+        };
+        let suite = c.negotiated_cipher_suite()?.suite();
+        Some(crate::proxy_protocol::ClientTls {
+            version,
+            cipher: crate::proxy_protocol::iana_cipher_name(suite.as_str().unwrap_or("unknown")),
+            sni: c.server_name().map(str::to_owned),
+        })
+    }
+
     /// Upgrades a plain stream with ftpgate as the TLS server.
     pub async fn accept(self, acceptor: &TlsAcceptor) -> io::Result<MaybeTls> {
         match self {

@@ -170,6 +170,23 @@ fn curl_list(ns: &Netns, t: &FtpTarget, ca: &str, mode: Mode) -> Transcript {
     run(cmd)
 }
 
+/// curl with implicit FTPS (`ftps://`, TLS from the first byte) in passive mode:
+/// `op` is `-o` (download `remote` to `local`) or `-T` (upload `local` as `remote`).
+fn curl_implicit(
+    ns: &Netns,
+    t: &FtpTarget,
+    ca: &str,
+    op: &str,
+    local: &Path,
+    remote: &str,
+) -> Transcript {
+    let mut cmd = common::clients::curl_command(ns, t);
+    cmd.args(["--cacert", ca, "--ftp-pasv", "--no-ftp-skip-pasv-ip", op])
+        .arg(local)
+        .arg(format!("ftps://{}:{}/{remote}", t.addr.ip(), t.addr.port()));
+    run(cmd)
+}
+
 /// lftp forcing TLS on control and data (`ftp:ssl-force`, `ftp:ssl-protect-data`).
 fn lftp_ftps(ns: &Netns, t: &FtpTarget, ca: &str, mode: Mode, script: &str) -> Transcript {
     let passive = if mode == Mode::Active { "off" } else { "on" };
@@ -819,32 +836,18 @@ fn ftps_upgrade_and_implicit_vsftpd() {
         (50100, 50199),
         &[&ca[..], &["--implicit-tls-listen", "203.0.113.1:990"]].concat(),
     );
-    let ftps = |path: &str| format!("ftps://{}:990/{path}", PROXY_PUBLIC_V4);
     let out = work.path().join("implicit.bin");
-    let mut cmd = common::clients::curl_command(&topo.client, &at(990));
-    cmd.args([
-        "--cacert",
-        &pki.gate_ca,
-        "--ftp-pasv",
-        "--no-ftp-skip-pasv-ip",
-        "-o",
-    ])
-    .arg(&out)
-    .arg(ftps(BIG_FILE));
-    let r = run(cmd);
+    let r = curl_implicit(&topo.client, &at(990), &pki.gate_ca, "-o", &out, BIG_FILE);
     r.assert_success(&context(&g, &server));
     assert_eq!(sha256_file(&out), server.root.big_sha256());
-    let mut cmd = common::clients::curl_command(&topo.client, &at(990));
-    cmd.args([
-        "--cacert",
+    let r = curl_implicit(
+        &topo.client,
+        &at(990),
         &pki.gate_ca,
-        "--ftp-pasv",
-        "--no-ftp-skip-pasv-ip",
         "-T",
-    ])
-    .arg(&src)
-    .arg(ftps("upload/implicit.bin"));
-    let r = run(cmd);
+        &src,
+        "upload/implicit.bin",
+    );
     r.assert_success(&context(&g, &server));
     assert_eq!(sha256_file(&server.root.uploaded("implicit.bin")), want_up);
 
@@ -1073,5 +1076,194 @@ fn ftps_mirror_proftpd() {
         "{}",
         ctx()
     );
+    g.assert_no_password();
+}
+
+/// `balance: user` with FTPS (issues 12 and 11): ftpgate greets, answers `AUTH TLS`
+/// (and lftp's `FEAT`, `PBSZ`, `PROT`) itself before `USER`, then routes by name,
+/// connects, upgrades the vsftpd it chose (`mirror`: the client is in TLS) and only
+/// then replays `USER`. Two users on two vsftpd (each requiring session reuse):
+/// `ftpgate-test` is routed to the server its name's hash would NOT pick (so only the
+/// route can put it there), `anonymous` to the other, the only one that allows
+/// anonymous logins. curl `--ssl-reqd`, lftp `ftp:ssl-force` and implicit FTPS
+/// (`ftps://`, port 990), byte-exact both ways.
+#[test]
+fn ftps_user_routing_vsftpd() {
+    if !common::e2e_enabled("ftps_user_routing_vsftpd") {
+        return;
+    }
+    let topo = ReverseTopology::new();
+    let second = std::net::Ipv4Addr::new(10, 0, 0, 3);
+    topo.backend.addr("eth0", &format!("{second}/24"));
+    let pki = Pki::new();
+    let work = tempfile::tempdir().unwrap();
+    let second_dir = work.path().join("second");
+    std::fs::create_dir(&second_dir).unwrap();
+    let (second_ca, second_cert, second_key) = make_certificates(&second_dir, IpAddr::V4(second));
+    let cas = work.path().join("backend-cas.pem");
+    std::fs::write(
+        &cas,
+        [
+            std::fs::read(&pki.backend_ca).unwrap(),
+            std::fs::read(&second_ca).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let first = topo.backend_addr();
+    let other = SocketAddr::new(IpAddr::V4(second), 21);
+    let score = |a: SocketAddr| ftpgate::farm::policy::hrw_score(FTP_USER, a, 1);
+    let (user_home, anon_home) = if score(first) < score(other) {
+        (first, other)
+    } else {
+        (other, first)
+    };
+    // Anonymous files: world-readable, outside any writable chroot (vsftpd insists).
+    let anon_root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        anon_root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let anon_file = anon_root.path().join("anon.bin");
+    common::servers::write_random_file(&anon_file, 3 * 1024 * 1024 + 17);
+    std::fs::set_permissions(
+        &anon_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let start = |addr: SocketAddr| {
+        let (cert, key, pasv) = if addr == first {
+            (&pki.backend_cert, &pki.backend_key, 40000)
+        } else {
+            (&second_cert, &second_key, 42000)
+        };
+        let anon = if addr == anon_home {
+            format!(
+                "anonymous_enable=YES\nanon_root={}\nno_anon_password=YES\nallow_anon_ssl=YES\n",
+                anon_root.path().display()
+            )
+        } else {
+            String::new()
+        };
+        FtpServer::start_with(
+            &topo.topo,
+            &topo.backend,
+            addr,
+            ServerKind::Vsftpd,
+            &format!(
+                "ssl_enable=YES\nrsa_cert_file={cert}\nrsa_private_key_file={key}\n\
+                 require_ssl_reuse=YES\nstrict_ssl_read_eof=YES\nssl_ciphers=HIGH\n\
+                 force_local_logins_ssl=NO\nforce_local_data_ssl=NO\n\
+                 pasv_min_port={pasv}\npasv_max_port={}\n{anon}",
+                pasv + 999
+            ),
+        )
+    };
+    let users = start(user_home);
+    let anons = start(anon_home);
+    let cfg = work.path().join("ftpgate.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "balance: user\ngreeting: farm ready\nroutes:\n  - {{user: {FTP_USER}, backends: ['{user_home}']}}\n  - {{user: anonymous, backends: ['{anon_home}']}}\n"
+        ),
+    )
+    .unwrap();
+    let mut o = FtpgateOptions::new(
+        vec![SocketAddr::new(IpAddr::V4(PROXY_PUBLIC_V4), 21)],
+        first,
+        vec![IpAddr::V4(PROXY_PUBLIC_V4)],
+    );
+    o.backend.push(other);
+    o.extra_args = [
+        "--config",
+        &cfg.display().to_string(),
+        "--tls-cert",
+        &pki.gate_cert,
+        "--tls-key",
+        &pki.gate_key,
+        "--backend-ca",
+        &cas.display().to_string(),
+        "--implicit-tls-listen",
+        "203.0.113.1:990",
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect();
+    let g = topo.start_ftpgate(o);
+    let ctx = || {
+        format!(
+            "{}\n--- user's vsftpd ---\n{}\n--- anonymous vsftpd ---\n{}",
+            g.logs(),
+            users.logs(),
+            anons.logs()
+        )
+    };
+    let t = at(21);
+    let anon = FtpTarget {
+        user: "anonymous".into(),
+        pass: "guest".into(),
+        ..at(21)
+    };
+
+    // curl --ssl-reqd: AUTH TLS, then USER; EPSV and PASV, down and up.
+    for mode in [Mode::Epsv, Mode::Pasv] {
+        let out = work.path().join(format!("user-{mode:?}.bin"));
+        let r = curl_get(&topo.client, &t, &pki.gate_ca, mode, BIG_FILE, &out);
+        r.assert_success(&ctx());
+        assert!(r.stderr.contains("220 farm ready"), "{r}");
+        assert_eq!(sha256_file(&out), users.root.big_sha256(), "{mode:?}");
+        let out = work.path().join(format!("anon-{mode:?}.bin"));
+        let r = curl_get(&topo.client, &anon, &pki.gate_ca, mode, "anon.bin", &out);
+        r.assert_success(&ctx());
+        assert_eq!(sha256_file(&out), sha256_file(&anon_file), "{mode:?}");
+    }
+    let (src, ca) = (upload_source(work.path()), &pki.gate_ca);
+    let r = curl_put(&topo.client, &t, ca, Mode::Epsv, &src, "upload/routed.bin");
+    r.assert_success(&ctx());
+    assert_eq!(
+        sha256_file(&users.root.uploaded("routed.bin")),
+        sha256_file(&src)
+    );
+
+    // lftp: FEAT before AUTH TLS (answered by ftpgate), then the login inside TLS.
+    let out = work.path().join("lftp.bin");
+    let r = lftp_ftps(
+        &topo.client,
+        &t,
+        &pki.gate_ca,
+        Mode::Epsv,
+        &format!("get {BIG_FILE} -o {}", out.display()),
+    );
+    r.assert_success(&ctx());
+    assert_eq!(sha256_file(&out), users.root.big_sha256());
+
+    // Implicit FTPS: ftpgate's greeting inside TLS, then both users.
+    for (who, remote, want) in [
+        (&t, BIG_FILE, users.root.big_sha256().to_owned()),
+        (&anon, "anon.bin", sha256_file(&anon_file)),
+    ] {
+        let out = work.path().join(format!("implicit-{}.bin", who.user));
+        let implicit = FtpTarget {
+            addr: SocketAddr::new(IpAddr::V4(PROXY_PUBLIC_V4), 990),
+            ..(*who).clone()
+        };
+        let r = curl_implicit(&topo.client, &implicit, &pki.gate_ca, "-o", &out, remote);
+        r.assert_success(&ctx());
+        assert_eq!(sha256_file(&out), want, "{}", who.user);
+    }
+
+    // Each vsftpd saw only its user, over TLS that ftpgate started before USER.
+    let (ul, al) = (users.logs(), anons.logs());
+    assert_eq!(ul.matches("OK LOGIN").count(), 5, "{}", ctx());
+    assert!(!ul.contains("anon password"), "{}", ctx());
+    assert_eq!(al.matches("OK LOGIN").count(), 3, "{}", ctx());
+    assert_eq!(al.matches("anon password").count(), 3, "{}", ctx());
+    for log in [&ul, &al] {
+        let auth = log.find("\"AUTH TLS\"").expect("AUTH TLS from ftpgate");
+        let user = log.find("\"USER ").expect("USER");
+        assert!(auth < user, "USER only after TLS\n{}", ctx());
+    }
     g.assert_no_password();
 }

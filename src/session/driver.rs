@@ -23,9 +23,9 @@ use super::data::DataEvent;
 use super::edge::{spawn_data, PoolEdge};
 use super::front::client_behind_balancer;
 use super::limits::PreloginSlot;
-use super::machine::{Action, Deadline, SessionMachine};
+use super::machine::{Action, Deadline, RouteRequest, SessionMachine};
 use super::outcome::{Outcome, SessionError};
-use super::start::serve;
+use super::start::{open_backend, serve, BackendHold, Front};
 use super::timer::Timer;
 use super::transport::{handshake, relay_opaque, SessionTls};
 use super::writes::{bounded, grace, write_backend, write_flush, Interrupt};
@@ -68,19 +68,22 @@ pub async fn run_session(
     metrics.session_ended(outcome);
 }
 
-// `cbuf` carries what `balance: user` read before the machine existed.
+// `backend` is `None` until a `balance: user` machine asks for its connect
+// (`Action::ConnectBackend`); `hold` then keeps that backend's lease.
 #[allow(clippy::too_many_lines, clippy::too_many_arguments)]
 pub(super) async fn pump(
     m: &mut Machine,
     client: MaybeTls,
-    backend: MaybeTls,
-    tls: &SessionTls,
-    mut cbuf: Vec<u8>,
+    backend: Option<MaybeTls>,
+    tls: SessionTls,
+    front: &Front,
+    hold: &mut Option<BackendHold>,
     slot: &mut PreloginSlot<'_>,
     ctx: &SessionContext,
     shutdown: &CancellationToken,
 ) -> Outcome {
     let max_line = ctx.config.control.max_line_length;
+    let mut cbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let (data_tx, mut data_rx) = mpsc::unbounded_channel();
     let mut data = DataTasks {
         ctx,
@@ -91,16 +94,37 @@ pub(super) async fn pump(
         preliminaries: watch::channel(0u64).0,
         upgrades: Upgrades::default(),
     };
+    // A backend that is not there yet is expected (the machine asks for it); one that
+    // went missing (a failed handshake took it) ends the session.
+    let mut awaiting_backend = backend.is_none();
     // Data mappings not yet in use are withdrawn when the session ends.
     let _withdraw_all = data.scope.clone().drop_guard();
     let mut closing: Option<Outcome> = None;
     let (mut noop_timer, mut deadline_timer) = (Timer::default(), Timer::default());
     let mut sbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    // `None` only while a handshake owns the stream.
-    let (mut client, mut backend) = (Some(client), Some(backend));
+    // `None` only while a handshake owns the stream (or, for the backend, before
+    // `balance: user` connects it).
+    let (mut client, mut backend) = (Some(client), backend);
     let mut drain_seen = false;
 
     let mut deadline = m.next_deadline();
+    // Every write of both outboxes, with the actions each step decides.
+    macro_rules! flush_both {
+        () => {
+            flush_all(
+                m,
+                client.as_mut(),
+                backend.as_mut(),
+                &mut data,
+                &mut closing,
+                &mut deadline_timer,
+                shutdown,
+            )
+            .await
+        };
+    }
+    // ftpgate's own greeting (`balance: user`) goes out before anything is read.
+    flush_both!();
     loop {
         let read_client = m.wants_client_input();
         if read_client {
@@ -121,14 +145,20 @@ pub(super) async fn pump(
         deadline_timer.arm_early(wake);
         noop_timer.arm(m.next_keepalive());
         let mut backend_read_at = None;
-        let (Some(cs), Some(bs)) = (client.as_mut(), backend.as_mut()) else {
+        let Some(cs) = client.as_mut() else {
             return closing.unwrap_or(Outcome::ClientError);
         };
+        if backend.is_none() && !awaiting_backend {
+            return closing.unwrap_or(Outcome::ClientError);
+        }
+        let mut bs = backend.as_mut();
         tokio::select! {
             r = cs.read_buf(&mut cbuf), if read_client => match r {
                 Ok(0) => {
                     // Let the backend see the close; its own close ends its side.
-                    let _ = grace(bs.shutdown()).await;
+                    if let Some(b) = bs.as_deref_mut() {
+                        let _ = grace(b.shutdown()).await;
+                    }
                     m.on_client_closed();
                 }
                 // Urgent data (Telnet Synch) exists only on plain TCP.
@@ -140,14 +170,17 @@ pub(super) async fn pump(
                 // A TLS peer that closes TCP without close_notify (vsftpd after
                 // `221`, most clients after QUIT) has still closed.
                 Err(e) if cs.is_tls() && e.kind() == io::ErrorKind::UnexpectedEof => {
-                    let _ = grace(bs.shutdown()).await;
+                    if let Some(b) = bs.as_deref_mut() {
+                        let _ = grace(b.shutdown()).await;
+                    }
                     m.on_client_closed();
                 }
                 Err(e) => m.on_error(&SessionError::ClientRead(e)),
             },
-            r = bs.read_buf(&mut sbuf) => match r {
+            r = read_backend(bs.as_deref_mut(), &mut sbuf) => match r {
                 Ok(0) => m.on_server_closed(&mut sbuf, Instant::now()),
-                Err(e) if bs.is_tls() && e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof
+                    && bs.as_deref().is_some_and(MaybeTls::is_tls) => {
                     m.on_server_closed(&mut sbuf, Instant::now());
                 }
                 Ok(_) => {
@@ -179,45 +212,54 @@ pub(super) async fn pump(
         if m.logged_in() {
             slot.release();
         }
-        data.execute(m, &mut closing);
-        // One deadline for both writes and the next turn's timer: only an error
-        // between them changes it, and an error closes the session anyway (a TLS step
-        // below recomputes it).
-        deadline = m.next_deadline();
-        flush_backend(
-            m,
-            backend.as_mut(),
-            closing,
-            deadline,
-            &mut deadline_timer,
-            shutdown,
-        )
-        .await;
-        data.execute(m, &mut closing);
-        if flush_client(
-            m,
-            client.as_mut(),
-            closing,
-            deadline,
-            &mut deadline_timer,
-            shutdown,
-        )
-        .await
-        {
+        if flush_both!() {
             if let Some(t) = backend_read_at {
                 ctx.metrics
                     .reply_added_latency_seconds
                     .observe(t.elapsed().as_secs_f64());
             }
         }
-        data.execute(m, &mut closing);
+        // The next turn's timer: only an error changes the deadline after the writes,
+        // and an error closes the session anyway (a step below recomputes it).
+        deadline = m.next_deadline();
+
+        // `balance: user`: the backend for the USER just read.
+        if let Some(req) = data.upgrades.connect.take().filter(|_| closing.is_none()) {
+            let mut timer = Timer::default();
+            timer.arm(m.next_deadline().map(|(at, _)| at));
+            let opened = match client.as_ref() {
+                Some(c) => tokio::select! {
+                    r = open_backend(c, front, m.client_ip(), Some(&req.user), &mut data.tls, ctx) => Some(r),
+                    () = timer.fired() => None,
+                    () = shutdown.cancelled() => None,
+                },
+                None => None,
+            };
+            match opened {
+                Some(Ok(b)) => {
+                    awaiting_backend = false;
+                    backend = Some(b.stream);
+                    *hold = Some(b.hold);
+                    m.on_backend_connected(Ok(b.connected), Instant::now());
+                }
+                Some(Err(no)) => m.on_backend_connected(Err(no), Instant::now()),
+                None if shutdown.is_cancelled() => m.on_shutdown(),
+                None => {
+                    let now = Instant::now();
+                    let kind = m.next_deadline().map_or(Deadline::Login, |(_, k)| k);
+                    m.on_deadline(kind, now);
+                }
+            }
+            flush_both!();
+            deadline = m.next_deadline();
+        }
 
         // TLS upgrades, once the replies announcing them are out. Backend first: in
         // mirror mode its success is what lets ftpgate send the client its 234.
         if std::mem::take(&mut data.upgrades.backend) && closing.is_none() {
             let r = handshake(
                 &mut backend,
-                |s| s.connect(&tls.connector, tls.name.clone()),
+                |s| s.connect(&data.tls.connector, data.tls.name.clone()),
                 m.next_deadline(),
                 shutdown,
             )
@@ -229,18 +271,9 @@ pub(super) async fn pump(
                 debug!(version = n.version, "backend control connection in TLS");
             }
             m.on_backend_tls(r, Instant::now());
-            data.execute(m, &mut closing);
-            deadline = m.next_deadline();
-            flush_client(
-                m,
-                client.as_mut(),
-                closing,
-                deadline,
-                &mut deadline_timer,
-                shutdown,
-            )
-            .await;
-            data.execute(m, &mut closing);
+            // ftpgate's own PBSZ/PROT, and a routed session's replayed USER, go now:
+            // nothing else may wake this loop before the backend answers them.
+            flush_both!();
             deadline = m.next_deadline();
         }
         if std::mem::take(&mut data.upgrades.client) && closing.is_none() {
@@ -287,19 +320,30 @@ pub(super) async fn pump(
     }
 }
 
-/// TLS steps the machine asked for this turn, carried out after the outbox is written.
+/// Connection steps the machine asked for this turn (a backend connect, TLS), carried
+/// out after the outbox is written.
 #[derive(Default)]
 struct Upgrades {
+    connect: Option<RouteRequest>,
     client: bool,
     backend: bool,
     passthrough: bool,
+}
+
+/// Reads the backend, or waits forever while there is none yet.
+async fn read_backend(bs: Option<&mut MaybeTls>, buf: &mut Vec<u8>) -> io::Result<usize> {
+    match bs {
+        Some(s) => s.read_buf(buf).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The session's data connections: started and withdrawn as the machine says; the
 /// TLS steps it asks for are noted in `upgrades`.
 struct DataTasks<'a> {
     ctx: &'a SessionContext,
-    tls: &'a SessionTls,
+    /// The session's TLS client towards its backend (named once it is connected).
+    tls: SessionTls,
     events: mpsc::UnboundedSender<DataEvent>,
     /// Parent of every data task's token; cancelled when the session ends.
     scope: CancellationToken,
@@ -330,7 +374,7 @@ impl DataTasks<'_> {
                         &self.events,
                         &self.scope,
                         &c.tls,
-                        self.tls,
+                        &self.tls,
                         self.preliminaries.subscribe(),
                     ));
                 }
@@ -339,9 +383,30 @@ impl DataTasks<'_> {
                 Action::StartClientTls => self.upgrades.client = true,
                 Action::Passthrough => self.upgrades.passthrough = true,
                 Action::TransferPreliminary => self.preliminaries.send_modify(|n| *n += 1),
+                Action::ConnectBackend(req) => self.upgrades.connect = Some(req),
             }
         }
     }
+}
+
+/// Carries out the machine's actions and writes both outboxes (the backend's first),
+/// under one deadline; true when something reached the client.
+async fn flush_all(
+    m: &mut Machine,
+    client: Option<&mut MaybeTls>,
+    backend: Option<&mut MaybeTls>,
+    data: &mut DataTasks<'_>,
+    closing: &mut Option<Outcome>,
+    timer: &mut Timer,
+    shutdown: &CancellationToken,
+) -> bool {
+    data.execute(m, closing);
+    let deadline = m.next_deadline();
+    flush_backend(m, backend, *closing, deadline, timer, shutdown).await;
+    data.execute(m, closing);
+    let delivered = flush_client(m, client, *closing, deadline, timer, shutdown).await;
+    data.execute(m, closing);
+    delivered
 }
 
 /// Writes the backend's outbox; a failure becomes a machine input.

@@ -1,26 +1,17 @@
-//! The client side before the session machine exists (I/O edge, decisions in pure
-//! rooms): the PROXY protocol header of a trusted balancer
-//! ([`crate::proxy_protocol`]), the `balance: user` greeting until `USER`
-//! ([`super::routing`]), and the header ftpgate sends to a backend. Kept out of
-//! [`super::driver`] so the driver stays the machine's pump.
+//! The PROXY protocol at the session's edges (I/O): the header of a trusted balancer
+//! in front of ftpgate ([`crate::proxy_protocol`]), and the header ftpgate sends to a
+//! backend. Kept out of [`super::driver`] so the driver stays the machine's pump.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::driver::READ_CHUNK;
-use super::outcome::Outcome;
-use super::replies::LocalReply;
-use super::routing::{before_user, GateStep};
-use super::start::say_goodbye;
-use super::writes::grace;
 use super::SessionContext;
 use crate::protocol::addr::canonical_ip;
-use crate::proxy_protocol::{encode_proxy_header, read_proxy_header, ProxyHeader};
+use crate::proxy_protocol::{encode_proxy_header_tls, read_proxy_header, ClientTls, ProxyHeader};
 
 /// The real client of a control connection: the PROXY header's source when the peer
 /// is a trusted balancer (which must then send one), else the peer itself. `None`:
@@ -65,72 +56,24 @@ pub async fn client_behind_balancer(
     }
 }
 
-/// `balance: user`: greets the client and answers it until `USER` (see
-/// [`super::routing`]), bounded by the login timeout and shutdown. The `USER` line
-/// and what follows stay in `cbuf`.
-pub async fn await_user(
-    client: &mut TcpStream,
-    cbuf: &mut Vec<u8>,
-    ctx: &SessionContext,
-    started: Instant,
-    shutdown: &CancellationToken,
-) -> Result<String, Outcome> {
-    let max_line = ctx.config.control.max_line_length;
-    let greeting = LocalReply::RoutingGreeting(ctx.config.greeting.clone());
-    ctx.metrics.reply(greeting.code());
-    let mut out = greeting.to_bytes();
-    let deadline = tokio::time::Instant::from_std(started + ctx.config.timeouts.login);
-    loop {
-        let step = before_user(cbuf, &mut out, max_line);
-        if !out.is_empty() {
-            let write = tokio::time::timeout_at(deadline, client.write_all(&out));
-            if !matches!(write.await, Ok(Ok(()))) {
-                return Err(Outcome::Closed);
-            }
-            out.clear();
-        }
-        match step {
-            GateStep::Routed(user) => return Ok(user),
-            GateStep::Close => {
-                let _ = grace(client.shutdown()).await;
-                return Err(Outcome::Closed);
-            }
-            GateStep::NeedMore => {}
-        }
-        cbuf.reserve(READ_CHUNK);
-        tokio::select! {
-            r = client.read_buf(cbuf) => match r {
-                Ok(0) | Err(_) => return Err(Outcome::Closed),
-                Ok(_) => {}
-            },
-            () = tokio::time::sleep_until(deadline) => {
-                ctx.metrics.timeout(crate::metrics::TimeoutKind::Login);
-                say_goodbye(&ctx.metrics, client, LocalReply::LoginTimeout).await;
-                return Err(Outcome::Timeout);
-            }
-            () = shutdown.cancelled() => {
-                say_goodbye(&ctx.metrics, client, LocalReply::ShuttingDown).await;
-                return Err(Outcome::Shutdown);
-            }
-        }
-    }
-}
-
 /// With `backend_proxy_protocol`, opens the backend control connection with a header
 /// naming the client (`peer`) and where it connected (`dst`): the backend, or the
 /// haproxy `accept-proxy` in front of it, learns the real client before the first FTP
-/// byte. False when the header could not be written (the session cannot go on).
+/// byte. A client already in TLS (`tls`: implicit FTPS, or `AUTH TLS` before `USER`
+/// under `balance: user`) is described in v2 TLVs. False when the header could not be
+/// written (the session cannot go on).
 pub async fn send_backend_header(
     backend: &mut TcpStream,
     backend_addr: SocketAddr,
     peer: SocketAddr,
     dst: Option<SocketAddr>,
+    tls: Option<&ClientTls>,
     ctx: &SessionContext,
 ) -> bool {
     let Some(version) = ctx.config.backend_proxy_protocol else {
         return true;
     };
-    let header = encode_proxy_header(version, peer, dst.unwrap_or(peer));
+    let header = encode_proxy_header_tls(version, peer, dst.unwrap_or(peer), tls);
     let sent = tokio::time::timeout(
         ctx.config.timeouts.backend_connect,
         backend.write_all(&header),

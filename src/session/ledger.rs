@@ -162,16 +162,22 @@ impl ReplyLedger {
         }
     }
 
-    /// ftpgate greeted the client itself: the backend's greeting, still owed, is
-    /// swallowed instead of forwarded.
-    pub fn greeted_locally(&mut self) {
-        for p in &mut self.pending {
-            if let Pending::Server { origin, .. } = p {
-                if *origin == Origin::Greeting {
-                    *origin = Origin::Injected(Injected::Banner);
-                }
-            }
-        }
+    /// A session with no backend yet (`balance: user`): ftpgate greets the client
+    /// itself, so nothing is owed until [`Self::banner_owed`].
+    pub fn unconnected(rewrite_passive: bool) -> Self {
+        let mut s = Self::new(rewrite_passive);
+        s.pending.clear();
+        s
+    }
+
+    /// The backend of an [`Self::unconnected`] session is connected: its greeting is
+    /// owed, and swallowed (the client has had ftpgate's `220`). Owed before anything
+    /// else: nothing was sent to the backend yet.
+    pub fn banner_owed(&mut self) {
+        self.pending.push_front(Pending::Server {
+            origin: Origin::Injected(Injected::Banner),
+            started: false,
+        });
     }
 
     /// Replies still owed to the client or to ftpgate.
@@ -404,8 +410,9 @@ mod tests {
     fn backend_banner_swallowed_after_user_routing_greeted_the_client() {
         // balance: user — ftpgate said 220 itself; the client's USER is already queued
         // when the backend's multi-line vsftpd banner arrives.
-        let mut s = ReplyLedger::new(true);
-        s.greeted_locally();
+        let mut s = ReplyLedger::unconnected(true);
+        assert_eq!(s.outstanding(), 0, "no backend, nothing owed");
+        s.banner_owed();
         s.forwarded(Verb::User);
         for line in ["220-welcome\r\n", "220 ready\r\n"] {
             let o = s.on_server_line(line.as_bytes()).unwrap();

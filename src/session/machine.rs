@@ -26,12 +26,14 @@ use super::passive::{
     PassiveTargetDecision,
 };
 use super::replies::LocalReply;
+use super::routing::{before_user, BeforeUser, TlsPolicy};
 use super::tls::{
     data_tls, decide_auth, decide_pbsz, decide_prot, inject_backend_prot, missing_features,
     required_refusal, upgrade_backend_at_greeting, AuthDecision, DataTls, ProtectionDecision,
     TlsState,
 };
 use super::translate::{setup_reply, HeldCommand, Setup, SetupVerdict, Translation};
+use super::upstream::NoUpstream;
 use crate::config::{BackendDataMode, Config, ListenerMode};
 use crate::dataport::LeaseError;
 use crate::metrics::{Metrics, Refusal, RewriteKind, TimeoutKind};
@@ -146,6 +148,42 @@ pub enum Action<L> {
     /// handshake with the client as the TLS server; report with
     /// [`SessionMachine::on_client_tls`].
     StartClientTls,
+    /// `balance: user`: the client sent `USER`; pick a backend for this name, connect
+    /// (PROXY header, implicit TLS per `tls.backend`) and report with
+    /// [`SessionMachine::on_backend_connected`]. The client is not read meanwhile.
+    ConnectBackend(RouteRequest),
+}
+
+/// What the balancer keys on when the machine asks for a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRequest {
+    /// The `USER` name.
+    pub user: String,
+}
+
+/// A backend control connection the driver made for [`Action::ConnectBackend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendConnected {
+    /// The backend's control address (canonical).
+    pub backend: SocketAddr,
+    /// ftpgate's side of that connection (canonical).
+    pub backend_local: SocketAddr,
+    /// The connection is TLS from its first byte (`tls.backend: implicit`).
+    pub tls: bool,
+}
+
+/// Where a session stands with its backend (see [`super::routing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    /// A backend is connected and ready for client commands.
+    Connected,
+    /// `balance: user`: ftpgate greeted the client; no backend yet.
+    AwaitingUser,
+    /// [`Action::ConnectBackend`] asked; the `USER` line waits.
+    Connecting(Vec<u8>),
+    /// Connected; the `USER` line waits for the backend's greeting (and ftpgate's own
+    /// TLS upgrade of it).
+    Replaying(Vec<u8>),
 }
 
 /// Bytes for the two control connections.
@@ -214,6 +252,7 @@ pub struct SessionMachine<E: SessionEdge> {
     tls: TlsState,
     /// Inner lines of the backend reply being received (for `FEAT` augmentation).
     reply_lines: Vec<Vec<u8>>,
+    route: Route,
 }
 
 impl<E: SessionEdge> SessionMachine<E> {
@@ -253,13 +292,21 @@ impl<E: SessionEdge> SessionMachine<E> {
             port_share_logged: false,
             tls: TlsState::default(),
             reply_lines: Vec::new(),
+            route: Route::Connected,
         }
     }
 
-    /// ftpgate already sent the client its `220` (`balance: user`, see
-    /// [`super::routing`]): the backend's greeting is swallowed.
-    pub fn greeted_locally(&mut self) {
-        self.ledger.greeted_locally();
+    /// Makes a fresh machine a `balance: user` session with no backend yet: ftpgate's
+    /// own `220 <greeting>` is in the outbox, and client commands are answered here
+    /// until `USER` (see [`super::routing`]). `addrs.backend`/`backend_local` are
+    /// placeholders until [`Self::on_backend_connected`].
+    #[must_use]
+    pub fn awaiting_user(self) -> Self {
+        let mut m = self;
+        m.ledger = ReplyLedger::unconnected(m.cfg.passive.rewrite);
+        m.route = Route::AwaitingUser;
+        m.reply_now(LocalReply::RoutingGreeting(m.cfg.greeting.clone()));
+        m
     }
 
     // ----- queries the driver asks every turn -----
@@ -274,12 +321,18 @@ impl<E: SessionEdge> SessionMachine<E> {
             && !self.tls.client_handshake_pending
             && !self.tls.backend_handshake_pending
             && !self.tls.passthrough_pending
+            && matches!(self.route, Route::Connected | Route::AwaitingUser)
     }
 
     /// Sets the TLS state a session starts with: an implicit-TLS client listener, an
     /// implicit-TLS backend. Called before any input.
     pub fn set_initial_tls(&mut self, st: TlsState) {
         self.tls = st;
+    }
+
+    /// The client's address (what `source-ip` and the PROXY header name).
+    pub fn client_ip(&self) -> IpAddr {
+        self.addrs.client_ip
     }
 
     /// The session's TLS state.
@@ -492,6 +545,7 @@ impl<E: SessionEdge> SessionMachine<E> {
                 if inject_backend_prot(self.cfg.tls.backend_data, own) {
                     self.protect_backend_data();
                 }
+                self.replay_user();
                 if self.tls.client_handshake_pending {
                     // Mirror: the backend is in TLS; now the client's turn.
                     self.reply_now(LocalReply::AuthTlsOk);
@@ -521,6 +575,45 @@ impl<E: SessionEdge> SessionMachine<E> {
         self.settle();
     }
 
+    /// The backend connect asked by [`Action::ConnectBackend`] ended. Connected: the
+    /// backend's greeting is owed (and swallowed), then `USER` is replayed. Failed:
+    /// the client hears why, and the session ends.
+    pub fn on_backend_connected(
+        &mut self,
+        result: Result<BackendConnected, NoUpstream>,
+        now: Instant,
+    ) {
+        self.now = now;
+        let Route::Connecting(user_line) = std::mem::replace(&mut self.route, Route::Connected)
+        else {
+            return;
+        };
+        match result {
+            Ok(c) => {
+                self.addrs.backend = c.backend;
+                self.addrs.backend_local = c.backend_local;
+                self.tls.backend = c.tls;
+                self.ledger.banner_owed();
+                self.backend_progress = now;
+                self.route = Route::Replaying(user_line);
+            }
+            Err(no) => {
+                self.reply_now(no.reply);
+                self.close(no.outcome);
+            }
+        }
+        self.settle();
+    }
+
+    /// The backend is ready for the client (greeted, and in TLS when ftpgate upgraded
+    /// it): the `USER` line that chose it goes first, then whatever the client
+    /// pipelined behind it.
+    fn replay_user(&mut self) {
+        if let Route::Replaying(line) = std::mem::replace(&mut self.route, Route::Connected) {
+            self.forward(&line, Verb::User);
+        }
+    }
+
     /// The gateway drains: the session says `421` and closes at its next command
     /// boundary (at once when idle); a running transfer and a data connection already
     /// promised to the client are honoured first. See [`super::drain`].
@@ -546,6 +639,9 @@ impl<E: SessionEdge> SessionMachine<E> {
         self.stats.commands += 1;
         self.metrics.command(cmd.verb);
         debug!(command = %LogText::from_str(&redact_for_log(line)), "client command");
+        if self.route == Route::AwaitingUser {
+            return self.on_line_before_user(&cmd, line);
+        }
         let mode = self.cfg.backend_data_mode;
         let policy = self.cfg.tls.client_policy();
         if let Some(reply) = required_refusal(policy, self.cfg.tls.client_data, cmd.verb, &self.tls)
@@ -615,6 +711,51 @@ impl<E: SessionEdge> SessionMachine<E> {
                 self.forward(line, cmd.verb);
             }
             verb => self.forward(line, verb),
+        }
+    }
+
+    /// A client command under `balance: user` before any backend exists.
+    fn on_line_before_user(&mut self, cmd: &crate::protocol::command::Command<'_>, line: &[u8]) {
+        let policy = TlsPolicy {
+            client: self.cfg.tls.client_policy(),
+            client_data: self.cfg.tls.client_data,
+        };
+        match before_user(cmd, &self.tls, policy) {
+            BeforeUser::Route(user) => {
+                self.stats.set_user(cmd.arg);
+                debug!("USER received; choosing a backend");
+                self.route = Route::Connecting(line.to_vec());
+                self.actions
+                    .push(Action::ConnectBackend(RouteRequest { user }));
+            }
+            BeforeUser::Answer(reply) => self.answer(reply),
+            BeforeUser::Refuse(reason, reply) => self.refuse((reason, reply)),
+            BeforeUser::Quit => {
+                self.answer(LocalReply::Goodbye);
+                self.close(Outcome::Closed);
+            }
+            BeforeUser::StartTls => {
+                self.tls.client_handshake_pending = true;
+                self.answer(LocalReply::AuthTlsOk);
+            }
+            // No backend in TLS yet: the FTPS step answers locally.
+            BeforeUser::Protection if cmd.verb == Verb::Pbsz => {
+                match decide_pbsz(&self.tls, self.cfg.tls.backend_data) {
+                    ProtectionDecision::Answer(r) => self.answer(r),
+                    ProtectionDecision::Forward => self.answer(LocalReply::LoginFirst),
+                }
+            }
+            BeforeUser::Protection => {
+                match decide_prot(cmd.arg, &self.tls, self.cfg.tls.backend_data) {
+                    (ProtectionDecision::Answer(r), private) => {
+                        if let Some(p) = private {
+                            self.tls.client_private = p;
+                        }
+                        self.answer(r);
+                    }
+                    (ProtectionDecision::Forward, _) => self.answer(LocalReply::LoginFirst),
+                }
+            }
         }
     }
 
@@ -902,16 +1043,29 @@ impl<E: SessionEdge> SessionMachine<E> {
             self.reply_lines.clear();
             self.emit_local_replies();
         }
-        let greeted = outcome
-            .ended
-            .is_some_and(|e| e.origin == Some(Origin::Greeting) && e.code.0 == 220);
-        if greeted {
+        // The backend's greeting: forwarded, or swallowed after ftpgate's own.
+        let greeting = outcome.ended.filter(|e| {
+            e.code.is_final()
+                && matches!(
+                    e.origin,
+                    Some(Origin::Greeting | Origin::Injected(Injected::Banner))
+                )
+        });
+        if greeting.is_some_and(|e| e.code.0 == 220) {
             if upgrade_backend_at_greeting(self.cfg.tls.backend, &self.tls) {
                 self.upgrade_backend();
             } else if self.tls.backend && inject_backend_prot(self.cfg.tls.backend_data, true) {
                 // Implicit backend: already TLS; protect its data the same way.
                 self.protect_backend_data();
             }
+            if !self.tls.backend_handshake_pending {
+                self.replay_user();
+            }
+        } else if let Some(e) = greeting.filter(|_| matches!(self.route, Route::Replaying(_))) {
+            // The client has had ftpgate's 220; only a 421 can say the server said no.
+            warn!(code = e.code.0, reply = %LogText(trim_eol(line)), "backend refused the session at its greeting");
+            self.reply_now(LocalReply::BackendRefusedSession);
+            self.close(Outcome::BackendUnavailable);
         }
     }
 
@@ -1248,6 +1402,7 @@ impl<E: SessionEdge> SessionMachine<E> {
             replies_owed: self.ledger.outstanding(),
             // A TLS handshake under way is a command (AUTH) not yet finished.
             command_held: self.translation.holding()
+                || matches!(self.route, Route::Connecting(_) | Route::Replaying(_))
                 || self.tls.client_handshake_pending
                 || self.tls.backend_handshake_pending,
             data_running: self.active_data,

@@ -712,28 +712,172 @@ fn telnet_synch_of_abor_is_marked_urgent() {
 
 // ----- balance: user -----
 
-/// ftpgate greeted the client itself (`routing`): the backend's multi-line vsftpd
-/// banner is swallowed, and the USER/PASS the client pipelined before the backend
-/// existed go out in order and are answered in order.
-#[test]
-fn user_routing_swallows_the_backend_banner_and_keeps_pipelined_order() {
+// ----- balance: user (the routing states) -----
+
+/// A `balance: user` session: ftpgate's own greeting is out, no backend yet.
+fn awaiting_user(f: impl FnOnce(&mut Config)) -> T {
+    let mut cfg = Config::default();
+    f(&mut cfg);
     let now = Instant::now();
     let mut t = T {
         m: SessionMachine::new(
-            Arc::new(Config::default()),
+            Arc::new(cfg),
             Arc::new(Metrics::new()),
             FakeEdge::default(),
             addrs(CLIENT),
             now,
-        ),
+        )
+        .awaiting_user(),
         now,
     };
-    t.m.greeted_locally();
-    t.client("USER alice\r\nPASS x\r\nPWD\r\n");
-    assert_eq!(t.take_backend(), "USER alice\r\nPASS x\r\nPWD\r\n");
-    t.server("220-Welcome\r\n220 vsFTPd ready\r\n331 pw\r\n230 ok\r\n257 \"/\"\r\n");
+    assert_eq!(t.take_client(), "220 ftpgate ready\r\n");
+    t
+}
+
+impl T {
+    /// Client bytes that may stay partly unread (the machine stops at USER).
+    fn client_left(&mut self, bytes: &str) -> String {
+        let mut buf = bytes.as_bytes().to_vec();
+        self.m.on_client_input(&mut buf, self.now);
+        String::from_utf8(buf).unwrap()
+    }
+
+    fn connect_asked(&mut self) -> Option<String> {
+        self.actions().into_iter().find_map(|a| match a {
+            Action::ConnectBackend(r) => Some(r.user),
+            _ => None,
+        })
+    }
+
+    fn backend_connected(&mut self) {
+        let c = BackendConnected {
+            backend: "10.0.0.3:21".parse().unwrap(),
+            backend_local: "10.0.0.1:40001".parse().unwrap(),
+            tls: false,
+        };
+        self.m.on_backend_connected(Ok(c), self.now);
+    }
+}
+
+/// FileZilla probes before logging in, then pipelines the login: ftpgate answers the
+/// probes, asks for a backend at USER and reads nothing more until it is ready; the
+/// backend's multi-line vsftpd banner is swallowed, USER goes first, the rest follows
+/// in order and every reply comes back in order.
+#[test]
+fn user_routing_asks_for_a_backend_at_user_and_replays_it_after_the_banner() {
+    let mut t = awaiting_user(|_| {});
+    assert!(t.m.wants_client_input());
+    assert_eq!(t.m.next_deadline().map(|(_, k)| k), Some(Deadline::Login));
+    let left = t.client_left("NOOP\r\nFEAT\r\nUSER alice\r\nPASS x\r\nPWD\r\n");
+    assert_eq!(
+        t.take_client(),
+        "200 NOOP ok.\r\n530 Please log in with USER first.\r\n"
+    );
+    assert_eq!(left, "PASS x\r\nPWD\r\n", "held behind USER");
+    assert_eq!(t.connect_asked().as_deref(), Some("alice"));
+    assert!(!t.m.wants_client_input(), "not read while connecting");
+    assert_eq!(t.take_backend(), "");
+    t.backend_connected();
+    assert_eq!(
+        t.take_backend(),
+        "",
+        "USER waits for the backend's greeting"
+    );
+    assert!(!t.m.wants_client_input());
+    t.server("220-Welcome\r\n220 vsFTPd ready\r\n");
+    assert_eq!(t.take_client(), "", "the backend's 220 is swallowed");
+    assert_eq!(t.take_backend(), "USER alice\r\n");
+    assert!(t.m.wants_client_input());
+    assert_eq!(t.client_left(&left), "");
+    assert_eq!(t.take_backend(), "PASS x\r\nPWD\r\n");
+    t.server("331 pw\r\n230 ok\r\n257 \"/\"\r\n");
     assert_eq!(t.take_client(), "331 pw\r\n230 ok\r\n257 \"/\"\r\n");
     assert!(t.m.logged_in());
+}
+
+/// curl `--ssl-reqd` in front of a farm routed by user: AUTH TLS, PBSZ, PROT before
+/// USER are ftpgate's to answer; once the backend greets, ftpgate upgrades it itself
+/// (mirror: the client is in TLS), protects its data, and only then replays USER, so
+/// no login byte crosses to the backend in clear text.
+#[test]
+fn auth_tls_before_user_upgrades_the_backend_before_user_is_replayed() {
+    let mut t = awaiting_user(|c| c.tls.client = Some(crate::config::ClientTlsPolicy::Optional));
+    t.client("AUTH TLS\r\n");
+    assert!(t.take_client().starts_with("234 "));
+    assert!(t
+        .actions()
+        .iter()
+        .any(|a| matches!(a, Action::StartClientTls)));
+    assert!(!t.m.wants_client_input());
+    t.m.on_client_tls(Ok(()), t.now);
+    let left = t.client_left("PBSZ 0\r\nPROT P\r\nUSER alice\r\nPASS x\r\n");
+    assert_eq!(
+        t.take_client(),
+        "200 PBSZ=0\r\n200 Protection level set to P.\r\n"
+    );
+    assert_eq!(left, "PASS x\r\n");
+    assert_eq!(t.connect_asked().as_deref(), Some("alice"));
+    t.backend_connected();
+    t.server("220 vsFTPd\r\n");
+    assert_eq!(t.take_backend(), "AUTH TLS\r\n", "TLS first, USER after");
+    t.server("234 Proceed.\r\n");
+    assert!(t
+        .actions()
+        .iter()
+        .any(|a| matches!(a, Action::StartBackendTls)));
+    assert_eq!(t.take_backend(), "");
+    t.m.on_backend_tls(Ok(()), t.now);
+    assert_eq!(t.take_backend(), "PBSZ 0\r\nPROT P\r\nUSER alice\r\n");
+    t.client_left(&left);
+    assert_eq!(t.take_backend(), "PASS x\r\n");
+    t.server("200 PBSZ=0\r\n200 PROT now Private.\r\n331 pw\r\n230 ok\r\n");
+    assert_eq!(t.take_client(), "331 pw\r\n230 ok\r\n");
+    let st = *t.m.tls_state();
+    assert!(st.client && st.client_private && st.backend && st.backend_private);
+}
+
+/// Every way a routed session fails before the backend is ready: the client hears
+/// one 421 that says why, and the session ends with the outcome it counts under.
+#[test]
+fn routing_failures_end_with_a_421() {
+    // No member accepted the connect.
+    let mut t = awaiting_user(|_| {});
+    t.client_left("USER alice\r\n");
+    assert!(t.connect_asked().is_some());
+    t.m.on_backend_connected(
+        Err(NoUpstream {
+            reply: LocalReply::NoBackend,
+            outcome: Outcome::BackendUnavailable,
+        }),
+        t.now,
+    );
+    assert_eq!(
+        t.take_client(),
+        "421 Service not available: no backend reachable.\r\n"
+    );
+    assert_eq!(t.closed(), Some(Outcome::BackendUnavailable));
+    // A vsftpd at max_clients greets with 421.
+    let mut t = awaiting_user(|_| {});
+    t.client_left("USER alice\r\n");
+    t.backend_connected();
+    t.server("421 There are too many connected users.\r\n");
+    assert_eq!(t.take_backend(), "", "USER never sent");
+    assert!(t.take_client().starts_with("421 "));
+    assert_eq!(t.closed(), Some(Outcome::BackendUnavailable));
+}
+
+/// `tls.client: required` under user routing: a clear-text USER is refused before
+/// any backend is chosen; QUIT before USER says goodbye and closes.
+#[test]
+fn before_user_refusals_and_quit_touch_no_backend() {
+    let mut t = awaiting_user(|c| c.tls.client = Some(crate::config::ClientTlsPolicy::Required));
+    t.client("USER alice\r\n");
+    assert!(t.take_client().starts_with("530 TLS required"));
+    assert_eq!(t.refusals(Refusal::TlsRequired), 1);
+    assert_eq!(t.connect_asked(), None);
+    t.client("QUIT\r\n");
+    assert_eq!(t.take_client(), "221 Goodbye.\r\n");
+    assert_eq!(t.closed(), Some(Outcome::Closed));
 }
 
 // ----- drain -----

@@ -18,11 +18,11 @@
 //! - [`driver`]: the async edge (sockets, timers, `select!`); [`edge`]: data ports and
 //!   data tasks for the machine; [`upstream`]: the backend connect; [`data`]: one data
 //!   connection; [`access`]: the access log; [`limits`]: the pre-login cap;
-//!   [`routing`]: `balance: user`, ftpgate's own greeting until `USER` (pure);
-//!   [`front`]: the client side before the machine (PROXY header, user greeting);
+//!   [`routing`]: `balance: user`, what commands before `USER` get (pure);
+//!   [`front`]: the PROXY protocol at the session's edges;
 //!   [`writes`]: bounded control-connection writes; [`admission`]: session caps and
 //!   rates per client address; [`drain`]: when a draining session closes;
-//!   [`start`]: a session's start (limits, routing, backend connect, implicit TLS);
+//!   [`start`]: a session's start (limits, implicit TLS, the backend connect);
 //!   [`transport`]: TLS upgrades in place and the opaque passthrough relay;
 //!   [`timer`]: a reusable timer.
 //!
@@ -35,13 +35,17 @@
 //!   data events  ──on_data_event────▶ transfer stats, clocks ────────┤   to_backend, urgent }
 //!   deadlines    ──on_deadline──────▶ 421, Close(Timeout) ───────────┤ Action::OpenData
 //!   keepalive    ──on_keepalive─────▶ NOOP (if allowed) ─────────────┤ Action::WithdrawData
-//!   shutdown     ──on_shutdown──────▶ 421, Close(Shutdown) ──────────┘ Action::Close(outcome)
+//!   shutdown     ──on_shutdown──────▶ 421, Close(Shutdown) ──────────┤ Action::Close(outcome)
+//!   connect done ──on_backend_connected▶ banner owed, USER waits ────┘ Action::ConnectBackend
 //!                  SessionEdge ◀──── bind a data port / is this address ours?
 //! ```
 //! Before the machine exists: a trusted balancer's PROXY header is read (its source is
-//! `Addresses::client_ip`), and under `balance: user` the [`routing`] room greets and
-//! answers until `USER`; the machine then starts with `greeted_locally` (the backend's
-//! `220` swallowed) and the USER line onwards as its first client input.
+//! `Addresses::client_ip`) and an implicit-FTPS client handshakes. Under `balance:
+//! user` the machine starts with no backend (`SessionMachine::awaiting_user`): it
+//! greets, answers until `USER` as [`routing`] decides (including `AUTH TLS`), asks
+//! the driver for the backend (`Action::ConnectBackend`), swallows its `220`, upgrades
+//! it when the client is in TLS, then replays `USER`. Otherwise the backend is
+//! connected first and the machine starts owing its greeting.
 //!
 //! # Command side, per client command
 //! ```text

@@ -92,6 +92,12 @@ pub enum LocalReply {
     NoopOk,
     /// `QUIT` before `USER` under `balance: user`.
     Goodbye,
+    /// `FEAT` before `USER` under `balance: user` with TLS offered: the FTPS features
+    /// (RFC 4217 §6), so clients that look before they `AUTH` (lftp) find them.
+    FeaturesBeforeUser,
+    /// `balance: user`: the chosen backend greeted with something other than `220`
+    /// (a vsftpd at `max_clients` says `421`).
+    BackendRefusedSession,
     /// `AUTH TLS` accepted: the TLS handshake follows (RFC 4217 §4).
     AuthTlsOk,
     /// `AUTH` with a mechanism other than TLS/SSL (RFC 2228: 504).
@@ -150,7 +156,8 @@ impl LocalReply {
             | Draining
             | PreloginBudget
             | LocalResourceLimit
-            | BackendTlsFailed => 421,
+            | BackendTlsFailed
+            | BackendRefusedSession => 421,
             AuthTlsOk => 234,
             AuthMechanismUnsupported | ProtUnknown => 504,
             AlreadyTls | SecurityExchangeFirst => 503,
@@ -163,10 +170,11 @@ impl LocalReply {
             LoginFirst => 530,
             NoopOk => 200,
             Goodbye => 221,
+            FeaturesBeforeUser => 211,
         }
     }
 
-    /// The reply as sent: one line, CRLF-terminated.
+    /// The reply as sent, CRLF-terminated (one line, except [`Self::FeaturesBeforeUser`]).
     pub fn to_bytes(&self) -> Vec<u8> {
         format!("{self}\r\n").into_bytes()
     }
@@ -230,6 +238,15 @@ impl fmt::Display for LocalReply {
             LoginFirst => write!(f, "{code} Please log in with USER first."),
             NoopOk => write!(f, "{code} NOOP ok."),
             Goodbye => write!(f, "{code} Goodbye."),
+            // RFC 2389 §3.2: feature lines begin with a space.
+            FeaturesBeforeUser => write!(
+                f,
+                "{code}-Features:\r\n AUTH TLS\r\n PBSZ\r\n PROT\r\n{code} End"
+            ),
+            BackendRefusedSession => write!(
+                f,
+                "{code} Service not available: server refused the session."
+            ),
             UnknownDestination => write!(f, "{code} Service not available: unknown destination."),
             DestinationIsGateway => write!(
                 f,

@@ -1,131 +1,238 @@
-//! `balance: user`: the session state before any backend connect (pure).
+//! `balance: user`: what a client command gets before any backend exists (pure). The
+//! session machine holds the state (`Route` in [`super::machine`]); this room decides.
 //!
 //! ```text
-//!   accept ─▶ 220 <greeting> (ftpgate's own) ─▶ AwaitingUser
-//!   AwaitingUser ── NOOP ─▶ 200            (answered here, in order)
-//!                ── QUIT ─▶ 221, close
-//!                ── other ─▶ 530 log in first
-//!                ── USER name ─▶ Routed(name): the USER line and everything after it
-//!                                 stay in the buffer for the machine
-//!   driver: pick backend by name ─▶ connect ─▶ machine with the greeting swallowed
-//!           (SessionMachine::greeted_locally) ─▶ buffer replayed as client input
+//!   accept (implicit FTPS: TLS handshake first)
+//!     ─▶ 220 <greeting> (ftpgate's own) ─▶ AwaitingUser
+//!   AwaitingUser ── NOOP ─────────────▶ 200            (answered here, in order)
+//!                ── QUIT ─────────────▶ 221, close
+//!                ── FEAT ─────────────▶ 211 AUTH TLS/PBSZ/PROT (TLS offered), else 530
+//!                ── AUTH TLS ─────────▶ 234, client handshake (no backend to ask)
+//!                ── PBSZ / PROT ──────▶ answered here (RFC 4217; remembered for data)
+//!                ── USER (tls.client: required, clear) ─▶ 530, still AwaitingUser
+//!                ── other ────────────▶ 530 log in first
+//!                ── USER name ────────▶ Connecting: Action::ConnectBackend(name);
+//!                                       the client is not read
+//!   Connecting ── connected ─▶ Replaying ── failed ─▶ 421, close
+//!   Replaying ── backend 220 (swallowed) ─┬─ client in TLS, tls.backend mirror/required:
+//!              │                          │   AUTH TLS, handshake, PBSZ 0, PROT P (ours)
+//!              │                          └─ USER replayed ─▶ Connected
+//!              └─ backend greets with anything else ─▶ 421, close
 //! ```
-//! The backend's own `220` is swallowed by the machine's ledger, and the client's
-//! `USER` (and any commands pipelined behind it) reach the backend in their order,
-//! so every reply is still in order. ProFTPD mod_proxy's PerUser does the same.
+//! The client's `USER` (and any commands pipelined behind it, left unread) reach the
+//! backend in their order once it is ready, so every reply is still in order.
+//! ProFTPD mod_proxy's PerUser does the same.
 
-use crate::protocol::command::{parse_command, Verb};
-use crate::protocol::line::{find_line, LineError};
+use crate::config::{BackendTlsPolicy, ClientDataPolicy, ClientTlsPolicy};
+use crate::metrics::Refusal;
+use crate::protocol::command::{Command, Verb};
 
 use super::replies::LocalReply;
+use super::tls::{decide_auth, required_refusal, AuthDecision, TlsState};
 
-/// What the gate decided after some client input.
+/// What a client command gets while ftpgate waits for `USER`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GateStep {
-    /// No `USER` yet: read more.
-    NeedMore,
-    /// `USER name` is at the head of the buffer: route by `name`.
-    Routed(String),
-    /// The client quit, or sent a line too long: write the replies, then close.
-    Close,
+pub enum BeforeUser {
+    /// `USER name`: pick a backend by `name` and connect.
+    Route(String),
+    /// Answered by ftpgate, in turn.
+    Answer(LocalReply),
+    /// Refused by ftpgate, counted under the reason.
+    Refuse(Refusal, LocalReply),
+    /// `QUIT`: `221`, then close.
+    Quit,
+    /// `AUTH TLS`: ftpgate answers `234` and handshakes with the client.
+    StartTls,
+    /// `PBSZ`/`PROT`: the machine's FTPS step answers (no backend is in TLS yet, so
+    /// it answers locally).
+    Protection,
 }
 
-/// Handles complete client lines before `USER`: answers are appended to `out`, lines
-/// answered are removed from `buf`; the `USER` line is left in place.
-pub fn before_user(buf: &mut Vec<u8>, out: &mut Vec<u8>, max_line: usize) -> GateStep {
-    let mut used = 0;
-    let step = loop {
-        let rest = buf.get(used..).unwrap_or_default();
-        let n = match find_line(rest, max_line) {
-            Ok(Some(n)) => n,
-            Ok(None) => break GateStep::NeedMore,
-            Err(LineError::TooLong { .. }) => {
-                out.extend(LocalReply::LineTooLong.to_bytes());
-                break GateStep::Close;
+/// The FTPS settings the decision needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsPolicy {
+    /// `tls.client`.
+    pub client: ClientTlsPolicy,
+    /// `tls.client_data`.
+    pub client_data: ClientDataPolicy,
+}
+
+/// Decides one client command before `USER` (see the module diagram).
+pub fn before_user(cmd: &Command<'_>, st: &TlsState, policy: TlsPolicy) -> BeforeUser {
+    if let Some(reply) = required_refusal(policy.client, policy.client_data, cmd.verb, st) {
+        return BeforeUser::Refuse(Refusal::TlsRequired, reply);
+    }
+    match cmd.verb {
+        Verb::User if cmd.arg.is_empty() => BeforeUser::Answer(LocalReply::SyntaxError),
+        Verb::User => BeforeUser::Route(String::from_utf8_lossy(cmd.arg).into_owned()),
+        Verb::Quit => BeforeUser::Quit,
+        Verb::Noop => BeforeUser::Answer(LocalReply::NoopOk),
+        // lftp and FileZilla ask FEAT first and try AUTH TLS only if it is listed.
+        Verb::Feat if policy.client != ClientTlsPolicy::Off => {
+            BeforeUser::Answer(LocalReply::FeaturesBeforeUser)
+        }
+        // No backend yet: whatever `tls.backend` says, ftpgate answers AUTH itself
+        // (the backend is upgraded, or not, once it exists).
+        Verb::Auth => match decide_auth(policy.client, BackendTlsPolicy::Off, false, cmd.arg, st) {
+            AuthDecision::AcceptLocally => BeforeUser::StartTls,
+            AuthDecision::Refuse(LocalReply::AuthUnsupported) => {
+                BeforeUser::Refuse(Refusal::AuthTls, LocalReply::AuthUnsupported)
             }
-        };
-        let line = rest.get(..n).unwrap_or_default();
-        let reply = match parse_command(line) {
-            Ok(cmd) if cmd.verb == Verb::User && !cmd.arg.is_empty() => {
-                break GateStep::Routed(String::from_utf8_lossy(cmd.arg).into_owned());
+            AuthDecision::Refuse(r) => BeforeUser::Answer(r),
+            AuthDecision::ForwardToBackend | AuthDecision::Passthrough => {
+                BeforeUser::Answer(LocalReply::LoginFirst)
             }
-            Ok(cmd) if cmd.verb == Verb::Quit => {
-                out.extend(LocalReply::Goodbye.to_bytes());
-                used += n;
-                break GateStep::Close;
-            }
-            Ok(cmd) if cmd.verb == Verb::Noop => LocalReply::NoopOk,
-            Ok(cmd) if cmd.verb == Verb::User => LocalReply::SyntaxError,
-            Ok(_) => LocalReply::LoginFirst,
-            Err(_) => LocalReply::SyntaxError,
-        };
-        out.extend(reply.to_bytes());
-        used += n;
-    };
-    buf.drain(..used.min(buf.len()));
-    step
+        },
+        Verb::Pbsz | Verb::Prot => BeforeUser::Protection,
+        _ => BeforeUser::Answer(LocalReply::LoginFirst),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::command::parse_command;
 
-    #[test]
-    fn client_quirks_before_user() {
-        // (client bytes, replies, step, bytes left for the machine)
-        let table: &[(&[u8], &str, GateStep, &[u8])] = &[
-            // curl and lftp send USER first.
-            (
-                b"USER alice\r\n",
-                "",
-                GateStep::Routed("alice".into()),
-                b"USER alice\r\n",
-            ),
-            // A pipelining client (ftplib scripts, lftp with pipelining on): USER, PASS
-            // and PWD arrive together; all of it goes to the backend, in order.
-            (
-                b"USER bob@acme\r\nPASS x\r\nPWD\r\n",
-                "",
-                GateStep::Routed("bob@acme".into()),
-                b"USER bob@acme\r\nPASS x\r\nPWD\r\n",
-            ),
-            // FileZilla probes before logging in: answered here, in order.
-            (
-                b"FEAT\r\nNOOP\r\nUSER carol\r\nPASS y\r\n",
-                "530 Please log in with USER first.\r\n200 NOOP ok.\r\n",
-                GateStep::Routed("carol".into()),
-                b"USER carol\r\nPASS y\r\n",
-            ),
-            // A bare-LF client (some embedded devices).
-            (
-                b"USER dave\n",
-                "",
-                GateStep::Routed("dave".into()),
-                b"USER dave\n",
-            ),
-            (
-                b"USER\r\nQUIT\r\n",
-                "500 Syntax error, command unrecognized.\r\n221 Goodbye.\r\n",
-                GateStep::Close,
-                b"",
-            ),
-            (b"USER ali", "", GateStep::NeedMore, b"USER ali"),
-        ];
-        for (input, replies, step, left) in table {
-            let mut buf = input.to_vec();
-            let mut out = Vec::new();
-            let got = before_user(&mut buf, &mut out, 512);
-            assert_eq!(&got, step, "{:?}", String::from_utf8_lossy(input));
-            assert_eq!(String::from_utf8_lossy(&out), *replies);
-            assert_eq!(&buf[..], *left);
+    fn tls(client: bool) -> TlsState {
+        TlsState {
+            client,
+            ..TlsState::default()
         }
     }
 
+    const OFF: TlsPolicy = TlsPolicy {
+        client: ClientTlsPolicy::Off,
+        client_data: ClientDataPolicy::Optional,
+    };
+    const OPTIONAL: TlsPolicy = TlsPolicy {
+        client: ClientTlsPolicy::Optional,
+        client_data: ClientDataPolicy::Optional,
+    };
+    const REQUIRED: TlsPolicy = TlsPolicy {
+        client: ClientTlsPolicy::Required,
+        client_data: ClientDataPolicy::Optional,
+    };
+
     #[test]
-    fn a_line_too_long_before_user_closes() {
-        let mut buf = vec![b'A'; 600];
-        let mut out = Vec::new();
-        assert_eq!(before_user(&mut buf, &mut out, 512), GateStep::Close);
-        assert!(out.starts_with(b"500 "));
+    fn client_quirks_before_user() {
+        use BeforeUser as B;
+        // (what the client does, line, TLS so far, policy, decision)
+        let table: &[(&str, &[u8], bool, TlsPolicy, BeforeUser)] = &[
+            (
+                "curl and lftp send USER first",
+                b"USER alice",
+                false,
+                OFF,
+                B::Route("alice".into()),
+            ),
+            (
+                "tenant suffix",
+                b"USER bob@acme",
+                false,
+                OFF,
+                B::Route("bob@acme".into()),
+            ),
+            (
+                "FileZilla probes FEAT, no TLS offered",
+                b"FEAT",
+                false,
+                OFF,
+                B::Answer(LocalReply::LoginFirst),
+            ),
+            (
+                "lftp probes FEAT, TLS offered: AUTH TLS listed",
+                b"FEAT",
+                false,
+                OPTIONAL,
+                B::Answer(LocalReply::FeaturesBeforeUser),
+            ),
+            (
+                "keepalive",
+                b"NOOP",
+                false,
+                OFF,
+                B::Answer(LocalReply::NoopOk),
+            ),
+            ("bye", b"quit", false, OFF, B::Quit),
+            (
+                "USER without a name",
+                b"USER",
+                false,
+                OFF,
+                B::Answer(LocalReply::SyntaxError),
+            ),
+            (
+                "curl --ssl-reqd: AUTH TLS before USER",
+                b"AUTH TLS",
+                false,
+                OPTIONAL,
+                B::StartTls,
+            ),
+            (
+                "FileZilla's AUTH SSL fallback",
+                b"AUTH SSL",
+                false,
+                OPTIONAL,
+                B::StartTls,
+            ),
+            (
+                "no certificate: 502 as before FTPS",
+                b"AUTH TLS",
+                false,
+                OFF,
+                B::Refuse(Refusal::AuthTls, LocalReply::AuthUnsupported),
+            ),
+            (
+                "second AUTH",
+                b"AUTH TLS",
+                true,
+                OPTIONAL,
+                B::Answer(LocalReply::AlreadyTls),
+            ),
+            (
+                "Kerberos is not ours",
+                b"AUTH GSSAPI",
+                false,
+                OPTIONAL,
+                B::Answer(LocalReply::AuthMechanismUnsupported),
+            ),
+            (
+                "ftplib prot_p(): PBSZ 0",
+                b"PBSZ 0",
+                true,
+                OPTIONAL,
+                B::Protection,
+            ),
+            ("PROT P", b"PROT P", true, OPTIONAL, B::Protection),
+            (
+                "tls.client required: clear USER never routes",
+                b"USER alice",
+                false,
+                REQUIRED,
+                B::Refuse(Refusal::TlsRequired, LocalReply::TlsRequiredForLogin),
+            ),
+            (
+                "tls.client required, after AUTH TLS",
+                b"USER alice",
+                true,
+                REQUIRED,
+                B::Route("alice".into()),
+            ),
+            (
+                "anything else waits for a login",
+                b"LIST",
+                true,
+                OPTIONAL,
+                B::Answer(LocalReply::LoginFirst),
+            ),
+        ];
+        for (name, line, client_tls, policy, want) in table {
+            let cmd = parse_command(line).unwrap();
+            assert_eq!(
+                before_user(&cmd, &tls(*client_tls), *policy),
+                *want,
+                "{name}"
+            );
+        }
     }
 }

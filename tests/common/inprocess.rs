@@ -20,6 +20,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Every listener's address (`addr` first, then `listeners[]`).
+    pub all_addrs: Vec<SocketAddr>,
     /// The admin listener, when the config asked for one.
     pub admin: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
@@ -46,12 +48,14 @@ pub async fn start_proxy(backends: Vec<SocketAddr>, tweak: impl FnOnce(&mut Conf
     let cfg = cfg.validate().unwrap();
     let metrics = Arc::new(Metrics::new());
     let gw = Gateway::bind(cfg, Arc::clone(&metrics)).await.unwrap();
-    let addr = gw.local_addrs()[0];
+    let all_addrs = gw.local_addrs();
+    let addr = all_addrs[0];
     let admin = gw.admin_addr();
     let shutdown = CancellationToken::new();
     tokio::spawn(gw.serve(shutdown.clone()));
     Proxy {
         addr,
+        all_addrs,
         admin,
         metrics,
         shutdown,

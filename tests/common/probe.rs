@@ -194,6 +194,12 @@ impl<'a> NatServer<'a> {
 /// A CA and a server certificate for `ip` signed by it, made with `openssl`
 /// in `dir`: returns (ca.pem, cert.pem, key.pem).
 pub fn make_certificates(dir: &Path, ip: IpAddr) -> (String, String, String) {
+    make_certificates_for(dir, &format!("IP:{ip}"), &ip.to_string())
+}
+
+/// [`make_certificates`] for any subjectAltName (`DNS:ftp.example.net`), with
+/// `cn` as the certificate's common name.
+pub fn make_certificates_for(dir: &Path, san: &str, cn: &str) -> (String, String, String) {
     let p = |n: &str| dir.join(n).display().to_string();
     let (ca, ca_key, cert, key, csr, ext) = (
         p("ca.pem"),
@@ -205,7 +211,7 @@ pub fn make_certificates(dir: &Path, ip: IpAddr) -> (String, String, String) {
     );
     std::fs::write(
         &ext,
-        format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\n"),
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\n"),
     )
     .unwrap();
     let openssl = |args: &[&str]| {
@@ -238,7 +244,7 @@ pub fn make_certificates(dir: &Path, ip: IpAddr) -> (String, String, String) {
         "-out",
         &csr,
         "-subj",
-        &format!("/CN={ip}"),
+        &format!("/CN={cn}"),
     ]);
     openssl(&[
         "x509",
