@@ -302,15 +302,13 @@ fn probe(ns: &common::Netns, from: Ipv4Addr, addr: SocketAddr, junk: &'static [u
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         // Best effort: the peer may have closed already.
         let _ = s.write_all(junk);
-        let mut buf = [0u8; 65536];
-        let mut bytes = 0;
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => return ended(bytes, "eof".to_owned()),
-                Ok(n) => bytes += n,
-                Err(e) => return ended(bytes, format!("{:?}", e.kind())),
-            }
-        }
+        // `read_to_end` keeps what arrived before an error: every byte is counted.
+        let mut got = Vec::new();
+        let outcome = match s.read_to_end(&mut got) {
+            Ok(_) => "eof".to_owned(),
+            Err(e) => format!("{:?}", e.kind()),
+        };
+        ended(got.len(), outcome)
     })
     .join()
     .expect("probe thread")
