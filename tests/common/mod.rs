@@ -18,6 +18,7 @@
 
 pub mod active;
 pub mod clients;
+pub mod cluster;
 pub mod firewall;
 pub mod gateway;
 pub mod netns;
