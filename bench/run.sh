@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # ftpgate benchmark (issue 7): a real vsftpd on loopback, reached directly, through
-# ftpgate (release build) and, when installed, through haproxy in TCP mode; every
-# measure runs the paths interleaved (direct, ftpgate, haproxy, direct, ...) and the
+# ftpgate (release build) and, when installed, through haproxy in TCP mode and ProFTPD
+# mod_proxy as an FTP reverse proxy (bench/proftpd-modproxy.conf.in; unpacked by
+# scripts/install-test-deps.sh); every
+# measure runs the paths interleaved (direct, ftpgate, haproxy, modproxy, ...) and the
 # table shows medians with min–max and the ratio to direct, plus ftpgate's CPU time
-# (/proc/<pid>/stat utime+stime) and memory per idle session (smaps_rollup).
+# (/proc/<pid>/stat utime+stime; for mod_proxy the master's own plus its reaped
+# per-session processes) and memory per idle session (smaps_rollup).
 #
 #   bash bench/run.sh               # full: 2 GiB transfers, 2000 sessions, 9000 idle, 5 rounds
 #   bash bench/run.sh --quick       # 256 MiB, 300 sessions, 1000 idle, 3 rounds
@@ -14,8 +17,8 @@
 #   FTPGATE_ARGS="--worker-threads 1" in the environment adds flags to ftpgate's command line.
 #            --only "download upload sessions noop idle ftps"
 #   ftps: FTPS rows with curl as the client (direct vsftpd with TLS, ftpgate with TLS on
-#   both sides, ftpgate offloading TLS to a clear vsftpd; ProFTPD mod_proxy: N/A unless
-#   installed): a big download, and short sessions (login, PROT P, EPSV, RETR 1 MiB, QUIT).
+#   both sides, ftpgate offloading TLS to a clear vsftpd, ProFTPD mod_proxy with TLS on
+#   both sides): a big download, and short sessions (login, PROT P, EPSV, RETR 1 MiB, QUIT).
 #
 # Not part of the test suite. Needs root (tmpfs for uploads, vsftpd), vsftpd
 # (scripts/install-test-deps.sh installs it) and python3; haproxy is optional.
@@ -58,6 +61,15 @@ FG_TLS_PORT=${FG_TLS_PORT:-22127} # ftpgate, TLS both sides
 FG_OFF_PORT=${FG_OFF_PORT:-22128} # ftpgate, TLS offload (clear backend)
 TLS_PASV_LO=${TLS_PASV_LO:-32000} TLS_PASV_HI=${TLS_PASV_HI:-32999}
 PASV_LO=${PASV_LO:-31000} PASV_HI=${PASV_HI:-31999}
+MP_PORT=${MP_PORT:-22129}         # ProFTPD mod_proxy in front of vsftpd
+MP_TLS_PORT=${MP_TLS_PORT:-22130} # ProFTPD mod_proxy, TLS both sides (vsftpd with TLS behind)
+MP_PASV=${MP_PASV:-46000-46999} MP_TLS_PASV=${MP_TLS_PASV:-47000-47999}
+# mod_proxy's own vsftpd (same root, anonymous login with USER + PASS: see below) and
+# its passive ranges.
+MP_VS_PORT=${MP_VS_PORT:-22131} MP_VS_TLS_PORT=${MP_VS_TLS_PORT:-22132}
+MP_VS_PASV=${MP_VS_PASV:-33000-33999} MP_VS_TLS_PASV=${MP_VS_TLS_PASV:-34000-34999}
+# Where scripts/install-test-deps.sh unpacks proftpd-core, -mod-crypto and -mod-proxy.
+PROFTPD_TREE=${PROFTPD_TREE:-/opt/ftpgate-test}
 
 [[ $(id -u) -eq 0 ]] || { echo "bench/run.sh: run as root" >&2; exit 1; }
 command -v /usr/sbin/vsftpd >/dev/null || { echo "vsftpd missing: sudo bash scripts/install-test-deps.sh" >&2; exit 1; }
@@ -89,9 +101,11 @@ PIDS=()
 UP=$ROOT/up
 mkdir -p "$UP"
 UP_MOUNTED=0
+MP_TABLES=
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    [[ -n $MP_TABLES ]] && rm -rf "$MP_TABLES"
     ((UP_MOUNTED)) && umount "$UP" 2>/dev/null || true
     log "logs and raw results kept in $RUN"
 }
@@ -113,12 +127,13 @@ TARGET=${CARGO_TARGET_DIR:-target}
 FTPGATE=${FTPGATE_BIN:-$TARGET/release/ftpgate}
 LOAD=${FTPLOAD_BIN:-$TARGET/release/examples/ftpload}
 
-wait_port() { # host port
+wait_port() { # host port [soft: return 1 instead of exiting]
     for _ in $(seq 200); do
         (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
         sleep 0.05
     done
     echo "nothing listens on $1:$2; see $RUN/*.log" >&2
+    [[ -n ${3:-} ]] && return 1
     exit 1
 }
 fill() { # template → stdout
@@ -169,14 +184,109 @@ if command -v haproxy >/dev/null; then
 else
     log "haproxy not installed (apt-get install haproxy): its column is N/A"
 fi
-# ProFTPD mod_proxy: only if the unpacked proftpd tree carries it.
-if ! find /opt/ftpgate-test/proftpd -name 'mod_proxy.so' 2>/dev/null | grep -q .; then
-    log "ProFTPD mod_proxy not in /opt/ftpgate-test/proftpd: N/A"
+# ProFTPD mod_proxy: proftpd (one process per session, forked by the master) as an FTP
+# reverse proxy in front of the same vsftpd. N/A, with the reason in the table, when the
+# unpacked trees are missing or a probe session through it fails.
+PROFTPD=$PROFTPD_TREE/proftpd/usr/sbin/proftpd
+MP_PROXY_MODULES=$PROFTPD_TREE/proftpd-proxy/usr/lib/proftpd
+MP_TLS_MODULES=$PROFTPD_TREE/proftpd-crypto/usr/lib/proftpd
+declare -A NA # path → why it is N/A
+modproxy_missing() { # → prints what is missing, if anything
+    if [[ ! -x $PROFTPD ]]; then
+        echo "proftpd not unpacked in $PROFTPD_TREE/proftpd (sudo bash scripts/install-test-deps.sh)"
+    elif [[ ! -f $MP_PROXY_MODULES/mod_proxy.so ]]; then
+        echo "proftpd-mod-proxy not unpacked in $PROFTPD_TREE/proftpd-proxy (sudo bash scripts/install-test-deps.sh)"
+    elif [[ ! -f $MP_TLS_MODULES/mod_tls.so ]]; then
+        echo "mod_tls (proftpd-mod-crypto) not unpacked in $PROFTPD_TREE/proftpd-crypto (sudo bash scripts/install-test-deps.sh)"
+    fi
+}
+# start_modproxy name port passive-range backend-url [tls]: writes $RUN/name.conf from
+# bench/proftpd-modproxy.conf.in, starts proftpd -n on it; returns 1 if it does not listen.
+start_modproxy() {
+    local name=$1 port=$2 tls=${5:-} proxy_tls=off ca
+    ca=$PROFTPD_TREE/proftpd-proxy/etc/proftpd/cacerts.pem
+    if [[ -z $MP_TABLES ]]; then
+        MP_TABLES=$(mktemp -d /dev/shm/ftpgate-bench-modproxy.XXXXXX)
+        chmod 755 "$MP_TABLES"
+    fi
+    mkdir -p "$MP_TABLES/$name"
+    [[ -n $tls ]] && proxy_tls=on ca=$RUN/cert.pem
+    { sed -e "s|@PORT@|$port|g; s|@NAME@|$name|g; s|@DIR@|$RUN|g; s|@TABLES@|$MP_TABLES/$name|g" \
+          -e "s|@MP_PASV_LO@|${3%-*}|g; s|@MP_PASV_HI@|${3#*-}|g; s|@BACKEND@|$4|g" \
+          -e "s|@PROXY_MODULES@|$MP_PROXY_MODULES|g; s|@TLS_MODULES@|$MP_TLS_MODULES|g" \
+          -e "s|@PROXY_TLS@|$proxy_tls|g; s|@CA@|$ca|g" bench/proftpd-modproxy.conf.in
+      if [[ -n $tls ]]; then
+          # Client side: mod_tls, explicit FTPS (AUTH TLS) required, TLS 1.2/1.3 like
+          # ftpgate; mod_tls's default requires TLS session reuse on data connections.
+          printf '<IfModule mod_tls.c>\n  TLSEngine on\n  TLSRequired on\n  TLSProtocol TLSv1.2 TLSv1.3\n'
+          printf '  TLSRSACertificateFile %s\n  TLSRSACertificateKeyFile %s\n  TLSLog %s\n</IfModule>\n' \
+              "$RUN/cert.pem" "$RUN/key.pem" "$RUN/$name-tls.log"
+      fi
+    } >"$RUN/$name.conf"
+    "$PROFTPD" -n -c "$RUN/$name.conf" >"$RUN/$name.log" 2>&1 &
+    PIDS+=($!)
+    PID[$name]=$!
+    ADDR[$name]=127.0.0.1:$port
+    TREE[$name]=1
+    wait_port 127.0.0.1 "$port" soft
+}
+# why_failed name: the last error mod_proxy or proftpd logged, for the N/A reason.
+why_failed() {
+    cat "$RUN/$1-proxy.log" "$RUN/$1-tls.log" "$RUN/$1-system.log" "$RUN/$1.log" 2>/dev/null |
+        grep -iE 'error|fail|fatal|unable|refus|denied' | tail -1 | cut -c1-200 || true
+}
+declare -A TREE # paths whose proxy forks a process per session (CPU includes reaped children)
+# One short session (RETR 1 MiB) and a few NOOPs through mod_proxy, before measuring.
+modproxy_probe() {
+    "$LOAD" --addr "127.0.0.1:$MP_PORT" --timeout 20s sessions 1 1 --file 1m.bin 2>"$RUN/probe.log" |
+        grep -q 'failures=0' &&
+        "$LOAD" --addr "127.0.0.1:$MP_PORT" --timeout 20s noop-latency 5 >/dev/null 2>"$RUN/probe.log"
+}
+# mod_proxy 0.9.2 (reverse, without UseReverseProxyAuth) counts the backend login as done
+# only on a 2xx reply to PASS (or 232 to USER). The bench vsftpd logs anonymous in with
+# 230 straight after USER (no_anon_password=YES): mod_proxy relays that 230 but then
+# answers NOOP, SIZE, PWD, SYST, MDTM, ... itself with "530 Please login with USER and
+# PASS" (TYPE, EPSV, RETR, STOR still pass). So mod_proxy gets its own vsftpd on the
+# same root that asks for a password (331, then any password: 230): one more round trip
+# per login than the other paths.
+mp_vsftpd() { # name port passive-range base-config
+    sed -e "s|^no_anon_password=.*|no_anon_password=NO|; s|^listen_port=.*|listen_port=$2|" \
+        -e "s|^pasv_min_port=.*|pasv_min_port=${3%-*}|; s|^pasv_max_port=.*|pasv_max_port=${3#*-}|" \
+        "$4" >"$RUN/$1.conf"
+    /usr/sbin/vsftpd "$RUN/$1.conf" >"$RUN/$1.log" 2>&1 &
+    PIDS+=($!)
+    wait_port 127.0.0.1 "$2" soft
+}
+if why=$(modproxy_missing) && [[ -n $why ]]; then
+    NA[modproxy]=$why
+elif ! mp_vsftpd vsftpd-modproxy "$MP_VS_PORT" "$MP_VS_PASV" "$RUN/vsftpd.conf" ||
+        ! start_modproxy modproxy "$MP_PORT" "$MP_PASV" "ftp://127.0.0.1:$MP_VS_PORT"; then
+    NA[modproxy]="vsftpd or proftpd did not listen: $(why_failed modproxy)"
+elif ! modproxy_probe; then
+    NA[modproxy]="probe failed: $(sed -n 's/^Error: //p' "$RUN/probe.log" | head -1): $(sed -n '/^Caused by:/{n;p;q}' "$RUN/probe.log" | sed 's/^ *//') $(why_failed modproxy)"
+else
+    PATHS+=(modproxy)
 fi
+[[ -n ${NA[modproxy]:-} ]] && log "ProFTPD mod_proxy: N/A (${NA[modproxy]})"
 log "paths: ${PATHS[*]}; rounds: $ROUNDS; big file: $BIG"
 
 HZ=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# proxy_ticks path: CPU ticks of the path's proxy. A forking proxy (proftpd) runs each
+# session in a child: wait until the master has reaped them all (their time then shows
+# in its cutime+cstime), up to 10 s, and count those too.
+proxy_ticks() {
+    local pid=${PID[$1]}
+    if [[ -n ${TREE[$1]:-} ]]; then
+        for _ in $(seq 200); do
+            pgrep -P "$pid" >/dev/null || break
+            sleep 0.05
+        done
+        awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat"
+    else
+        cpu_ticks "$pid"
+    fi
+}
 field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }
 
 # run_load path measure args... : runs ftpload, records the RESULT line and CPU ticks
@@ -185,14 +295,14 @@ run_load() {
     local path=$1 measure=$2
     shift 2
     local pid=${PID[$path]:-} before=0 out
-    [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+    [[ -n $pid ]] && before=$(proxy_ticks "$path")
     if ! out=$("$LOAD" --addr "${ADDR[$path]}" --timeout 120s "$@" 2>>"$RUN/ftpload.log" | grep '^RESULT'); then
         log "$measure via $path FAILED (see $RUN/ftpload.log)"
         echo "FAILED" >>"$RES/$measure.$path.fail"
         return 0
     fi
     echo "$out" >>"$RES/$measure.$path"
-    [[ -n $pid ]] && echo "$(($(cpu_ticks "$pid") - before))" >>"$RES/$measure.$path.ticks"
+    [[ -n $pid ]] && echo "$(($(proxy_ticks "$path") - before))" >>"$RES/$measure.$path.ticks"
     log "$measure via $path: ${out#RESULT }"
 }
 
@@ -266,7 +376,21 @@ if [[ " $ONLY " == *" ftps "* ]]; then
     start_ftpgate_tls ftps-ftpgate "$FG_TLS_PORT" 44000-44999 "127.0.0.1:$VS_TLS_PORT" mirror
     start_ftpgate_tls ftps-offload "$FG_OFF_PORT" 45000-45999 "127.0.0.1:$VS_PORT" off
     FTPS_PATHS=(ftps-direct ftps-ftpgate ftps-offload)
-    log "ProFTPD mod_proxy with TLS: N/A (proftpd-mod-proxy is not installed)"
+    # ProFTPD mod_proxy, TLS both sides: mod_tls towards the client, mod_proxy's own
+    # OpenSSL client towards vsftpd with TLS (ProxyTLSEngine on; PROT P on the backend
+    # data connections, ProxyTLSTransferProtectionPolicy required by default).
+    if why=$(modproxy_missing) && [[ -n $why ]]; then
+        NA[ftps-modproxy]=$why
+    elif ! mp_vsftpd vsftpd-tls-modproxy "$MP_VS_TLS_PORT" "$MP_VS_TLS_PASV" "$RUN/vsftpd-tls.conf" ||
+            ! start_modproxy ftps-modproxy "$MP_TLS_PORT" "$MP_TLS_PASV" "ftp://127.0.0.1:$MP_VS_TLS_PORT" tls; then
+        NA[ftps-modproxy]="vsftpd or proftpd did not listen: $(why_failed ftps-modproxy)"
+    elif ! curl -s --ssl-reqd --cacert "$RUN/cert.pem" --user anonymous: --ftp-pasv -o "$RUN/probe.bin" \
+            "ftp://${ADDR[ftps-modproxy]}/1m.bin" 2>>"$RUN/curl.log" || ! cmp -s "$RUN/probe.bin" "$ROOT/1m.bin"; then
+        NA[ftps-modproxy]="probe session failed: $(why_failed ftps-modproxy)"
+    else
+        FTPS_PATHS+=(ftps-modproxy)
+    fi
+    [[ -n ${NA[ftps-modproxy]:-} ]] && log "ProFTPD mod_proxy with TLS: N/A (${NA[ftps-modproxy]})"
     ftps_curl() { # path remote → curl's speed_download (bytes/s)
         curl -s --ssl-reqd --cacert "$RUN/cert.pem" --user anonymous: --ftp-pasv \
             -o /dev/null -w '%{speed_download}\n' "ftp://${ADDR[$1]}/$2"
@@ -274,31 +398,48 @@ if [[ " $ONLY " == *" ftps "* ]]; then
     for r in $(seq "$ROUNDS"); do
         for path in "${FTPS_PATHS[@]}"; do
             pid=${PID[$path]:-} before=0
-            [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+            [[ -n $pid ]] && before=$(proxy_ticks "$path")
             if speed=$(ftps_curl "$path" "$BIGFILE"); then
                 echo "RESULT bytes_per_sec=$speed" >>"$RES/ftps-download.$path"
-                [[ -n $pid ]] && echo "$(($(cpu_ticks "$pid") - before))" >>"$RES/ftps-download.$path.ticks"
+                [[ -n $pid ]] && echo "$(($(proxy_ticks "$path") - before))" >>"$RES/ftps-download.$path.ticks"
                 log "ftps download via $path: $speed B/s"
             else
                 echo FAILED >>"$RES/ftps-download.$path.fail"
             fi
             # Short sessions: login, PBSZ/PROT P, EPSV, RETR 1 MiB, QUIT; 8 at a time.
-            [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+            [[ -n $pid ]] && before=$(proxy_ticks "$path")
             start=$(date +%s.%N)
             failed=$(seq "$FTPS_SESSIONS" | xargs -P 8 -I{} sh -c \
                 "curl -s --ssl-reqd --cacert '$RUN/cert.pem' --user anonymous: --ftp-pasv -o /dev/null 'ftp://${ADDR[$path]}/1m.bin' || echo F" | grep -c F || true)
             end=$(date +%s.%N)
             echo "RESULT sessions_per_sec=$(awk -v n="$FTPS_SESSIONS" -v a="$start" -v b="$end" 'BEGIN {print n / (b - a)}') failures=$failed" >>"$RES/ftps-sessions.$path"
-            [[ -n $pid ]] && echo "$(($(cpu_ticks "$pid") - before))" >>"$RES/ftps-sessions.$path.ticks"
+            [[ -n $pid ]] && echo "$(($(proxy_ticks "$path") - before))" >>"$RES/ftps-sessions.$path.ticks"
             log "ftps sessions via $path: $(tail -1 "$RES/ftps-sessions.$path")"
         done
     done
 fi
 
 # ---- table ---------------------------------------------------------------------------
+for p in "${!NA[@]}"; do echo "${NA[$p]}" >"$RES/na.$p"; done
+# A mod_proxy that is N/A still gets its column (cells N/A, the reason under the table).
+[[ -n ${NA[modproxy]:-} ]] && PATHS+=(modproxy)
 python3 - "$RES" "$HZ" "$BIG_BYTES" "$SESSIONS" "$ROUNDS" "${FTPS_SESSIONS}" "${PATHS[@]}" <<'PY'
 import os, statistics, sys
 res, hz, big, sessions, rounds, ftps_sessions, paths = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]), sys.argv[7:]
+
+def na(path):
+    p = os.path.join(res, f"na.{path}")
+    return open(p).read().strip() if os.path.exists(p) else None
+
+def na_notes(ps):
+    for p in ps:
+        if na(p):
+            print(f"\n{p}: N/A — {na(p)}")
+
+# Proxies whose CPU time is reported: ftpgate (one process) and ProFTPD mod_proxy (the
+# master plus its reaped per-session processes).
+def cpu_reported(p):
+    return p.startswith("ftpgate") or p.startswith("modproxy")
 
 def rows(measure, path):
     p = os.path.join(res, f"{measure}.{path}")
@@ -351,23 +492,40 @@ for measure, key, label, fmt, per in specs:
             s += f", {f} failed"
         if fails(measure, p):
             s += f", {fails(measure, p)} runs FAILED"
+        if na(p) and not vals:
+            s = "N/A"
         cells.append(s)
     print(f"| {label} | " + " | ".join(cells) + " |")
     if key != "p99_us":
         for p in paths:
             t = ticks(measure, p)
-            if t and p.startswith("ftpgate"):
+            if t and cpu_reported(p):
                 unit = "s per transfer" if measure in ("download", "upload") else ("ms per session" if measure == "sessions" else "s per run")
                 scale = 1000 / per if measure == "sessions" else 1
                 med = statistics.median(t) * scale
                 cpu_lines.append(f"| {p} CPU, {measure} | {med:.3f} {unit} ({min(t) * scale:.3f}–{max(t) * scale:.3f}) |")
+def med(measure, path, key):
+    vals = [float(r[key]) for r in rows(measure, path)]
+    return statistics.median(vals) if vals else None
+if "modproxy" in paths and "ftpgate" in paths:
+    ratios = []
+    for measure, key, label in [("download", "bytes_per_sec", "download"), ("upload", "bytes_per_sec", "upload"), ("sessions", "sessions_per_sec", "short sessions")]:
+        fg, mp = med(measure, "ftpgate", key), med(measure, "modproxy", key)
+        if fg and mp:
+            ratios.append(f"{label} ×{fg / mp:.2f}")
+    fg, mp, d = med("noop", "ftpgate", "p50_us"), med("noop", "modproxy", "p50_us"), med("noop", "direct", "p50_us")
+    if fg and mp and d:
+        ratios.append(f"NOOP p50 added {fg - d:.1f} µs vs {mp - d:.1f} µs")
+    if ratios:
+        print("\nftpgate vs ProFTPD mod_proxy: " + ", ".join(ratios))
+na_notes(paths)
 if cpu_lines:
-    print("\n| ftpgate CPU (utime+stime, 1/%d s ticks) | median (min–max) |\n|---|---|" % hz)
+    print("\n| proxy CPU (utime+stime, 1/%d s ticks; modproxy: master + reaped session processes) | median (min–max) |\n|---|---|" % hz)
     print("\n".join(cpu_lines))
-ftps_paths = ["ftps-direct", "ftps-ftpgate", "ftps-offload"]
+ftps_paths = ["ftps-direct", "ftps-ftpgate", "ftps-offload", "ftps-modproxy"]
 if any(rows("ftps-download", p) for p in ftps_paths):
     print(f"\n## FTPS (curl client, vsftpd require_ssl_reuse=YES) — medians (min–max); ×ratio to direct FTPS\n")
-    print("| measure | direct FTPS | ftpgate TLS both sides | ftpgate TLS offload | ProFTPD mod_proxy |\n|---|---|---|---|---|")
+    print("| measure | direct FTPS | ftpgate TLS both sides | ftpgate TLS offload | ProFTPD mod_proxy TLS both sides |\n|---|---|---|---|---|")
     for measure, key, label, fmt in [
         ("ftps-download", "bytes_per_sec", "FTPS download MB/s", lambda v: f"{v / 1e6:.0f}"),
         ("ftps-sessions", "sessions_per_sec", f"short FTPS sessions/s ({ftps_sessions} per round)", lambda v: f"{v:.1f}"),
@@ -382,9 +540,19 @@ if any(rows("ftps-download", p) for p in ftps_paths):
                 s += f", {sum(int(r['failures']) for r in rows(measure, p))} failed"
             if fails(measure, p):
                 s += f", {fails(measure, p)} runs FAILED"
+            if na(p) and not vals:
+                s = "N/A"
             cells.append(s)
-        print(f"| {label} | " + " | ".join(cells) + " | N/A |")
-    print("\n| ftpgate CPU, FTPS | median |\n|---|---|")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    if rows("ftps-download", "ftps-modproxy") and rows("ftps-download", "ftps-ftpgate"):
+        for measure, key, label in [("ftps-download", "bytes_per_sec", "download"), ("ftps-sessions", "sessions_per_sec", "short sessions")]:
+            fg = statistics.median(float(r[key]) for r in rows(measure, "ftps-ftpgate"))
+            mp = statistics.median(float(r[key]) for r in rows(measure, "ftps-modproxy"))
+            if mp:
+                print(f"\nftpgate TLS both sides / mod_proxy TLS both sides, {label}: ×{fg / mp:.2f}", end="")
+        print()
+    na_notes(["ftps-modproxy"])
+    print("\n| proxy CPU, FTPS | median |\n|---|---|")
     for p in ftps_paths[1:]:
         t = ticks("ftps-download", p)
         if t:

@@ -10,6 +10,9 @@
 #   proftpd's shared-library dependencies are installed normally (they do
 #   not conflict). The tests run it as /opt/ftpgate-test/proftpd/usr/sbin/
 #   proftpd -n -c <own config>; everything it needs is compiled in.
+#   mod_tls (proftpd-mod-crypto) and mod_proxy (proftpd-mod-proxy) are
+#   unpacked the same way into /opt/ftpgate-test/proftpd-crypto and
+#   /opt/ftpgate-test/proftpd-proxy and loaded with ModulePath/LoadModule.
 # - A locked-down system account `ftpgate-test` (password `ftpgate-test-pw`)
 #   that vsftpd and proftpd log in as: both need a real system account for
 #   local logins. Its shell is nologin; authentication goes through a
@@ -44,6 +47,9 @@ PACKAGES=(
     # proftpd-core's shared libraries (the package itself is unpacked below)
     libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
     libacl1 libcap2 libcrypt1 libidn2-0 libncursesw6 libpam0g libssl3
+    # proftpd-mod-proxy's shared libraries (bench/run.sh's mod_proxy path; the
+    # module is unpacked below)
+    libsodium23 libsqlite3-0
 )
 
 missing=()
@@ -99,6 +105,9 @@ unpack proftpd-core proftpd
 # mod_tls (FTPS, tests/e2e_ftps.rs) lives in proftpd-mod-crypto; loaded with
 # ModulePath/LoadModule from here.
 unpack proftpd-mod-crypto proftpd-crypto
+# mod_proxy (ProFTPD as a reverse proxy: the comparison path of bench/run.sh) lives
+# in proftpd-mod-proxy; loaded with ModulePath/LoadModule from here.
+unpack proftpd-mod-proxy proftpd-proxy
 
 # Kubernetes manifests (tests/kubernetes_manifests.rs): kubernetes-validate checks the
 # rendered overlays against the Kubernetes API schemas it ships (1.25 to 1.37 in this
