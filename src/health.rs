@@ -283,7 +283,7 @@ async fn login(
             step: "PASV",
             reply: text.clone(),
         })?;
-        SocketAddr::V4(t.addr)
+        pasv_target(addr, t.addr)
     };
     let mut data = connect_from(target, None, connect_timeout).await?;
     c.send("LIST").await?;
@@ -296,6 +296,16 @@ async fn login(
     // A server that closes without 221 after a good listing is still healthy.
     let _ = c.reply().await;
     Ok(())
+}
+
+/// Where a `227`'s data connection goes: its IPv4 address over IPv4; over IPv6 its
+/// port on the control connection's address (a `227` can only name IPv4, which an
+/// IPv6-only path cannot reach; curl's `--ftp-skip-pasv-ip` does the same).
+fn pasv_target(control: SocketAddr, named: std::net::SocketAddrV4) -> SocketAddr {
+    match control {
+        SocketAddr::V4(_) => SocketAddr::V4(named),
+        SocketAddr::V6(_) => SocketAddr::new(control.ip(), named.port()),
+    }
 }
 
 /// Checks every member each `health.interval` (the first round at once, so readiness
@@ -380,6 +390,18 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::farm::{BalancePolicy, Verdict};
+
+    #[test]
+    fn pasv_fallback_over_ipv6_uses_the_control_address() {
+        let named: std::net::SocketAddrV4 = "10.9.8.7:50001".parse().unwrap();
+        let v4: SocketAddr = "192.0.2.1:21".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::21]:21".parse().unwrap();
+        assert_eq!(pasv_target(v4, named), SocketAddr::V4(named));
+        assert_eq!(
+            pasv_target(v6, named),
+            "[2001:db8::21]:50001".parse::<SocketAddr>().unwrap()
+        );
+    }
 
     #[test]
     fn password_never_appears_in_debug_output() {

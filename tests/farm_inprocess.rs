@@ -590,3 +590,61 @@ async fn source_ip_balancing_keys_on_the_proxy_header_source() {
         "the headers spread the clients"
     );
 }
+
+/// An IPv6 server that refuses `EPSV` and names an unreachable IPv4 address in its
+/// `227` (all a `227` can name): the login check lists through the `227`'s port on the
+/// control connection's IPv6 address.
+#[tokio::test]
+async fn login_check_falls_back_to_pasv_over_ipv6() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let Ok(l) = TcpListener::bind("[::1]:0").await else {
+        eprintln!("SKIPPED: no IPv6 loopback");
+        return;
+    };
+    let addr = l.local_addr().unwrap();
+    let data = TcpListener::bind("[::1]:0").await.unwrap();
+    let port = data.local_addr().unwrap().port();
+    let listed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::clone(&listed);
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(b"220 v6 only\r\n").await.unwrap();
+        let mut line = String::new();
+        while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+            let verb = line
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            let reply = match verb.as_str() {
+                "USER" => "331 password\r\n".to_string(),
+                "PASS" => "230 in\r\n".to_string(),
+                "EPSV" => "500 EPSV not understood\r\n".to_string(),
+                "PASV" => format!(
+                    "227 Entering Passive Mode (10,9,8,7,{},{})\r\n",
+                    port >> 8,
+                    port & 0xff
+                ),
+                "LIST" => {
+                    w.write_all(b"150 here\r\n").await.unwrap();
+                    let (mut d, _) = data.accept().await.unwrap();
+                    d.write_all(b"-rw-r--r-- 1 ftp ftp 0 Jan 1 00:00 x\r\n")
+                        .await
+                        .unwrap();
+                    drop(d);
+                    seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                    "226 done\r\n".to_string()
+                }
+                _ => "221 bye\r\n".to_string(),
+            };
+            w.write_all(reply.as_bytes()).await.unwrap();
+            line.clear();
+        }
+    });
+    check_once(addr, &health(CheckKind::Login), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(listed.load(std::sync::atomic::Ordering::SeqCst));
+}
