@@ -10,6 +10,7 @@
 #   proftpd's shared-library dependencies are installed normally (they do
 #   not conflict). The tests run it as /opt/ftpgate-test/proftpd/usr/sbin/
 #   proftpd -n -c <own config>; everything it needs is compiled in.
+#   pure-ftpd is unpacked the same way into /opt/ftpgate-test/pure-ftpd.
 # - A locked-down system account `ftpgate-test` (password `ftpgate-test-pw`)
 #   that vsftpd and proftpd log in as: both need a real system account for
 #   local logins. Its shell is nologin; authentication goes through a
@@ -42,6 +43,8 @@ PACKAGES=(
     # proftpd-core's shared libraries (the package itself is unpacked below)
     libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
     libacl1 libcap2 libcrypt1 libidn2-0 libncursesw6 libpam0g libssl3
+    # pure-ftpd's shared libraries (the package itself is unpacked below)
+    libsodium23
 )
 
 missing=()
@@ -98,8 +101,14 @@ unpack proftpd-core proftpd
 # ModulePath/LoadModule from here.
 unpack proftpd-mod-crypto proftpd-crypto
 
-# Prove the unpacked binary runs (all shared libraries resolved).
+# pure-ftpd (FTPS interop, tests/e2e_ftps.rs): also an `ftp-server`, unpacked the
+# same way; the tests run $OPT/pure-ftpd/usr/sbin/pure-ftpd with command-line
+# options only (no wrapper, no inetd).
+unpack pure-ftpd pure-ftpd
+
+# Prove the unpacked binaries run (all shared libraries resolved).
 "$OPT/proftpd/usr/sbin/proftpd" --version >/dev/null
+"$OPT/pure-ftpd/usr/sbin/pure-ftpd" --help >/dev/null
 
 # The test account: no login shell. vsftpd changes into the home directory
 # before `local_root`, so the home must exist (empty, owned by root).

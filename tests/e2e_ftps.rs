@@ -1075,3 +1075,99 @@ fn ftps_mirror_proftpd() {
     );
     g.assert_no_password();
 }
+
+/// Pure-FTPd 1.0.50 (Debian 12) with `--tls=2` — TLS required on the control
+/// connection: a clear-text `USER` gets `421` and the connection closes — behind
+/// ftpgate, TLS on both sides (`mirror`, the backend's certificate checked): curl and
+/// lftp, downloads and uploads in EPSV, PASV and active mode, byte-exact, and the
+/// clear-text login through ftpgate still refused by the server itself.
+///
+/// What pure-ftpd in Debian 12 cannot do here: its options live on the command line
+/// (the Debian wrapper and `/etc/pure-ftpd/conf` are not used: the package conflicts
+/// with vsftpd as an `ftp-server`, so it is only unpacked); it logs commands to
+/// syslog only, so the test cannot read what it received (transfers go to
+/// `--altlog`); `--tls=2` leaves data connections to the client's `PROT` (`--tls=3`
+/// would force `PROT P`, which curl and lftp send anyway).
+#[test]
+fn ftps_mirror_pure_ftpd() {
+    if !common::e2e_enabled("ftps_mirror_pure_ftpd") {
+        return;
+    }
+    let topo = ReverseTopology::new();
+    let pki = Pki::new();
+    let server = FtpServer::start_with(
+        &topo.topo,
+        &topo.backend,
+        topo.backend_addr(),
+        ServerKind::PureFtpd,
+        &format!(
+            "--tls=2 --certfile={},{}",
+            pki.backend_cert, pki.backend_key
+        ),
+    );
+    let g = gate(
+        &topo,
+        &pki,
+        21,
+        (50000, 50099),
+        &["--backend-ca", &pki.backend_ca],
+    );
+    let t = at(21);
+    let work = tempfile::tempdir().unwrap();
+    let src = upload_source(work.path());
+    let want_up = sha256_file(&src);
+    let ctx = || context(&g, &server);
+
+    // The server's own policy holds through ftpgate: no clear-text login.
+    let mut plain = common::clients::curl_command(&topo.client, &t);
+    plain.arg("-o").arg(work.path().join("plain.bin"));
+    plain.arg(t.url(SMALL_FILE));
+    let r = run(plain);
+    assert!(!r.success(), "clear-text login accepted:\n{r}\n{}", ctx());
+    assert!(
+        r.reply_lines("421").iter().any(|l| l.contains("cleartext")),
+        "pure-ftpd's own 421 expected:\n{r}\n{}",
+        ctx()
+    );
+
+    for (mode, name) in [(Mode::Epsv, "curl-epsv"), (Mode::Pasv, "curl-pasv")] {
+        let out = work.path().join(format!("{name}.bin"));
+        let r = curl_get(&topo.client, &t, &pki.gate_ca, mode, BIG_FILE, &out);
+        r.assert_success(&ctx());
+        assert_eq!(sha256_file(&out), server.root.big_sha256(), "{}", ctx());
+        let remote = format!("upload/{name}.bin");
+        let r = curl_put(&topo.client, &t, &pki.gate_ca, mode, &src, &remote);
+        r.assert_success(&ctx());
+        assert_eq!(
+            sha256_file(&server.root.uploaded(&format!("{name}.bin"))),
+            want_up,
+            "{}",
+            ctx()
+        );
+    }
+
+    for (mode, name) in [(Mode::Epsv, "lftp-epsv"), (Mode::Active, "lftp-active")] {
+        let out = work.path().join(format!("{name}.bin"));
+        let script = format!(
+            "get {BIG_FILE} -o {}; put {} -o upload/{name}.bin; cls -1 pub/",
+            out.display(),
+            src.display()
+        );
+        let r = lftp_ftps(&topo.client, &t, &pki.gate_ca, mode, &script);
+        r.assert_success(&ctx());
+        assert_eq!(sha256_file(&out), server.root.big_sha256(), "{}", ctx());
+        assert_eq!(
+            sha256_file(&server.root.uploaded(&format!("{name}.bin"))),
+            want_up,
+            "{}",
+            ctx()
+        );
+        common::clients::assert_listing(&r, &ctx);
+    }
+    assert!(
+        g.logs().contains("backend control connection in TLS"),
+        "{}",
+        ctx()
+    );
+    g.assert_no_password();
+}
