@@ -251,7 +251,9 @@ impl Reloader {
             self.listeners.commit(change);
         }
         // Ranges no new session leases from: their free ports leave the gauge.
-        for p in [&old.pool, &old.active_pool] {
+        let shared = Arc::ptr_eq(&old.pool, &old.active_pool);
+        let old_pools = [Some(&old.pool), (!shared).then_some(&old.active_pool)];
+        for p in old_pools.into_iter().flatten() {
             if !Arc::ptr_eq(p, &ctx.pool) && !Arc::ptr_eq(p, &ctx.active_pool) {
                 info!(range = %p.range(), in_use = p.in_use(), "reload: data-port range retired; its leases end with their transfers");
                 p.retire();

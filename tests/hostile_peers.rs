@@ -337,6 +337,12 @@ fn self_signed() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) 
     (dir, cert, key)
 }
 
+/// ring, as ftpgate uses it (without post-quantum key exchange, hence deprecated).
+#[allow(deprecated)]
+fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -345,7 +351,7 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> tokio_rustls::
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = ring_provider();
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -362,7 +368,7 @@ fn tls_connector(cert: &std::path::Path) -> tokio_rustls::TlsConnector {
     for c in CertificateDer::pem_file_iter(cert).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = ring_provider();
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -451,6 +457,39 @@ async fn recording_ftps_backend(
     (addr, seen)
 }
 
+/// ftpgate with `cert` towards clients and `policy` towards `backend` (whose
+/// certificate it does not check: the tests here are about bytes, not trust).
+async fn tls_proxy(
+    backend: SocketAddr,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    policy: ftpgate::config::BackendTlsPolicy,
+) -> inprocess::Proxy {
+    let (c, k) = (cert.to_path_buf(), key.to_path_buf());
+    start_proxy(vec![backend], move |cfg| {
+        cfg.tls.cert = Some(c);
+        cfg.tls.key = Some(k);
+        cfg.tls.backend = policy;
+        cfg.tls.backend_insecure = true;
+    })
+    .await
+}
+
+/// Reads ftpgate's `234` on `s`, then handshakes as a client trusting `cert`.
+async fn upgrade_after_234(
+    mut s: TcpStream,
+    cert: &std::path::Path,
+    what: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let reply = read_line_unbuffered(&mut s).await;
+    assert!(reply.starts_with("234"), "{what}: {reply}");
+    let name = rustls::pki_types::ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+    tokio::time::timeout(WAIT, tls_connector(cert).connect(name, s))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{what}: client handshake: {e}"))
+}
+
 /// A client that pipelines `USER evil` behind `AUTH TLS` in one clear-text write
 /// (CVE-2011-0411, Postfix/Pure-FTPd's STARTTLS injection): ftpgate's `234` comes,
 /// the handshake succeeds, and the first reply inside TLS is the one to `USER good`.
@@ -464,24 +503,11 @@ async fn clear_text_pipelined_behind_auth_tls_is_never_executed() {
     let acceptor = tls_acceptor(&cert, &key);
     for policy in [BackendTlsPolicy::Off, BackendTlsPolicy::Mirror] {
         let (backend, seen) = recording_ftps_backend(acceptor.clone(), b"").await;
-        let (c, k) = (cert.clone(), key.clone());
-        let proxy = start_proxy(vec![backend], move |cfg| {
-            cfg.tls.cert = Some(c);
-            cfg.tls.key = Some(k);
-            cfg.tls.backend = policy;
-            cfg.tls.backend_insecure = true;
-        })
-        .await;
+        let proxy = tls_proxy(backend, &cert, &key, policy).await;
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         assert!(read_line_unbuffered(&mut s).await.starts_with("220"));
         s.write_all(b"AUTH TLS\r\nUSER evil\r\n").await.unwrap();
-        let reply = read_line_unbuffered(&mut s).await;
-        assert!(reply.starts_with("234"), "{policy:?}: {reply}");
-        let name = rustls::pki_types::ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
-        let mut tls = tokio::time::timeout(WAIT, tls_connector(&cert).connect(name, s))
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{policy:?}: client handshake: {e}"));
+        let mut tls = upgrade_after_234(s, &cert, &format!("{policy:?}")).await;
         tls.write_all(b"USER good\r\n").await.unwrap();
         let reply = read_line_unbuffered(&mut tls).await;
         assert!(reply.starts_with("331 real backend"), "{policy:?}: {reply}");
@@ -515,26 +541,13 @@ async fn clear_text_behind_the_backends_234_is_discarded() {
     const JUNK: &[u8] = b"230 injected login\r\n331 inj";
     for policy in [BackendTlsPolicy::Mirror, BackendTlsPolicy::Required] {
         let (backend, seen) = recording_ftps_backend(acceptor.clone(), JUNK).await;
-        let (c, k) = (cert.clone(), key.clone());
-        let proxy = start_proxy(vec![backend], move |cfg| {
-            cfg.tls.cert = Some(c);
-            cfg.tls.key = Some(k);
-            cfg.tls.backend = policy;
-            cfg.tls.backend_insecure = true;
-        })
-        .await;
+        let proxy = tls_proxy(backend, &cert, &key, policy).await;
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         assert!(read_line_unbuffered(&mut s).await.starts_with("220"));
         let mut replies = Vec::new();
         if policy == BackendTlsPolicy::Mirror {
             s.write_all(b"AUTH TLS\r\n").await.unwrap();
-            let reply = read_line_unbuffered(&mut s).await;
-            assert!(reply.starts_with("234"), "{policy:?}: {reply}");
-            let name = rustls::pki_types::ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
-            let mut tls = tokio::time::timeout(WAIT, tls_connector(&cert).connect(name, s))
-                .await
-                .unwrap()
-                .unwrap_or_else(|e| panic!("{policy:?}: client handshake: {e}"));
+            let mut tls = upgrade_after_234(s, &cert, &format!("{policy:?}")).await;
             for cmd in [&b"USER good\r\n"[..], b"QUIT\r\n"] {
                 tls.write_all(cmd).await.unwrap();
                 replies.push(read_line_unbuffered(&mut tls).await);

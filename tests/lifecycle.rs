@@ -441,6 +441,45 @@ async fn post(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
+/// ftpgate in-process from a configuration file, with the reloader `SIGHUP` uses.
+struct Reloadable {
+    /// The first listener.
+    addr: SocketAddr,
+    admin: SocketAddr,
+    metrics: Arc<Metrics>,
+    reloader: Arc<ftpgate::reload::Reloader>,
+    listeners: Arc<ftpgate::listeners::ListenerSet>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Reloadable {
+    async fn start(file: &std::path::Path) -> Reloadable {
+        let args = ftpgate::cli::RunArgs {
+            config: Some(file.to_path_buf()),
+            ..Default::default()
+        };
+        let cfg = args.resolve().unwrap().config.validate().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let gw = Gateway::bind(cfg, Arc::clone(&metrics)).await.unwrap();
+        let listeners = gw.listener_set();
+        let addr = listeners.local_addrs()[0];
+        let admin = gw.admin_addr().unwrap();
+        let args = Arc::new(args);
+        let reloader = gw.reloader(Some(Box::new(move || args.resolve())), None);
+        let signals = StopSignals::default();
+        let stop = signals.stop.clone().drop_guard();
+        tokio::spawn(gw.serve_until(signals));
+        Reloadable {
+            addr,
+            admin,
+            metrics,
+            reloader,
+            listeners,
+            _stop: stop,
+        }
+    }
+}
+
 /// Whether the mock saw a login (its record of command lines).
 fn saw_login(mock: &MockFtp) -> bool {
     mock.received().iter().any(|l| l.starts_with(b"USER"))
@@ -455,20 +494,8 @@ async fn reload_moves_new_sessions_to_the_new_backend_and_keeps_running_transfer
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ftpgate.yaml");
     write_config(&file, old.addr, "");
-    let args = ftpgate::cli::RunArgs {
-        config: Some(file.clone()),
-        ..Default::default()
-    };
-    let cfg = args.resolve().unwrap().config.validate().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let gw = Gateway::bind(cfg, Arc::clone(&metrics)).await.unwrap();
-    let addr = gw.local_addrs()[0];
-    let admin = gw.admin_addr().unwrap();
-    let args = Arc::new(args);
-    let reloader = gw.reloader(Some(Box::new(move || args.resolve())), None);
-    let signals = StopSignals::default();
-    let _stop = signals.stop.clone().drop_guard();
-    tokio::spawn(gw.serve_until(signals.clone()));
+    let gw = Reloadable::start(&file).await;
+    let (addr, admin, metrics, reloader) = (gw.addr, gw.admin, &gw.metrics, &gw.reloader);
 
     let mut running = Client::login(addr).await;
     let data_addr = running.epsv().await;
@@ -567,21 +594,9 @@ async fn reload_adds_and_removes_listeners_and_moves_the_data_port_range() {
     let write =
         |listen: &[&str], ports: &str| write_listeners_config(&file, mock.addr, listen, ports);
     write(&["127.0.0.1:0"], "41480-41489");
-    let args = ftpgate::cli::RunArgs {
-        config: Some(file.clone()),
-        ..Default::default()
-    };
-    let cfg = args.resolve().unwrap().config.validate().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let gw = Gateway::bind(cfg, Arc::clone(&metrics)).await.unwrap();
-    let set = gw.listener_set();
-    let first = set.local_addrs()[0];
-    let admin = gw.admin_addr().unwrap();
-    let args = Arc::new(args);
-    let reloader = gw.reloader(Some(Box::new(move || args.resolve())), None);
-    let signals = StopSignals::default();
-    let _stop = signals.stop.clone().drop_guard();
-    tokio::spawn(gw.serve_until(signals.clone()));
+    let gw = Reloadable::start(&file).await;
+    let (first, admin, metrics, reloader) = (gw.addr, gw.admin, &gw.metrics, &gw.reloader);
+    let set = &gw.listeners;
     let old_range = 41480..=41489;
     let new_range = 41490..=41499;
 
