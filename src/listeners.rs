@@ -163,11 +163,14 @@ impl ListenerSet {
     /// Nothing changes until [`Self::commit`].
     pub fn prepare(&self, specs: &[ListenerConfig]) -> Result<ListenerChange, ListenerBindError> {
         let open = self.open();
+        // Draining: nothing new is opened (the drain closed every listener).
+        let draining = self.accepting.is_cancelled();
         let mut added = Vec::new();
         let mut local_addrs = Vec::with_capacity(specs.len());
         for spec in specs {
             match open.iter().find(|o| o.spec.listen == spec.listen) {
                 Some(o) => local_addrs.push(o.local),
+                None if draining => {}
                 None => {
                     let o = bind_one(spec, &self.accepting)?;
                     local_addrs.push(o.local);
