@@ -13,6 +13,7 @@
 #   mod_tls (proftpd-mod-crypto) and mod_proxy (proftpd-mod-proxy) are
 #   unpacked the same way into /opt/ftpgate-test/proftpd-crypto and
 #   /opt/ftpgate-test/proftpd-proxy and loaded with ModulePath/LoadModule.
+#   pure-ftpd is unpacked the same way into /opt/ftpgate-test/pure-ftpd.
 # - A locked-down system account `ftpgate-test` (password `ftpgate-test-pw`)
 #   that vsftpd and proftpd log in as: both need a real system account for
 #   local logins. Its shell is nologin; authentication goes through a
@@ -50,6 +51,7 @@ PACKAGES=(
     # proftpd-mod-proxy's shared libraries (bench/run.sh's mod_proxy path; the
     # module is unpacked below)
     libsodium23 libsqlite3-0
+    # pure-ftpd's shared libraries (unpacked below): libsodium23, listed above
 )
 
 missing=()
@@ -122,8 +124,14 @@ if ! command -v kubectl >/dev/null 2>&1; then
     echo "install-test-deps.sh: kubectl not found: tests/kubernetes_manifests.rs will fail under CI" >&2
 fi
 
-# Prove the unpacked binary runs (all shared libraries resolved).
+# pure-ftpd (FTPS interop, tests/e2e_ftps.rs): also an `ftp-server`, unpacked the
+# same way; the tests run $OPT/pure-ftpd/usr/sbin/pure-ftpd with command-line
+# options only (no wrapper, no inetd).
+unpack pure-ftpd pure-ftpd
+
+# Prove the unpacked binaries run (all shared libraries resolved).
 "$OPT/proftpd/usr/sbin/proftpd" --version >/dev/null
+"$OPT/pure-ftpd/usr/sbin/pure-ftpd" --help >/dev/null
 
 # The test account: no login shell. vsftpd changes into the home directory
 # before `local_root`, so the home must exist (empty, owned by root).

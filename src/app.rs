@@ -18,18 +18,15 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminState};
 use crate::balancer::Balancer;
 use crate::cluster::forward::{ClusterError, ClusterListeners, ClusterNode, ForwardSettings};
-use crate::config::{ListenerMode, ListenerTls, ValidConfig};
+use crate::config::ValidConfig;
 use crate::dataport::PortPool;
 use crate::farm::{resolve, Farm};
 use crate::health;
+use crate::listeners::{ListenerSet, Serving};
 use crate::metrics::Metrics;
-use crate::net::AcceptBackoff;
 use crate::reload::{ConfigSource, LogLevelSetter, Reloader, Snapshots};
 use crate::session::limits::PreloginSlots;
-use crate::session::{run_session, SessionContext};
-
-/// Connections the kernel queues per FTP listener while ftpgate is busy accepting.
-const CONTROL_BACKLOG: i32 = 1024;
+use crate::session::SessionContext;
 
 /// How long sessions get to say goodbye after a hard stop before the process exits anyway.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -75,7 +72,8 @@ pub enum AppError {
 
 /// The running gateway: its bound listeners and what every session shares.
 pub struct Gateway {
-    listeners: Vec<(TcpListener, ListenerMode, ListenerTls)>,
+    /// The FTP listeners (a reload adds and removes them).
+    listeners: Arc<ListenerSet>,
     ctx: Arc<SessionContext>,
     /// What new sessions take; swapped by a reload.
     snapshots: Arc<Snapshots>,
@@ -92,18 +90,11 @@ pub struct Gateway {
 impl Gateway {
     /// Binds every listener.
     pub async fn bind(config: ValidConfig, metrics: Arc<Metrics>) -> Result<Gateway, AppError> {
-        let wanted = config.all_listeners();
-        let mut listeners = Vec::with_capacity(wanted.len());
-        for l in &wanted {
-            let addr = l.listen;
-            let bound = crate::net::bind_listener(addr, l.tproxy, CONTROL_BACKLOG)
-                .map_err(|source| AppError::Bind { addr, source })?;
-            listeners.push((bound, l.mode, l.tls));
-        }
-        let listen_addrs = listeners
-            .iter()
-            .filter_map(|(l, _, _)| l.local_addr().ok())
-            .collect();
+        let listeners = ListenerSet::bind(&config.all_listeners()).map_err(|e| AppError::Bind {
+            addr: e.addr,
+            source: e.source,
+        })?;
+        let listen_addrs = listeners.local_addrs();
         // Bound with the FTP listeners so a taken admin port fails startup too.
         let admin = match config.admin.listen {
             Some(addr) => Some(
@@ -180,7 +171,7 @@ impl Gateway {
             .config_last_reload_success_timestamp_seconds
             .set(crate::reload::unix_now());
         Ok(Gateway {
-            listeners,
+            listeners: Arc::new(listeners),
             snapshots: Arc::new(Snapshots::new(Arc::clone(&ctx))),
             reloaded: Arc::new(Notify::new()),
             ctx,
@@ -198,10 +189,13 @@ impl Gateway {
 
     /// The bound listener addresses (with real ports when `:0` was asked for).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|(l, _, _)| l.local_addr().ok())
-            .collect()
+        self.listeners.local_addrs()
+    }
+
+    /// The listener set, which outlives [`Self::serve_until`]'s start: its
+    /// addresses after a reload.
+    pub fn listener_set(&self) -> Arc<ListenerSet> {
+        Arc::clone(&self.listeners)
     }
 
     /// The reloader for this gateway (`SIGHUP`, `POST /reload`): re-reads `source`
@@ -220,6 +214,7 @@ impl Gateway {
         });
         let r = Arc::new(Reloader::new(
             Arc::clone(&self.snapshots),
+            Arc::clone(&self.listeners),
             source,
             log_level,
             Some(on_swap),
@@ -253,7 +248,6 @@ impl Gateway {
         // say `draining` while sessions finish.
         let infra = CancellationToken::new();
         let _stop_infra = infra.clone().drop_guard();
-        let accepting = CancellationToken::new();
         tokio::spawn(check_health(
             Arc::clone(&self.snapshots),
             Arc::clone(&self.reloaded),
@@ -285,17 +279,12 @@ impl Gateway {
             tokio::spawn(node.run(listeners, settings, cluster_stop.clone(), forwards.clone()));
         }
         let acceptors = TaskTracker::new();
-        for (listener, mode, tls) in self.listeners {
-            acceptors.spawn(accept_loop(
-                listener,
-                mode,
-                tls,
-                Arc::clone(&self.snapshots),
-                accepting.clone(),
-                signals.stop.clone(),
-                sessions.clone(),
-            ));
-        }
+        self.listeners.serve(Serving {
+            snapshots: Arc::clone(&self.snapshots),
+            stop: signals.stop.clone(),
+            sessions: sessions.clone(),
+            acceptors: acceptors.clone(),
+        });
         acceptors.close();
         self.admin_state.set_serving(true);
         tokio::select! {
@@ -308,7 +297,7 @@ impl Gateway {
         metrics.draining.set(1);
         self.admin_state.set_draining();
         self.admin_state.set_serving(false);
-        accepting.cancel();
+        self.listeners.close_all();
         acceptors.wait().await;
         self.ctx.drain.cancel();
         sessions.close();
@@ -359,36 +348,6 @@ impl Gateway {
             }
         }
         info!("ftpgate stopped");
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    mode: ListenerMode,
-    tls: ListenerTls,
-    snapshots: Arc<Snapshots>,
-    accepting: CancellationToken,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let mut backoff = AcceptBackoff::default();
-    loop {
-        let delay = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    backoff.reset();
-                    // Each session keeps the snapshot it started with across reloads.
-                    tracker.spawn(run_session(stream, peer, mode, tls, snapshots.current(), shutdown.clone()));
-                    continue;
-                }
-                Err(e) => backoff.after_error(&e, &snapshots.current().metrics, "accept"),
-            },
-            () = accepting.cancelled() => return,
-        };
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = accepting.cancelled() => return,
-        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::Rng;
@@ -29,6 +29,8 @@ pub struct PortPool {
     range: PortRange,
     leased: Mutex<Vec<bool>>,
     in_use: AtomicUsize,
+    /// A reload moved the range: no longer counted as free (see [`PortPool::retire`]).
+    retired: AtomicBool,
     /// Pools add up in the shared gauges (one process may have two pools).
     gauge_in_use: IntGauge,
     gauge_free: IntGauge,
@@ -56,9 +58,26 @@ impl PortPool {
             range,
             leased: Mutex::new(vec![false; range.len()]),
             in_use: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
             gauge_in_use: metrics.data_ports_in_use.clone(),
             gauge_free: metrics.data_ports_free.clone(),
         })
+    }
+
+    /// The port range.
+    pub fn range(&self) -> PortRange {
+        self.range
+    }
+
+    /// A reload replaced this range: new sessions lease from another pool. Its free
+    /// ports leave the free gauge now; its leases count as in use until they end (and
+    /// sessions that started with it may still lease from it). Idempotent.
+    pub fn retire(&self) {
+        let leased = self.leased.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.retired.swap(true, Ordering::Relaxed) {
+            let free = leased.iter().filter(|l| !**l).count();
+            self.gauge_free.sub(free as i64);
+        }
     }
 
     /// How many ports the range holds.
@@ -86,7 +105,9 @@ impl PortPool {
         leased[slot] = true;
         self.in_use.fetch_add(1, Ordering::Relaxed);
         self.gauge_in_use.inc();
-        self.gauge_free.dec();
+        if !self.retired.load(Ordering::Relaxed) {
+            self.gauge_free.dec();
+        }
         let port = self.range.lo + u16::try_from(slot).ok()?;
         Some(PortLease {
             pool: Arc::clone(self),
@@ -103,7 +124,9 @@ impl PortPool {
                 *l = false;
                 self.in_use.fetch_sub(1, Ordering::Relaxed);
                 self.gauge_in_use.dec();
-                self.gauge_free.inc();
+                if !self.retired.load(Ordering::Relaxed) {
+                    self.gauge_free.inc();
+                }
             }
         }
     }
@@ -218,6 +241,39 @@ mod tests {
             .collect();
         let sequential = ports.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
         assert!(!sequential, "{ports:?}");
+    }
+
+    #[test]
+    fn retired_pool_leaves_the_free_gauge_and_its_leases_end() {
+        let m = Metrics::new();
+        let old = PortPool::new(
+            PortRange {
+                lo: 40000,
+                hi: 40009,
+            },
+            &m,
+        );
+        let held = old.lease().unwrap();
+        let new = PortPool::new(
+            PortRange {
+                lo: 41000,
+                hi: 41004,
+            },
+            &m,
+        );
+        assert_eq!(
+            (m.data_ports_in_use.get(), m.data_ports_free.get()),
+            (1, 14)
+        );
+        old.retire();
+        old.retire();
+        assert_eq!((m.data_ports_in_use.get(), m.data_ports_free.get()), (1, 5));
+        let again = old.lease().unwrap();
+        drop((held, again));
+        let l = new.lease().unwrap();
+        assert_eq!((m.data_ports_in_use.get(), m.data_ports_free.get()), (1, 4));
+        drop(l);
+        assert_eq!((m.data_ports_in_use.get(), m.data_ports_free.get()), (0, 5));
     }
 
     #[tokio::test]

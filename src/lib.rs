@@ -21,6 +21,8 @@
 //! - [`config`]'s sections follow the concerns: `passive`, `active`, `control`,
 //!   `timeouts`, `limits`, `keepalive`, `admin`.
 //! - [`app`]: binds listeners and runs sessions until shutdown (drain included).
+//! - [`listeners`]: the FTP listeners and their accept loops; a reload adds and
+//!   removes them (bind new before closing old).
 //! - [`reload`]: configuration reload into snapshots for new sessions.
 //! - [`tls`]: FTPS at the edge: PEM loading, rustls configurations, upgradable streams.
 //! - [`cluster`]: scale-out — data-port slices per replica, forwarding a data
@@ -43,6 +45,7 @@ pub mod config;
 pub mod dataport;
 pub mod farm;
 pub mod health;
+pub mod listeners;
 pub mod metrics;
 pub mod net;
 pub mod probe;

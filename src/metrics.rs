@@ -28,7 +28,8 @@ pub struct Metrics {
     pub data_bytes_total: IntCounterVec,
     /// `ftpgate_data_ports_in_use`: data ports leased now, all pools together.
     pub data_ports_in_use: IntGauge,
-    /// `ftpgate_data_ports_free`: data ports free now, all pools together.
+    /// `ftpgate_data_ports_free`: data ports free now, all pools together (not those of
+    /// a range a reload retired: new sessions no longer lease there).
     pub data_ports_free: IntGauge,
     /// `ftpgate_data_port_exhausted_total`: data-port requests refused because every port
     /// was in use.

@@ -6,8 +6,13 @@
 //! take the new snapshot; running sessions keep the `Arc` of the one they started
 //! with, so a reload never closes or changes them. An invalid file changes nothing.
 //!
-//! Some keys are bound to resources made once at start (listening sockets, the port
-//! pools, the runtime); [`plan`] keeps their old values and names each in the log.
+//! Listeners and data-port ranges change live: new listeners are bound before the
+//! snapshot swap and removed ones close after it ([`crate::listeners`]); a changed
+//! `data_ports`/`active.ports` gets a new pool that new sessions lease from, while the
+//! old one is retired and its leases come back as their transfers end. A listener that
+//! cannot be bound keeps the whole old listener set (the key is logged). The keys still
+//! bound to resources made once at start (the admin socket, the runtime, the log
+//! format, the relay) — [`plan`] keeps their old values and names each in the log.
 
 use std::sync::{Arc, RwLock};
 
@@ -15,16 +20,13 @@ use tracing::{info, warn};
 
 use crate::balancer::Balancer;
 use crate::config::{Config, ConfigErrors, Loaded};
+use crate::dataport::PortPool;
 use crate::farm::Farm;
+use crate::listeners::{ListenerChange, ListenerSet};
 use crate::session::SessionContext;
 
 /// Keys whose change needs a restart, with why; their old value stays in force.
 const RESTART_KEYS: &[&str] = &[
-    "listen",
-    "listeners",
-    "mode",
-    "data_ports",
-    "active.ports",
     "admin.listen",
     "relay",
     "worker_threads",
@@ -49,11 +51,6 @@ pub fn plan(old: &Config, new: Config) -> ReloadPlan {
     let mut kept = Vec::new();
     for &key in RESTART_KEYS {
         let changed = match key {
-            "listen" => old.listen != effective.listen,
-            "listeners" => old.listeners != effective.listeners,
-            "mode" => old.mode != effective.mode,
-            "data_ports" => old.data_ports != effective.data_ports,
-            "active.ports" => old.active.ports != effective.active.ports,
             "admin.listen" => old.admin.listen != effective.admin.listen,
             "relay" => old.relay != effective.relay,
             "worker_threads" => old.worker_threads != effective.worker_threads,
@@ -65,16 +62,16 @@ pub fn plan(old: &Config, new: Config) -> ReloadPlan {
             kept.push(key);
         }
     }
-    effective.listen.clone_from(&old.listen);
-    effective.listeners.clone_from(&old.listeners);
-    effective.mode = old.mode;
-    effective.data_ports = old.data_ports;
-    effective.active.ports = old.active.ports;
     effective.admin.listen = old.admin.listen;
     effective.relay = old.relay;
     effective.worker_threads = old.worker_threads;
     effective.log.format = old.log.format;
     effective.cluster = old.cluster.clone();
+    // In cluster mode the range is what the slices cut: it moves with `cluster` only.
+    if old.cluster.enabled() && old.data_ports != effective.data_ports {
+        kept.push("data_ports");
+        effective.data_ports = old.data_ports;
+    }
     ReloadPlan { effective, kept }
 }
 
@@ -138,6 +135,7 @@ impl Snapshots {
 /// Everything a reload needs; shared by the signal handler and the admin endpoint.
 pub struct Reloader {
     snapshots: Arc<Snapshots>,
+    listeners: Arc<ListenerSet>,
     source: Option<ConfigSource>,
     log_level: Option<LogLevelSetter>,
     on_swap: Option<SwapHook>,
@@ -155,12 +153,14 @@ impl Reloader {
     /// A reloader swapping into `snapshots`, reading `source`.
     pub fn new(
         snapshots: Arc<Snapshots>,
+        listeners: Arc<ListenerSet>,
         source: Option<ConfigSource>,
         log_level: Option<LogLevelSetter>,
         on_swap: Option<SwapHook>,
     ) -> Self {
         Reloader {
             snapshots,
+            listeners,
             source,
             log_level,
             on_swap,
@@ -207,9 +207,13 @@ impl Reloader {
     fn try_reload(&self, old: &SessionContext) -> Result<Vec<&'static str>, ReloadError> {
         let source = self.source.as_ref().ok_or(ReloadError::NoSource)?;
         let loaded = source().map_err(ReloadError::Invalid)?;
-        let plan = plan(&old.config, loaded.config);
-        let valid = plan.effective.validate().map_err(ReloadError::Invalid)?;
-        let config = valid.into_inner();
+        let mut plan = plan(&old.config, loaded.config);
+        let valid = plan
+            .effective
+            .clone()
+            .validate()
+            .map_err(ReloadError::Invalid)?;
+        let mut config = valid.into_inner();
         for d in &loaded.deprecations {
             warn!("{d}");
         }
@@ -228,6 +232,12 @@ impl Reloader {
                 .tls_certificate_not_after
                 .store(at, std::sync::atomic::Ordering::Relaxed);
         }
+        // New listeners bound before anything is swapped; one that cannot be bound keeps
+        // the old set (and the old listener keys) and the rest of the reload applies.
+        let (listen_addrs, change) = match self.prepare_listeners(old, &mut plan, &mut config)? {
+            Some(change) => (change.local_addrs().to_vec(), Some(change)),
+            None => (old.listen_addrs.clone(), None),
+        };
         // A new farm: members, weights, policy and routes as the file says; names join
         // once the health task's first resolution round has run.
         let farm = Arc::new(Farm::new(
@@ -236,12 +246,13 @@ impl Reloader {
             config.routes.clone(),
             Arc::clone(&old.metrics),
         ));
+        let (pool, active_pool) = pools(old, &config);
         let ctx = SessionContext {
             config: Arc::new(config.clone()),
-            pool: Arc::clone(&old.pool),
-            active_pool: Arc::clone(&old.active_pool),
+            pool,
+            active_pool,
             balancer: Balancer::new(farm),
-            listen_addrs: old.listen_addrs.clone(),
+            listen_addrs,
             metrics: Arc::clone(&old.metrics),
             prelogin: Arc::clone(&old.prelogin),
             admission: Arc::clone(&old.admission),
@@ -251,16 +262,83 @@ impl Reloader {
         };
         let ctx = Arc::new(ctx);
         self.snapshots.swap(Arc::clone(&ctx));
+        if let Some(change) = change {
+            self.listeners.commit(change);
+        }
+        // Ranges no new session leases from: their free ports leave the gauge.
+        let shared = Arc::ptr_eq(&old.pool, &old.active_pool);
+        let old_pools = [Some(&old.pool), (!shared).then_some(&old.active_pool)];
+        for p in old_pools.into_iter().flatten() {
+            if !Arc::ptr_eq(p, &ctx.pool) && !Arc::ptr_eq(p, &ctx.active_pool) {
+                info!(range = %p.range(), in_use = p.in_use(), "reload: data-port range retired; its leases end with their transfers");
+                p.retire();
+            }
+        }
         if let Some(hook) = &self.on_swap {
             hook(&ctx);
         }
         Ok(plan.kept)
     }
 
+    /// Binds the listeners the new file adds. `None` when the listener set stays as it
+    /// is: unchanged, or a bind failed — then `config` gets the old listener keys back
+    /// (validated again) and the keys are reported as kept.
+    fn prepare_listeners(
+        &self,
+        old: &SessionContext,
+        plan: &mut ReloadPlan,
+        config: &mut Config,
+    ) -> Result<Option<ListenerChange>, ReloadError> {
+        let changed: Vec<&'static str> = [
+            ("listen", old.config.listen != config.listen),
+            ("listeners", old.config.listeners != config.listeners),
+            ("mode", old.config.mode != config.mode),
+        ]
+        .into_iter()
+        .filter_map(|(k, c)| c.then_some(k))
+        .collect();
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        match self.listeners.prepare(&config.all_listeners()) {
+            Ok(change) => Ok(Some(change)),
+            Err(e) => {
+                warn!(error = %e, keys = ?changed, "reload: a new listener cannot be bound; the listeners stay as they are");
+                plan.effective.listen.clone_from(&old.config.listen);
+                plan.effective.listeners.clone_from(&old.config.listeners);
+                plan.effective.mode = old.config.mode;
+                let valid = plan
+                    .effective
+                    .clone()
+                    .validate()
+                    .map_err(ReloadError::Invalid)?;
+                *config = valid.into_inner();
+                plan.kept.extend(changed);
+                Ok(None)
+            }
+        }
+    }
+
     /// The snapshot new sessions take now.
     pub fn current(&self) -> Arc<SessionContext> {
         self.snapshots.current()
     }
+}
+
+/// The pools for a new snapshot: the running ones where the range is unchanged, a new
+/// pool where it changed (`active.ports` unset shares the data-port pool).
+fn pools(old: &SessionContext, config: &Config) -> (Arc<PortPool>, Arc<PortPool>) {
+    let pool = if config.data_ports == old.config.data_ports {
+        Arc::clone(&old.pool)
+    } else {
+        PortPool::new(config.data_ports, &old.metrics)
+    };
+    let active_pool = match config.active.ports {
+        None => Arc::clone(&pool),
+        Some(r) if old.config.active.ports == Some(r) => Arc::clone(&old.active_pool),
+        Some(r) => PortPool::new(r, &old.metrics),
+    };
+    (pool, active_pool)
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
@@ -296,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn listener_and_port_range_edits_are_named_and_kept() {
+    fn listeners_and_port_ranges_are_live_the_admin_socket_is_kept() {
         let old = base();
         let mut new = base();
         new.listen = vec!["0.0.0.0:2121".parse().unwrap()];
@@ -304,9 +382,9 @@ mod tests {
         new.admin.listen = Some("127.0.0.1:9100".parse().unwrap());
         new.log.level = "debug".into();
         let p = plan(&old, new);
-        assert_eq!(p.kept, vec!["listen", "data_ports", "admin.listen"]);
-        assert_eq!(p.effective.listen, old.listen);
-        assert_eq!(p.effective.data_ports, old.data_ports);
+        assert_eq!(p.kept, vec!["admin.listen"]);
+        assert_eq!(p.effective.listen, vec!["0.0.0.0:2121".parse().unwrap()]);
+        assert_eq!(p.effective.data_ports, "40000-40009".parse().unwrap());
         assert_eq!(p.effective.admin.listen, None);
         assert_eq!(p.effective.log.level, "debug", "log level is live");
     }

@@ -1,11 +1,13 @@
 //! Graceful drain end to end (issue 13): ftpgate as a process in front of a real
 //! vsftpd, transfers through rate-limited links, `SIGTERM` in the middle.
 //!
-//! Two 8 MiB downloads (curl) over a backend uplink shaped to 2 MiB/s and one upload
-//! over a client uplink shaped to 1 MiB/s run while one session sits idle. On
-//! `SIGTERM` the idle session must get `421` at once, a new connection must be
-//! refused, the transfers must complete byte-exact (curl succeeds only on `226`), and
-//! ftpgate must exit 0 after the last session.
+//! Two 64 MiB downloads (curl) over a backend uplink shaped to 8 MiB/s (about 16 s for
+//! both: slow enough that `SIGTERM` lands mid-transfer, which the test checks, fast
+//! enough for the run to stay well under a minute) and one 8 MiB upload over a client
+//! uplink shaped to 1 MiB/s run while one session sits idle. On `SIGTERM` the idle
+//! session must get `421` at once, a new connection must be refused, the transfers
+//! must complete byte-exact (curl succeeds only on `226`), and ftpgate must exit 0
+//! after the last session.
 
 mod common;
 
@@ -14,11 +16,15 @@ use std::time::{Duration, Instant};
 
 use common::clients::{self, FtpControl, FtpTarget, Passive};
 use common::firewall;
-use common::servers::{upload_source, ServerKind, BIG_FILE, FTP_PASS, FTP_USER};
+use common::servers::{upload_source, write_random_file, ServerKind, FTP_PASS, FTP_USER};
 use common::{sha256_file, ReverseTopology};
 
 /// Every wait in this test is bounded by this.
 const BOUND: Duration = Duration::from_secs(60);
+/// The downloads' size (issue 13: 64 MiB through a rate-limited link).
+const DOWNLOAD_LEN: usize = 64 * 1024 * 1024;
+/// The downloaded file, relative to the login directory.
+const DOWNLOAD: &str = "pub/drain-64m.bin";
 
 /// Waits (bounded) until `path` holds at least one byte: the transfer is running.
 fn wait_growing(path: &std::path::Path) {
@@ -36,9 +42,12 @@ fn sigterm_lets_transfers_finish_and_closes_idle_sessions() {
         return;
     }
     let topo = ReverseTopology::new();
-    firewall::slow_uplink(&topo.backend, "eth0", 2 * 1024 * 1024);
+    firewall::slow_uplink(&topo.backend, "eth0", 8 * 1024 * 1024);
     firewall::slow_uplink(&topo.client, "eth0", 1024 * 1024);
     let server = topo.start_backend(ServerKind::Vsftpd);
+    let download = server.root.path().join(DOWNLOAD);
+    write_random_file(&download, DOWNLOAD_LEN);
+    let want_down = sha256_file(&download);
     let mut options = topo.ftpgate_options(topo.backend_addr());
     options.log_level = "info".into();
     let mut gate = topo.start_ftpgate(options);
@@ -66,7 +75,7 @@ fn sigterm_lets_transfers_finish_and_closes_idle_sessions() {
                 let local = work.path().join(format!("down-{i}.bin"));
                 let (l, t) = (local.clone(), &target);
                 let h =
-                    s.spawn(move || clients::curl_download(client, t, BIG_FILE, &l, Passive::Epsv));
+                    s.spawn(move || clients::curl_download(client, t, DOWNLOAD, &l, Passive::Epsv));
                 (local, h)
             })
             .collect();
@@ -82,6 +91,15 @@ fn sigterm_lets_transfers_finish_and_closes_idle_sessions() {
 
         let term_at = Instant::now();
         gate.signal("TERM");
+        for (local, _) in &downloads {
+            let at_term = std::fs::metadata(local).map_or(0, |m| m.len());
+            assert!(
+                at_term < DOWNLOAD_LEN as u64,
+                "SIGTERM after {} finished: not a drain mid-transfer\n{}",
+                local.display(),
+                ctx()
+            );
+        }
 
         let (reply, at) = idle.join().unwrap();
         let (code, text) = reply.unwrap_or_else(|e| panic!("idle session: {e}\n{}", ctx()));
@@ -100,12 +118,7 @@ fn sigterm_lets_transfers_finish_and_closes_idle_sessions() {
 
         for (local, h) in downloads {
             h.join().unwrap().assert_success(&ctx());
-            assert_eq!(
-                sha256_file(&local),
-                server_ref.root.big_sha256(),
-                "{}",
-                ctx()
-            );
+            assert_eq!(sha256_file(&local), want_down, "{}", ctx());
         }
         up.join().unwrap().assert_success(&ctx());
     });

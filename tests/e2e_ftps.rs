@@ -929,154 +929,221 @@ fn ftps_transparent_passthrough() {
     );
 }
 
+/// A TLS backend of one kind behind ftpgate on port 21 (data ports 50000-50099),
+/// TLS on both sides, the backend's certificate checked against its CA; and an
+/// upload source. The setup of the per-server mirror tests below.
+struct MirrorRig {
+    topo: ReverseTopology,
+    pki: Pki,
+    server: FtpServer,
+    gate: Ftpgate,
+    t: FtpTarget,
+    work: tempfile::TempDir,
+    src: std::path::PathBuf,
+    want_up: String,
+}
+
+impl MirrorRig {
+    /// `extra`: the server's TLS settings, given its certificate files. `None` when
+    /// the end-to-end tests are disabled (`test` names the caller).
+    fn start(
+        test: &str,
+        kind: ServerKind,
+        extra: impl FnOnce(&Pki) -> String,
+    ) -> Option<MirrorRig> {
+        if !common::e2e_enabled(test) {
+            return None;
+        }
+        let topo = ReverseTopology::new();
+        let pki = Pki::new();
+        let server = FtpServer::start_with(
+            &topo.topo,
+            &topo.backend,
+            topo.backend_addr(),
+            kind,
+            &extra(&pki),
+        );
+        let gate = gate(
+            &topo,
+            &pki,
+            21,
+            (50000, 50099),
+            &["--backend-ca", &pki.backend_ca],
+        );
+        let work = tempfile::tempdir().unwrap();
+        let src = upload_source(work.path());
+        let want_up = sha256_file(&src);
+        Some(MirrorRig {
+            topo,
+            pki,
+            server,
+            gate,
+            t: at(21),
+            work,
+            src,
+            want_up,
+        })
+    }
+
+    fn ctx(&self) -> String {
+        context(&self.gate, &self.server)
+    }
+
+    /// ftpgate's control connection to the backend went TLS, and no password was logged.
+    fn assert_backend_tls_and_no_password(&self) {
+        let logs = self.gate.logs();
+        assert!(
+            logs.contains("backend control connection in TLS"),
+            "{}",
+            self.ctx()
+        );
+        self.gate.assert_no_password();
+    }
+
+    /// curl downloads [`BIG_FILE`] in `get` mode and uploads `upload/<name>.bin` in
+    /// `put` mode, both byte-exact.
+    fn curl_get_put(&self, get: Mode, put: Mode, name: &str) {
+        let out = self.work.path().join(format!("{name}.bin"));
+        let ca = &self.pki.gate_ca;
+        let r = curl_get(&self.topo.client, &self.t, ca, get, BIG_FILE, &out);
+        r.assert_success(&self.ctx());
+        assert_eq!(
+            sha256_file(&out),
+            self.server.root.big_sha256(),
+            "{}",
+            self.ctx()
+        );
+        let remote = format!("upload/{name}.bin");
+        let r = curl_put(&self.topo.client, &self.t, ca, put, &self.src, &remote);
+        r.assert_success(&self.ctx());
+        let up = self.server.root.uploaded(&format!("{name}.bin"));
+        assert_eq!(sha256_file(&up), self.want_up, "{}", self.ctx());
+    }
+
+    /// lftp in `mode`: downloads [`BIG_FILE`], uploads `upload/<name>.bin`, lists
+    /// `pub/`, then runs `more`; byte-exact. Returns the transcript.
+    fn lftp_get_put_list(&self, mode: Mode, name: &str, more: &str) -> Transcript {
+        let out = self.work.path().join(format!("{name}.bin"));
+        let script = format!(
+            "get {BIG_FILE} -o {}; put {} -o upload/{name}.bin; cls -1 pub/{more}",
+            out.display(),
+            self.src.display()
+        );
+        let r = lftp_ftps(&self.topo.client, &self.t, &self.pki.gate_ca, mode, &script);
+        r.assert_success(&self.ctx());
+        assert_eq!(
+            sha256_file(&out),
+            self.server.root.big_sha256(),
+            "{}",
+            self.ctx()
+        );
+        let up = self.server.root.uploaded(&format!("{name}.bin"));
+        assert_eq!(sha256_file(&up), self.want_up, "{}", self.ctx());
+        common::clients::assert_listing(&r, &|| self.ctx());
+        r
+    }
+}
+
 /// pyftpdlib's `TLS_FTPHandler` (pyOpenSSL) behind ftpgate, TLS on both sides:
 /// curl, lftp and ftplib, passive and active, byte-exact. pyftpdlib resets a data
 /// connection whose ClientHello arrives before it processed the transfer command,
 /// so ftpgate starts backend data TLS only after the `150` (as curl does).
 #[test]
 fn ftps_mirror_pyftpdlib() {
-    if !common::e2e_enabled("ftps_mirror_pyftpdlib") {
-        return;
-    }
-    let topo = ReverseTopology::new();
-    let pki = Pki::new();
-    let server = FtpServer::start_with(
-        &topo.topo,
-        &topo.backend,
-        topo.backend_addr(),
-        ServerKind::Pyftpdlib,
-        &format!(
+    let Some(rig) = MirrorRig::start("ftps_mirror_pyftpdlib", ServerKind::Pyftpdlib, |pki| {
+        format!(
             "tls_cert={}\ntls_key={}\n",
             pki.backend_cert, pki.backend_key
-        ),
-    );
-    let work = tempfile::tempdir().unwrap();
-    let g = gate(
-        &topo,
-        &pki,
-        21,
-        (50000, 50099),
-        &["--backend-ca", &pki.backend_ca],
-    );
-    let t = at(21);
-    let src = upload_source(work.path());
-    let want_up = sha256_file(&src);
-    let ctx = || context(&g, &server);
+        )
+    }) else {
+        return;
+    };
+    rig.curl_get_put(Mode::Epsv, Mode::Pasv, "curl");
+    rig.lftp_get_put_list(Mode::Active, "lftp", "; quote FEAT");
 
-    let out = work.path().join("curl.bin");
-    let r = curl_get(&topo.client, &t, &pki.gate_ca, Mode::Epsv, BIG_FILE, &out);
-    r.assert_success(&ctx());
-    assert_eq!(sha256_file(&out), server.root.big_sha256(), "{}", ctx());
-    let r = curl_put(
-        &topo.client,
-        &t,
-        &pki.gate_ca,
-        Mode::Pasv,
-        &src,
-        "upload/curl.bin",
-    );
-    r.assert_success(&ctx());
-    assert_eq!(sha256_file(&server.root.uploaded("curl.bin")), want_up);
-
-    let out = work.path().join("lftp.bin");
-    let script = format!(
-        "get {BIG_FILE} -o {}; put {} -o upload/lftp.bin; cls -1 pub/; quote FEAT",
-        out.display(),
-        src.display()
-    );
-    let r = lftp_ftps(&topo.client, &t, &pki.gate_ca, Mode::Active, &script);
-    r.assert_success(&ctx());
-    assert_eq!(sha256_file(&out), server.root.big_sha256());
-    assert_eq!(sha256_file(&server.root.uploaded("lftp.bin")), want_up);
-    common::clients::assert_listing(&r, &ctx);
-
-    let out = work.path().join("ftplib.bin");
+    let out = rig.work.path().join("ftplib.bin");
     let r = ftplib_tls(
-        &topo.client,
-        t.addr,
-        &pki.gate_ca,
+        &rig.topo.client,
+        rig.t.addr,
+        &rig.pki.gate_ca,
         Mode::Epsv,
         "get",
         BIG_FILE,
         &out,
         false,
     );
-    assert!(final_reply(&r).starts_with("226"), "{r}\n{}", ctx());
-    assert_eq!(sha256_file(&out), server.root.big_sha256());
-    g.assert_no_password();
+    assert!(final_reply(&r).starts_with("226"), "{r}\n{}", rig.ctx());
+    assert_eq!(sha256_file(&out), rig.server.root.big_sha256());
+    rig.gate.assert_no_password();
 }
 
 /// ProFTPD with mod_tls at its defaults (session reuse required on data connections)
 /// behind ftpgate, TLS on both sides: curl and lftp, passive and active, byte-exact.
 #[test]
 fn ftps_mirror_proftpd() {
-    if !common::e2e_enabled("ftps_mirror_proftpd") {
-        return;
-    }
-    let topo = ReverseTopology::new();
-    let pki = Pki::new();
     let tls_log = tempfile::tempdir().unwrap();
-    let tls = format!(
-        "ModulePath {modules}\nLoadModule mod_tls.c\n<IfModule mod_tls.c>\n\
-         TLSEngine on\nTLSRSACertificateFile {cert}\nTLSRSACertificateKeyFile {key}\n\
-         TLSProtocol TLSv1.2 TLSv1.3\nTLSLog {log}\n</IfModule>\n",
-        modules = common::servers::PROFTPD_CRYPTO_MODULES,
-        cert = pki.backend_cert,
-        key = pki.backend_key,
-        log = tls_log.path().join("tls.log").display(),
-    );
-    let server = FtpServer::start_with(
-        &topo.topo,
-        &topo.backend,
-        topo.backend_addr(),
-        ServerKind::Proftpd,
-        &tls,
-    );
-    let g = gate(
-        &topo,
-        &pki,
-        21,
-        (50000, 50099),
-        &["--backend-ca", &pki.backend_ca],
-    );
-    let t = at(21);
-    let work = tempfile::tempdir().unwrap();
-    let src = upload_source(work.path());
-    let want_up = sha256_file(&src);
-    let ctx = || context(&g, &server);
+    let Some(rig) = MirrorRig::start("ftps_mirror_proftpd", ServerKind::Proftpd, |pki| {
+        format!(
+            "ModulePath {modules}\nLoadModule mod_tls.c\n<IfModule mod_tls.c>\n\
+             TLSEngine on\nTLSRSACertificateFile {cert}\nTLSRSACertificateKeyFile {key}\n\
+             TLSProtocol TLSv1.2 TLSv1.3\nTLSLog {log}\n</IfModule>\n",
+            modules = common::servers::PROFTPD_CRYPTO_MODULES,
+            cert = pki.backend_cert,
+            key = pki.backend_key,
+            log = tls_log.path().join("tls.log").display(),
+        )
+    }) else {
+        return;
+    };
+    rig.curl_get_put(Mode::Epsv, Mode::Pasv, "curl");
+    rig.lftp_get_put_list(Mode::Active, "lftp", "");
+    rig.assert_backend_tls_and_no_password();
+}
 
-    let out = work.path().join("curl.bin");
-    let r = curl_get(&topo.client, &t, &pki.gate_ca, Mode::Epsv, BIG_FILE, &out);
-    r.assert_success(&ctx());
-    assert_eq!(sha256_file(&out), server.root.big_sha256(), "{}", ctx());
-    let r = curl_put(
-        &topo.client,
-        &t,
-        &pki.gate_ca,
-        Mode::Pasv,
-        &src,
-        "upload/curl.bin",
-    );
-    r.assert_success(&ctx());
-    assert_eq!(sha256_file(&server.root.uploaded("curl.bin")), want_up);
+/// Pure-FTPd 1.0.50 (Debian 12) with `--tls=2` — TLS required on the control
+/// connection: a clear-text `USER` gets `421` and the connection closes — behind
+/// ftpgate, TLS on both sides (`mirror`, the backend's certificate checked): curl and
+/// lftp, downloads and uploads in EPSV, PASV and active mode, byte-exact, and the
+/// clear-text login through ftpgate still refused by the server itself.
+///
+/// What pure-ftpd in Debian 12 cannot do here: its options live on the command line
+/// (the Debian wrapper and `/etc/pure-ftpd/conf` are not used: the package conflicts
+/// with vsftpd as an `ftp-server`, so it is only unpacked); it logs commands to
+/// syslog only, so the test cannot read what it received (transfers go to
+/// `--altlog`); `--tls=2` leaves data connections to the client's `PROT` (`--tls=3`
+/// would force `PROT P`, which curl and lftp send anyway).
+#[test]
+fn ftps_mirror_pure_ftpd() {
+    let Some(rig) = MirrorRig::start("ftps_mirror_pure_ftpd", ServerKind::PureFtpd, |pki| {
+        format!(
+            "--tls=2 --certfile={},{}",
+            pki.backend_cert, pki.backend_key
+        )
+    }) else {
+        return;
+    };
 
-    let out = work.path().join("lftp.bin");
-    let script = format!(
-        "get {BIG_FILE} -o {}; put {} -o upload/lftp.bin; cls -1 pub/",
-        out.display(),
-        src.display()
-    );
-    let r = lftp_ftps(&topo.client, &t, &pki.gate_ca, Mode::Active, &script);
-    r.assert_success(&ctx());
-    assert_eq!(sha256_file(&out), server.root.big_sha256());
-    assert_eq!(sha256_file(&server.root.uploaded("lftp.bin")), want_up);
-    common::clients::assert_listing(&r, &ctx);
+    // The server's own policy holds through ftpgate: no clear-text login.
+    let mut plain = common::clients::curl_command(&rig.topo.client, &rig.t);
+    plain.arg("-o").arg(rig.work.path().join("plain.bin"));
+    plain.arg(rig.t.url(SMALL_FILE));
+    let r = run(plain);
     assert!(
-        g.logs().contains("backend control connection in TLS"),
-        "{}",
-        ctx()
+        !r.success(),
+        "clear-text login accepted:\n{r}\n{}",
+        rig.ctx()
     );
-    g.assert_no_password();
+    assert!(
+        r.reply_lines("421").iter().any(|l| l.contains("cleartext")),
+        "pure-ftpd's own 421 expected:\n{r}\n{}",
+        rig.ctx()
+    );
+
+    rig.curl_get_put(Mode::Epsv, Mode::Epsv, "curl-epsv");
+    rig.curl_get_put(Mode::Pasv, Mode::Pasv, "curl-pasv");
+    rig.lftp_get_put_list(Mode::Epsv, "lftp-epsv", "");
+    rig.lftp_get_put_list(Mode::Active, "lftp-active", "");
+    rig.assert_backend_tls_and_no_password();
 }
 
 /// `balance: user` with FTPS (issues 12 and 11): ftpgate greets, answers `AUTH TLS`

@@ -308,3 +308,269 @@ async fn prelogin_sessions_are_capped_before_the_backend_connect() {
     assert!(next.reply().await.starts_with("220"));
     assert_eq!(proxy.metrics.sessions_prelogin.get(), 3);
 }
+
+// ---------------------------------------------------------------------------
+// Clear text around `AUTH TLS` (the STARTTLS command-injection class, CVE-2011-0411)
+// ---------------------------------------------------------------------------
+
+/// A self-signed certificate for 127.0.0.1 (`CA:FALSE`, so rustls takes it as its own
+/// trust anchor): returns (dir, cert.pem, key.pem).
+fn self_signed() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {out:?}");
+    (dir, cert, key)
+}
+
+/// ring, as ftpgate uses it (without post-quantum key exchange, hence deprecated).
+#[allow(deprecated)]
+fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = ring_provider();
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+fn tls_connector(cert: &std::path::Path) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = ring_provider();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// One line read a byte at a time: nothing past its LF is consumed, so the bytes that
+/// follow (a TLS handshake) stay in the socket. Empty on EOF.
+async fn read_line_unbuffered<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut line = Vec::new();
+    while line.last() != Some(&b'\n') {
+        match tokio::time::timeout(WAIT, s.read_u8())
+            .await
+            .expect("line within bound")
+        {
+            Ok(b) => line.push(b),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Serves command lines on `s`, recording each; answers `USER`/`PASS`/`QUIT` and `200`
+/// otherwise. Returns true when `AUTH TLS` was answered with `234` followed by
+/// `after_234` in the same write: the caller then handshakes.
+async fn serve_lines<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    seen: &std::sync::Mutex<Vec<String>>,
+    after_234: &[u8],
+) -> bool {
+    loop {
+        let line = read_line_unbuffered(s).await;
+        if line.is_empty() {
+            return false;
+        }
+        let cmd = line.trim_end().to_string();
+        seen.lock().unwrap().push(cmd.clone());
+        let reply: &[u8] = match cmd.split(' ').next().unwrap_or("") {
+            "AUTH" => {
+                let mut r = b"234 AUTH TLS ok\r\n".to_vec();
+                r.extend_from_slice(after_234);
+                let _ = s.write_all(&r).await;
+                return true;
+            }
+            "USER" => b"331 real backend wants a password\r\n",
+            "PASS" => b"230 real backend logged in\r\n",
+            "QUIT" => b"221 bye\r\n",
+            _ => b"200 ok\r\n",
+        };
+        if s.write_all(reply).await.is_err() || cmd == "QUIT" {
+            return false;
+        }
+    }
+}
+
+/// A backend speaking explicit FTPS that records every command line it receives, in
+/// clear text or in TLS, and sends `after_234` (plain text) right behind its `234`.
+async fn recording_ftps_backend(
+    acceptor: tokio_rustls::TlsAcceptor,
+    after_234: &'static [u8],
+) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let all = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), Arc::clone(&all));
+            tokio::spawn(async move {
+                if s.write_all(b"220 ftps backend\r\n").await.is_err()
+                    || !serve_lines(&mut s, &seen, after_234).await
+                {
+                    return;
+                }
+                match acceptor.accept(s).await {
+                    Ok(mut tls) => {
+                        serve_lines(&mut tls, &seen, b"").await;
+                    }
+                    Err(e) => seen.lock().unwrap().push(format!("handshake failed: {e}")),
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// ftpgate with `cert` towards clients and `policy` towards `backend` (whose
+/// certificate it does not check: the tests here are about bytes, not trust).
+async fn tls_proxy(
+    backend: SocketAddr,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    policy: ftpgate::config::BackendTlsPolicy,
+) -> inprocess::Proxy {
+    let (c, k) = (cert.to_path_buf(), key.to_path_buf());
+    start_proxy(vec![backend], move |cfg| {
+        cfg.tls.cert = Some(c);
+        cfg.tls.key = Some(k);
+        cfg.tls.backend = policy;
+        cfg.tls.backend_insecure = true;
+    })
+    .await
+}
+
+/// Reads ftpgate's `234` on `s`, then handshakes as a client trusting `cert`.
+async fn upgrade_after_234(
+    mut s: TcpStream,
+    cert: &std::path::Path,
+    what: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let reply = read_line_unbuffered(&mut s).await;
+    assert!(reply.starts_with("234"), "{what}: {reply}");
+    let name = rustls::pki_types::ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+    tokio::time::timeout(WAIT, tls_connector(cert).connect(name, s))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{what}: client handshake: {e}"))
+}
+
+/// A client that pipelines `USER evil` behind `AUTH TLS` in one clear-text write
+/// (CVE-2011-0411, Postfix/Pure-FTPd's STARTTLS injection): ftpgate's `234` comes,
+/// the handshake succeeds, and the first reply inside TLS is the one to `USER good`.
+/// The backend never sees `USER evil`: not in clear text, not inside TLS — whether
+/// ftpgate answers `AUTH` itself (`tls.backend: off`) or forwards it and handshakes
+/// with the backend first (`mirror`), when the line sits in ftpgate's buffer longest.
+#[tokio::test]
+async fn clear_text_pipelined_behind_auth_tls_is_never_executed() {
+    use ftpgate::config::BackendTlsPolicy;
+    let (_dir, cert, key) = self_signed();
+    let acceptor = tls_acceptor(&cert, &key);
+    for policy in [BackendTlsPolicy::Off, BackendTlsPolicy::Mirror] {
+        let (backend, seen) = recording_ftps_backend(acceptor.clone(), b"").await;
+        let proxy = tls_proxy(backend, &cert, &key, policy).await;
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        assert!(read_line_unbuffered(&mut s).await.starts_with("220"));
+        s.write_all(b"AUTH TLS\r\nUSER evil\r\n").await.unwrap();
+        let mut tls = upgrade_after_234(s, &cert, &format!("{policy:?}")).await;
+        tls.write_all(b"USER good\r\n").await.unwrap();
+        let reply = read_line_unbuffered(&mut tls).await;
+        assert!(reply.starts_with("331 real backend"), "{policy:?}: {reply}");
+        tls.write_all(b"QUIT\r\n").await.unwrap();
+        let reply = read_line_unbuffered(&mut tls).await;
+        assert!(
+            reply.starts_with("221"),
+            "{policy:?}: a reply owed to USER evil? {reply}"
+        );
+        let seen = seen.lock().unwrap().clone();
+        let want: &[&str] = match policy {
+            BackendTlsPolicy::Mirror => &["AUTH TLS", "USER good", "QUIT"],
+            _ => &["USER good", "QUIT"],
+        };
+        assert_eq!(seen, want, "{policy:?}: what the backend received");
+    }
+}
+
+/// The other direction: a backend (or whoever sits on the path to it) sends plain
+/// text right behind its `234` in the same segment — a complete reply line and a
+/// partial one. ftpgate handshakes with the backend; those bytes are discarded, never
+/// relayed to the client nor read as replies from inside TLS: the client's first
+/// reply in TLS is the backend's real answer. Both when the client's `AUTH` is
+/// forwarded (`mirror`) and when ftpgate upgrades the backend itself (`required`,
+/// client in clear text).
+#[tokio::test]
+async fn clear_text_behind_the_backends_234_is_discarded() {
+    use ftpgate::config::BackendTlsPolicy;
+    let (_dir, cert, key) = self_signed();
+    let acceptor = tls_acceptor(&cert, &key);
+    const JUNK: &[u8] = b"230 injected login\r\n331 inj";
+    for policy in [BackendTlsPolicy::Mirror, BackendTlsPolicy::Required] {
+        let (backend, seen) = recording_ftps_backend(acceptor.clone(), JUNK).await;
+        let proxy = tls_proxy(backend, &cert, &key, policy).await;
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        assert!(read_line_unbuffered(&mut s).await.starts_with("220"));
+        let mut replies = Vec::new();
+        if policy == BackendTlsPolicy::Mirror {
+            s.write_all(b"AUTH TLS\r\n").await.unwrap();
+            let mut tls = upgrade_after_234(s, &cert, &format!("{policy:?}")).await;
+            for cmd in [&b"USER good\r\n"[..], b"QUIT\r\n"] {
+                tls.write_all(cmd).await.unwrap();
+                replies.push(read_line_unbuffered(&mut tls).await);
+            }
+        } else {
+            for cmd in [&b"USER good\r\n"[..], b"QUIT\r\n"] {
+                s.write_all(cmd).await.unwrap();
+                replies.push(read_line_unbuffered(&mut s).await);
+            }
+        }
+        assert!(
+            replies[0].starts_with("331 real backend") && replies[1].starts_with("221"),
+            "{policy:?}: {replies:?}"
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen.first().map(String::as_str),
+            Some("AUTH TLS"),
+            "{policy:?}"
+        );
+        assert!(
+            seen.contains(&"USER good".to_string()),
+            "{policy:?}: {seen:?}"
+        );
+    }
+}

@@ -441,6 +441,45 @@ async fn post(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
+/// ftpgate in-process from a configuration file, with the reloader `SIGHUP` uses.
+struct Reloadable {
+    /// The first listener.
+    addr: SocketAddr,
+    admin: SocketAddr,
+    metrics: Arc<Metrics>,
+    reloader: Arc<ftpgate::reload::Reloader>,
+    listeners: Arc<ftpgate::listeners::ListenerSet>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Reloadable {
+    async fn start(file: &std::path::Path) -> Reloadable {
+        let args = ftpgate::cli::RunArgs {
+            config: Some(file.to_path_buf()),
+            ..Default::default()
+        };
+        let cfg = args.resolve().unwrap().config.validate().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let gw = Gateway::bind(cfg, Arc::clone(&metrics)).await.unwrap();
+        let listeners = gw.listener_set();
+        let addr = listeners.local_addrs()[0];
+        let admin = gw.admin_addr().unwrap();
+        let args = Arc::new(args);
+        let reloader = gw.reloader(Some(Box::new(move || args.resolve())), None);
+        let signals = StopSignals::default();
+        let stop = signals.stop.clone().drop_guard();
+        tokio::spawn(gw.serve_until(signals));
+        Reloadable {
+            addr,
+            admin,
+            metrics,
+            reloader,
+            listeners,
+            _stop: stop,
+        }
+    }
+}
+
 /// Whether the mock saw a login (its record of command lines).
 fn saw_login(mock: &MockFtp) -> bool {
     mock.received().iter().any(|l| l.starts_with(b"USER"))
@@ -455,20 +494,8 @@ async fn reload_moves_new_sessions_to_the_new_backend_and_keeps_running_transfer
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ftpgate.yaml");
     write_config(&file, old.addr, "");
-    let args = ftpgate::cli::RunArgs {
-        config: Some(file.clone()),
-        ..Default::default()
-    };
-    let cfg = args.resolve().unwrap().config.validate().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let gw = Gateway::bind(cfg, Arc::clone(&metrics)).await.unwrap();
-    let addr = gw.local_addrs()[0];
-    let admin = gw.admin_addr().unwrap();
-    let args = Arc::new(args);
-    let reloader = gw.reloader(Some(Box::new(move || args.resolve())), None);
-    let signals = StopSignals::default();
-    let _stop = signals.stop.clone().drop_guard();
-    tokio::spawn(gw.serve_until(signals.clone()));
+    let gw = Reloadable::start(&file).await;
+    let (addr, admin, metrics, reloader) = (gw.addr, gw.admin, &gw.metrics, &gw.reloader);
 
     let mut running = Client::login(addr).await;
     let data_addr = running.epsv().await;
@@ -507,14 +534,10 @@ async fn reload_moves_new_sessions_to_the_new_backend_and_keeps_running_transfer
     );
 
     // A restart-only key is named and kept; the rest applies.
-    write_config(&file, new.addr, "data_ports: 41450-41459\n");
-    let file_text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("data_ports: 41430-41449\n", "");
-    std::fs::write(&file, file_text).unwrap();
+    write_config(&file, new.addr, "worker_threads: 3\n");
     let (status, answer) = post(admin, "/reload").await;
     assert_eq!(status, 200, "{answer}");
-    assert!(answer.contains("data_ports"), "{answer}");
+    assert!(answer.contains("worker_threads"), "{answer}");
     assert_eq!(
         metrics.config_reload_total.with_label_values(&["ok"]).get(),
         2
@@ -525,6 +548,118 @@ async fn reload_moves_new_sessions_to_the_new_backend_and_keeps_running_transfer
     assert_eq!(sha(&got), sha(&body));
     assert!(running.reply().await.starts_with("226"));
     running.quit().await;
+}
+
+fn write_listeners_config(
+    path: &std::path::Path,
+    backend: SocketAddr,
+    listen: &[&str],
+    ports: &str,
+) {
+    let listen: Vec<String> = listen.iter().map(|l| format!("\"{l}\"")).collect();
+    std::fs::write(
+        path,
+        format!(
+            "listen: [{}]\nbackends: [\"{backend}\"]\npublic_address: [127.0.0.1]\n\
+             data_ports: {ports}\nadmin:\n  listen: 127.0.0.1:0\n",
+            listen.join(", ")
+        ),
+    )
+    .unwrap();
+}
+
+/// The data port a `227` through ftpgate names.
+async fn pasv_port(c: &mut Client) -> u16 {
+    let reply = c.cmd("PASV").await;
+    ftpgate::protocol::addr::find_pasv_tuple(reply.trim_end().as_bytes())
+        .unwrap_or_else(|e| panic!("not a 227 ({e:?}): {reply}"))
+        .addr
+        .port()
+}
+
+/// A reload changes listeners and the data-port range live (a Kubernetes rollout that
+/// moves the FTP port, a firewall change that moves the passive range): a listener
+/// added by `POST /reload` serves at once while the old one still does; one removed
+/// by the `SIGHUP` path closes while the session it accepted finishes its transfer,
+/// announced in the old range, byte-exact; new `227`s name the new range, and the
+/// port gauges count the new range only once the old lease is back. A listener that
+/// cannot be bound (its address held elsewhere) keeps the old set; the rest applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_listeners_and_moves_the_data_port_range() {
+    let mock = MockFtp::start(MockOptions::default()).await;
+    let body = pattern(4 * 1024 * 1024 + 5);
+    mock.put_file("big.bin", body.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ftpgate.yaml");
+    let write =
+        |listen: &[&str], ports: &str| write_listeners_config(&file, mock.addr, listen, ports);
+    write(&["127.0.0.1:0"], "41480-41489");
+    let gw = Reloadable::start(&file).await;
+    let (first, admin, metrics, reloader) = (gw.addr, gw.admin, &gw.metrics, &gw.reloader);
+    let set = &gw.listeners;
+    let old_range = 41480..=41489;
+    let new_range = 41490..=41499;
+
+    // A transfer announced in the old range, running across the reloads below.
+    let mut running = Client::login(first).await;
+    let data_addr = running.epsv().await;
+    assert!(old_range.contains(&data_addr.port()), "{data_addr}");
+    let data = connect_data(data_addr).await;
+    running.send(b"RETR big.bin\r\n").await;
+    assert!(running.reply().await.starts_with("150"));
+
+    // POST /reload: a second listener, and the range moves.
+    write(&["127.0.0.1:0", "127.0.0.5:0"], "41490-41499");
+    let (status, answer) = post(admin, "/reload").await;
+    assert_eq!((status, answer.as_str()), (200, "reloaded\n"));
+    let addrs = set.local_addrs();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert_eq!(addrs[0], first, "a kept listener keeps its socket");
+    let added = addrs[1];
+    assert_eq!(added.ip(), IpAddr::from([127, 0, 0, 5]));
+    for at in [first, added] {
+        let mut c = Client::login(at).await;
+        let port = pasv_port(&mut c).await;
+        assert!(new_range.contains(&port), "{at}: 227 names {port}");
+        c.quit().await;
+    }
+
+    // SIGHUP's code path: the first listener goes.
+    write(&["127.0.0.5:0"], "41490-41499");
+    assert_eq!(reloader.reload().unwrap(), Vec::<&str>::new());
+    assert_eq!(set.local_addrs(), vec![added]);
+    inprocess::eventually("the removed listener refuses", || {
+        std::net::TcpStream::connect_timeout(&first, Duration::from_secs(1)).is_err()
+    })
+    .await;
+    Client::login(added).await.quit().await;
+
+    // The session accepted on the removed listener carries on: its transfer, in the
+    // old range, completes, and it takes further commands.
+    let got = read_all(data).await;
+    assert_eq!(sha(&got), sha(&body));
+    assert!(running.reply().await.starts_with("226"));
+    assert!(running.cmd("NOOP").await.starts_with("200"));
+    running.quit().await;
+    inprocess::eventually("gauges: the new range free, nothing leased", || {
+        (
+            metrics.data_ports_in_use.get(),
+            metrics.data_ports_free.get(),
+        ) == (0, 10)
+    })
+    .await;
+
+    // An address held elsewhere: the listeners stay as they are (the key is named),
+    // the new range applies.
+    let held = std::net::TcpListener::bind("127.0.0.6:0").unwrap();
+    let held_at = held.local_addr().unwrap().to_string();
+    write(&["127.0.0.5:0", "127.0.0.7:0", &held_at], "41480-41489");
+    assert_eq!(reloader.reload().unwrap(), vec!["listen"]);
+    assert_eq!(set.local_addrs(), vec![added]);
+    let mut c = Client::login(added).await;
+    let port = pasv_port(&mut c).await;
+    assert!(old_range.contains(&port), "227 names {port}");
+    c.quit().await;
 }
 
 // ----- the binary: signals, pid file, exit status -----

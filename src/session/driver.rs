@@ -257,6 +257,15 @@ pub(super) async fn pump(
         // TLS upgrades, once the replies announcing them are out. Backend first: in
         // mirror mode its success is what lets ftpgate send the client its 234.
         if std::mem::take(&mut data.upgrades.backend) && closing.is_none() {
+            if !sbuf.is_empty() {
+                // The machine stopped framing at the 234: plain text behind it would
+                // otherwise be read as replies from inside TLS (CVE-2011-0411 class).
+                warn!(
+                    bytes = sbuf.len(),
+                    "discarding clear-text bytes the backend sent after its 234"
+                );
+                sbuf.clear();
+            }
             let r = handshake(
                 &mut backend,
                 |s| s.connect(&data.tls.connector, data.tls.name.clone()),

@@ -425,7 +425,11 @@ impl<E: SessionEdge> SessionMachine<E> {
             Peer::Backend => MAX_REPLY_LINE,
         };
         let mut used = 0;
-        while self.closing.is_none() && (from == Peer::Backend || self.wants_client_input()) {
+        let wanted = |m: &Self| match from {
+            Peer::Backend => !m.tls.backend_upgrade_due,
+            Peer::Client => m.wants_client_input(),
+        };
+        while self.closing.is_none() && wanted(self) {
             let rest = buf.get(used..).unwrap_or_default();
             match find_line(rest, max_line) {
                 Ok(Some(n)) => {
@@ -538,6 +542,7 @@ impl<E: SessionEdge> SessionMachine<E> {
     /// The backend handshake ([`Action::StartBackendTls`]) ended; `Err` names why.
     pub fn on_backend_tls(&mut self, result: Result<(), String>, now: Instant) {
         self.now = now;
+        self.tls.backend_upgrade_due = false;
         match result {
             Ok(()) => {
                 self.tls.backend = true;
@@ -768,6 +773,14 @@ impl<E: SessionEdge> SessionMachine<E> {
         self.ledger.injected(Injected::Tls(TlsCommand::Auth));
     }
 
+    /// The backend's `234`: it handshakes next. Nothing it sent behind the `234` is a
+    /// reply: RFC 4217 §4 makes the next bytes TLS, so plain text there is an
+    /// injection attempt (CVE-2011-0411 class) and is not framed; the driver discards it.
+    fn start_backend_tls(&mut self) {
+        self.tls.backend_upgrade_due = true;
+        self.actions.push(Action::StartBackendTls);
+    }
+
     /// `PBSZ 0` and `PROT P` to a backend ftpgate put into TLS itself: its data
     /// connections are protected whatever the client does (servers like vsftpd
     /// refuse clear data on TLS sessions by default).
@@ -781,7 +794,7 @@ impl<E: SessionEdge> SessionMachine<E> {
     /// The backend answered one of ftpgate's own FTPS commands.
     fn on_tls_command_reply(&mut self, cmd: TlsCommand, code: u16, line: &[u8]) {
         match (cmd, code) {
-            (TlsCommand::Auth, 234) => self.actions.push(Action::StartBackendTls),
+            (TlsCommand::Auth, 234) => self.start_backend_tls(),
             (TlsCommand::Auth, _) => {
                 warn!(code, reply = %LogText(trim_eol(line)), "backend refused AUTH TLS (tls.backend requires it); closing session");
                 self.reply_now(LocalReply::BackendTlsFailed);
@@ -977,7 +990,7 @@ impl<E: SessionEdge> SessionMachine<E> {
         if let Some(code) = ended_for(Verb::Auth) {
             if code == 234 {
                 // Mirror: ftpgate's own 234 follows the backend handshake.
-                self.actions.push(Action::StartBackendTls);
+                self.start_backend_tls();
                 self.reply_lines.clear();
                 return;
             }

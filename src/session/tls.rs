@@ -9,7 +9,8 @@
 //!                    └─ otherwise ──────────────────▶ our 234 ─▶ handshake client
 //!   (transparent mode: AUTH to the server; its 234 ─▶ opaque byte relay)
 //!   (client input is not read from AUTH until the client handshake: plaintext
-//!    pipelined behind AUTH is discarded, the STARTTLS command-injection defence)
+//!    pipelined behind AUTH is discarded, the STARTTLS command-injection defence
+//!    of CVE-2011-0411; likewise what a backend sends behind its 234)
 //!   PBSZ/PROT ── client clear ─▶ 503 │ backend TLS ─▶ forward │ else ─▶ our 200
 //! ```
 
@@ -36,6 +37,10 @@ pub struct TlsState {
     /// Between ftpgate's own `AUTH TLS` to the backend and its handshake: the client
     /// is not read, so no clear-text command can slip in front of the upgrade.
     pub backend_handshake_pending: bool,
+    /// The backend answered `AUTH TLS` with `234`; its handshake is next. Its bytes
+    /// are not framed as replies until then (the driver discards what came behind
+    /// the `234`).
+    pub backend_upgrade_due: bool,
     /// The client spoke TLS from its first byte (implicit FTPS listener).
     pub client_implicit: bool,
     /// Transparent mode: `AUTH` went to the server; its `234` ends the FTP relay.

@@ -504,7 +504,7 @@ pub fn sent_commands(t: &Transcript) -> Vec<String> {
 
 /// The FTP commands the backend daemon received, from its own protocol log:
 /// vsftpd (`log_ftp_protocol`) and proftpd (`ExtendedLog ... ALL`). `None`
-/// for daemons whose harness configuration logs no commands (pyftpdlib).
+/// for daemons whose harness configuration logs no commands (pyftpdlib, pure-ftpd).
 pub fn backend_commands(server: &FtpServer) -> Option<Vec<String>> {
     let logs = server.logs();
     let quoted = |l: &str| -> Option<String> {
@@ -540,7 +540,7 @@ pub fn backend_commands(server: &FtpServer) -> Option<Vec<String>> {
             }
             Some(cmds)
         }
-        ServerKind::Pyftpdlib => None,
+        ServerKind::Pyftpdlib | ServerKind::PureFtpd => None,
     }
 }
 

@@ -6,7 +6,7 @@
 //! [`FTP_PASS`]. vsftpd and proftpd authenticate it as the system account
 //! created by `scripts/install-test-deps.sh` (vsftpd through the PAM service
 //! `ftpgate-test`, proftpd through /etc/shadow); pyftpdlib uses an in-memory
-//! user. After login the working directory is the served root:
+//! user, pure-ftpd a PureDB virtual user mapped to that account. After login the working directory is the served root:
 //!
 //! ```text
 //! <root>/pub/big.bin      8 MiB of random bytes   (BIG_FILE)
@@ -38,6 +38,9 @@ pub const BIG_FILE_LEN: usize = 8 * 1024 * 1024;
 /// Where `scripts/install-test-deps.sh` unpacks proftpd.
 pub const PROFTPD_BIN: &str = "/opt/ftpgate-test/proftpd/usr/sbin/proftpd";
 
+/// Where `scripts/install-test-deps.sh` unpacks pure-ftpd.
+pub const PURE_FTPD_DIR: &str = "/opt/ftpgate-test/pure-ftpd/usr";
+
 /// How long a server may take to answer its first 220 banner.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -46,6 +49,7 @@ pub enum ServerKind {
     Vsftpd,
     Proftpd,
     Pyftpdlib,
+    PureFtpd,
 }
 
 impl ServerKind {
@@ -54,6 +58,7 @@ impl ServerKind {
             ServerKind::Vsftpd => "vsftpd",
             ServerKind::Proftpd => "proftpd",
             ServerKind::Pyftpdlib => "pyftpdlib",
+            ServerKind::PureFtpd => "pure-ftpd",
         }
     }
 }
@@ -158,7 +163,8 @@ impl FtpServer {
     }
 
     /// [`Self::start_on`] with `extra` appended to the configuration file
-    /// (vsftpd only: later keys override earlier ones), e.g. `pasv_address=...`.
+    /// (vsftpd: later keys override earlier ones), e.g. `pasv_address=...`; for
+    /// pure-ftpd, which has no configuration file, extra command-line options.
     pub fn start_with(
         topo: &Topology,
         ns: &Netns,
@@ -177,6 +183,9 @@ impl FtpServer {
             ServerKind::Vsftpd => vsftpd_command(ns, addr, root.path(), conf_dir.path(), extra),
             ServerKind::Proftpd => proftpd_command(ns, addr, root.path(), conf_dir.path(), extra),
             ServerKind::Pyftpdlib => pyftpdlib_command(ns, addr, root.path(), extra),
+            ServerKind::PureFtpd => {
+                pure_ftpd_command(ns, addr, root.path(), conf_dir.path(), extra)
+            }
         };
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -431,5 +440,66 @@ server.serve_forever()
     // Debian's python (the one on PATH may be a pyenv without pyftpdlib).
     let mut cmd = ns.command("/usr/bin/python3");
     cmd.arg("-c").arg(script);
+    cmd
+}
+
+/// pure-ftpd in the foreground, configured on its command line only; `extra` holds
+/// more options, whitespace-separated (e.g. `--tls=2 --certfile=CERT,KEY`). Its one
+/// login is a PureDB virtual user ([`FTP_USER`]/[`FTP_PASS`]) running as the system
+/// account and chrooted into the served root (`pure-pw -d`), so paths match the other
+/// servers'. It logs to syslog only; transfers go to `xfer.log` in `conf`.
+fn pure_ftpd_command(
+    ns: &Netns,
+    addr: SocketAddr,
+    root: &Path,
+    conf: &Path,
+    extra: &str,
+) -> Command {
+    let (uid, gid) = user_ids(FTP_USER).expect("the test account (scripts/install-test-deps.sh)");
+    let (passwd, pdb) = (conf.join("pureftpd.passwd"), conf.join("pureftpd.pdb"));
+    let mut pw = Command::new(format!("{PURE_FTPD_DIR}/bin/pure-pw"));
+    pw.args([
+        "useradd",
+        FTP_USER,
+        "-u",
+        &uid.to_string(),
+        "-g",
+        &gid.to_string(),
+    ])
+    .arg("-d")
+    .arg(root)
+    .arg("-f")
+    .arg(&passwd)
+    .arg("-m")
+    .arg("-F")
+    .arg(&pdb)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = pw.spawn().expect("pure-pw");
+    // pure-pw asks twice ("Password:", "Enter it again:") and reads stdin when it is
+    // not a terminal.
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(format!("{FTP_PASS}\n{FTP_PASS}\n").as_bytes())
+        .expect("password to pure-pw");
+    let out = child.wait_with_output().expect("pure-pw");
+    assert!(out.status.success(), "pure-pw useradd: {out:?}");
+    let mut cmd = ns.command(&format!("{PURE_FTPD_DIR}/sbin/pure-ftpd"));
+    cmd.arg(format!("--bind={},{}", addr.ip(), addr.port()))
+        .arg(format!("--login=puredb:{}", pdb.display()))
+        // No anonymous logins, no reverse DNS, the passive range of the other servers.
+        .args([
+            "--noanonymous",
+            "--dontresolve",
+            "--passiveportrange=40000:40999",
+        ])
+        .arg(format!(
+            "--altlog=xferlog:{}",
+            conf.join("xfer.log").display()
+        ))
+        .args(extra.split_whitespace());
     cmd
 }
