@@ -5,6 +5,9 @@
 //!   header names another address, and the logs name the real client;
 //! - a real haproxy with `accept-proxy` in front of a backend, logging `%ci`: it
 //!   sees the client's real address in ftpgate's PROXY header;
+//! - the same in front of a backend's passive range too (`backend_proxy_protocol_data`,
+//!   v1 and v2): curl downloads and uploads byte-exact in both passive modes, and
+//!   haproxy's data frontend logs the client's address for every data connection;
 //! - named backends served by dnsmasq: a re-resolution that adds and removes a member
 //!   while a session runs, and a name that stops resolving keeps its members;
 //! - health checks against vsftpd: `banner` finds one at `max_clients` (421).
@@ -23,7 +26,7 @@ use std::time::{Duration, Instant};
 use common::addrs::*;
 use common::clients::{self, FtpControl, FtpTarget, Passive};
 use common::proxy::{Ftpgate, FtpgateOptions};
-use common::servers::{FtpServer, ServerKind, BIG_FILE, FTP_PASS, FTP_USER, LIST_DIR};
+use common::servers::{FtpServer, ServerKind, BIG_FILE, FTP_PASS, FTP_USER, LIST_DIR, UPLOAD_DIR};
 use common::{sha256_bytes, sha256_file, Netns, ReverseTopology};
 
 /// Bound on every wait for a log line or a daemon.
@@ -96,6 +99,19 @@ fn haproxy(topo: &common::Topology, ns: &Netns, config: &str) -> Daemon {
     let cfg = cfg.display().to_string();
     Daemon::start(topo, ns, "/usr/sbin/haproxy", &["-db", "-f", &cfg], dir)
 }
+
+/// Adds 10.0.0.3 to the backend host (a second server, or haproxy in front of one).
+fn second_backend_address(topo: &ReverseTopology) -> Ipv4Addr {
+    let second = Ipv4Addr::new(10, 0, 0, 3);
+    topo.backend.addr("eth0", &format!("{second}/24"));
+    second
+}
+
+/// The start of an `accept-proxy` haproxy's configuration: one line a connection, at
+/// connect, naming the frontend and the client address from the PROXY header.
+const HAPROXY_LOG_CLIENT: &str = "global\n  log stdout format raw local0\n\
+     defaults\n  log global\n  mode tcp\n  option logasap\n  log-format \"frontend=%f seen-client=%ci\"\n\
+     timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n";
 
 /// Connects from `ns` to `addr` until a 220 arrives (haproxy and what is behind it
 /// are ready), bounded.
@@ -343,9 +359,7 @@ fn haproxy_accept_proxy_in_front_of_a_backend_sees_the_real_client() {
         &topo.topo,
         &topo.backend,
         &format!(
-            "global\n  log stdout format raw local0\n\
-             defaults\n  log global\n  mode tcp\n  option logasap\n  log-format \"seen-client=%ci\"\n\
-             timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+            "{HAPROXY_LOG_CLIENT}\
              frontend ftp\n  bind {BACKEND_V4}:2121 accept-proxy\n  default_backend vs\n\
              backend vs\n  server v {BACKEND_V4}:21\n"
         ),
@@ -410,6 +424,123 @@ fn haproxy_accept_proxy_in_front_of_a_backend_sees_the_real_client() {
             },
             ctx,
         );
+    }
+}
+
+#[test]
+fn haproxy_accept_proxy_on_backend_data_ports_sees_the_real_client() {
+    if !common::e2e_enabled("haproxy_accept_proxy_on_backend_data_ports_sees_the_real_client") {
+        return;
+    }
+    let topo = ReverseTopology::new();
+    // haproxy on a second address of the backend host, in front of vsftpd's control
+    // port and its whole passive range; vsftpd's 227 names haproxy. ftpgate's backend
+    // is haproxy's control address, so EPSV (port only) lands on haproxy too.
+    let lb_ip = second_backend_address(&topo);
+    let server = FtpServer::start_with(
+        &topo.topo,
+        &topo.backend,
+        topo.backend_addr(),
+        ServerKind::Vsftpd,
+        // A data connection haproxy never forwards: vsftpd answers 425 after 15 s
+        // (instead of curl's own 60 s timeout).
+        &format!(
+            "pasv_address={lb_ip}\npasv_min_port=40000\npasv_max_port=40009\naccept_timeout=15\n"
+        ),
+    );
+    let lb = haproxy(
+        &topo.topo,
+        &topo.backend,
+        &format!(
+            "{HAPROXY_LOG_CLIENT}\
+             frontend ctl\n  bind {lb_ip}:21 accept-proxy\n  default_backend vs\n\
+             backend vs\n  server v {BACKEND_V4}:21\n\
+             frontend data\n  bind {lb_ip}:40000-40009 accept-proxy\n  default_backend vsdata\n\
+             # Bounds the wait for a header that never comes (2.6 has no client-hs).\n  timeout client 10s\n\
+             backend vsdata\n  server v {BACKEND_V4}\n"
+        ),
+    );
+    // Lines naming the real client, per frontend.
+    let seen = |frontend: &str| {
+        let want = format!("frontend={frontend} seen-client={CLIENT_V4}");
+        lb.output().lines().filter(|l| l.trim() == want).count()
+    };
+    let work = tempfile::tempdir().unwrap();
+    let upload = common::servers::upload_source(work.path());
+    let upload_sha = sha256_file(&upload);
+    let cfg_dir = tempdir();
+    let cfg = cfg_dir.path().join("ftpgate.yaml");
+    for version in ["v1", "v2"] {
+        // No CLI flag for the data side: the YAML keys.
+        fs::write(
+            &cfg,
+            format!("backend_proxy_protocol: {version}\nbackend_proxy_protocol_data: true\n"),
+        )
+        .unwrap();
+        let mut opts = topo.ftpgate_options(SocketAddr::new(IpAddr::V4(lb_ip), 21));
+        opts.extra_args = vec!["--config".into(), cfg.display().to_string()];
+        let gate = topo.start_ftpgate(opts);
+        let ctx = || {
+            format!(
+                "{}--- haproxy ---\n{}\n--- vsftpd ---\n{}",
+                gate.describe(),
+                lb.output(),
+                server.logs()
+            )
+        };
+        // haproxy may still be starting: ftpgate then answers 421.
+        wait_banner(&topo.client, topo.proxy_v4()).unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+        let target = FtpTarget::new(topo.proxy_v4());
+        for mode in [Passive::Epsv, Passive::Pasv] {
+            let what = format!("{version} {mode:?}");
+            let before = seen("data");
+            let out = work.path().join(format!("{version}-{mode:?}.bin"));
+            let t = clients::curl_download(&topo.client, &target, BIG_FILE, &out, mode);
+            t.assert_success(&ctx());
+            assert_eq!(sha256_file(&out), server.root.big_sha256(), "{what}\n{t}");
+            wait_for(
+                &format!("{what}: haproxy's data line for the download"),
+                || seen("data") > before,
+                ctx,
+            );
+
+            let before = seen("data");
+            let name = format!("{version}-{mode:?}.bin");
+            let t = clients::curl_upload(
+                &topo.client,
+                &target,
+                &upload,
+                &format!("{UPLOAD_DIR}/{name}"),
+                mode,
+            );
+            t.assert_success(&ctx());
+            assert_eq!(
+                sha256_file(&server.root.uploaded(&name)),
+                upload_sha,
+                "{what}\n{t}"
+            );
+            wait_for(
+                &format!("{what}: haproxy's data line for the upload"),
+                || seen("data") > before,
+                ctx,
+            );
+        }
+        assert!(seen("ctl") > 0, "control lines name the client\n{}", ctx());
+        // Every data connection haproxy accepted named the real client (never ftpgate).
+        let data_lines: Vec<_> = lb
+            .output()
+            .lines()
+            .filter(|l| l.starts_with("frontend=data "))
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            data_lines
+                .iter()
+                .all(|l| l.trim() == format!("frontend=data seen-client={CLIENT_V4}")),
+            "{data_lines:?}\n{}",
+            ctx()
+        );
+        gate.assert_no_password();
     }
 }
 
@@ -671,8 +802,7 @@ fn banner_check_takes_a_full_vsftpd_out() {
         return;
     }
     let topo = ReverseTopology::new();
-    let second = Ipv4Addr::new(10, 0, 0, 3);
-    topo.backend.addr("eth0", &format!("{second}/24"));
+    let second = second_backend_address(&topo);
     // vsftpd at max_clients answers "421 There are too many connected users".
     let full = FtpServer::start_with(
         &topo.topo,
@@ -734,8 +864,7 @@ fn login_check_finds_firewalled_data_ports_tcp_and_banner_do_not() {
         return;
     }
     let topo = ReverseTopology::new();
-    let second = Ipv4Addr::new(10, 0, 0, 3);
-    topo.backend.addr("eth0", &format!("{second}/24"));
+    let second = second_backend_address(&topo);
     // The first server's passive ports are dropped by a firewall in front of it: it
     // greets and logs in fine, and every transfer hangs.
     let blocked = FtpServer::start_with(
@@ -823,8 +952,7 @@ fn user_routing_sends_each_user_to_its_real_server() {
         return;
     }
     let topo = ReverseTopology::new();
-    let second = Ipv4Addr::new(10, 0, 0, 3);
-    topo.backend.addr("eth0", &format!("{second}/24"));
+    let second = second_backend_address(&topo);
     let a = topo.start_backend(ServerKind::Vsftpd);
     let b = FtpServer::start_on(
         &topo.topo,
