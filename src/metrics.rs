@@ -104,7 +104,11 @@ pub struct Metrics {
     pub cluster: crate::cluster::ClusterMetrics,
 }
 
-fn register<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
+/// Registers `c` in `reg` (also used by [`crate::cluster::ClusterMetrics`]).
+pub(crate) fn register<C: prometheus::core::Collector + Clone + 'static>(
+    reg: &Registry,
+    c: C,
+) -> C {
     // Names are constants of this module; a clash is a programming error that every
     // test would show, so it is not propagated.
     if let Err(e) = reg.register(Box::new(c.clone())) {
@@ -113,7 +117,8 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c:
     c
 }
 
-fn valid<T>(r: prometheus::Result<T>) -> T {
+/// A static metric definition's result (also used by [`crate::cluster::ClusterMetrics`]).
+pub(crate) fn valid<T>(r: prometheus::Result<T>) -> T {
     r.unwrap_or_else(|e| unreachable!("metric definitions are static and valid: {e}"))
 }
 

@@ -30,7 +30,7 @@ use crate::protocol::addr::canonical_ip;
 /// v2's fixed part: 12-byte signature, version/command, family/protocol, 2-byte length.
 const V2_FIXED: usize = 16;
 /// v2 signature (HAProxy spec §2.2).
-const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+pub(crate) const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// v1 lines are at most 107 bytes including CRLF (spec §2.1).
 const V1_MAX: usize = 107;
 /// ftpgate reads at most this much v2 payload (addresses and TLVs): HAProxy sends a

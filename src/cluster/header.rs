@@ -47,7 +47,7 @@ pub fn encode(client: SocketAddr, destination: SocketAddr, from: u16) -> Vec<u8>
 /// The payload length a fixed part announces, or an error when `fixed` is not a v2
 /// PROXY header's start (or announces more than ftpgate reads from a peer).
 pub fn payload_len(fixed: &[u8; FIXED_LEN]) -> Result<usize, HeaderError> {
-    if !fixed.starts_with(b"\r\n\r\n\0\r\nQUIT\n") {
+    if !fixed.starts_with(crate::proxy_protocol::V2_SIGNATURE) {
         return Err(HeaderError::Malformed);
     }
     let len = usize::from(u16::from_be_bytes([fixed[14], fixed[15]]));

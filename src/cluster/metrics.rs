@@ -3,6 +3,8 @@
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::metrics::{register, valid};
+
 /// Why a forward failed (`ftpgate_cluster_forward_failures_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardFailure {
@@ -80,17 +82,6 @@ pub struct ClusterMetrics {
     pub forwarded_bytes_total: IntCounterVec,
     /// `ftpgate_cluster_forwards_active`: forwarded connections this replica relays now.
     pub forwards_active: IntGauge,
-}
-
-fn valid<T>(r: prometheus::Result<T>) -> T {
-    r.unwrap_or_else(|e| unreachable!("metric definitions are static and valid: {e}"))
-}
-
-fn register<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
-    if let Err(e) = reg.register(Box::new(c.clone())) {
-        unreachable!("metric registration: {e}");
-    }
-    c
 }
 
 impl ClusterMetrics {
