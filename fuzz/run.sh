@@ -43,8 +43,11 @@ for t in "${targets[@]}"; do
         status=FAILED
         failed=1
     fi
-    # With -jobs the per-job logs are fuzz-N.log in the working directory.
-    n=$( { cat "$log"; cat fuzz-*.log 2>/dev/null || true; } | sed -n 's/^stat::number_of_executed_units: *//p' | awk '{s+=$1} END {print s+0}')
+    # With -jobs each job writes fuzz-N.log in the working directory, and the parent
+    # copies every finished job's log into its own output: count the job logs only,
+    # or every execution is counted twice.
+    if ((jobs > 1)); then counted=(fuzz-*.log); else counted=("$log"); fi
+    n=$(cat "${counted[@]}" 2>/dev/null | sed -n 's/^stat::number_of_executed_units: *//p' | awk '{s+=$1} END {print s+0}')
     rm -f fuzz-*.log
     total=$((total + n))
     printf 'FUZZ target=%s seconds=%s sanitizer=%s executions=%s status=%s\n' "$t" "$secs" "$sanitizer" "$n" "$status"
