@@ -47,7 +47,7 @@ for t in "${targets[@]}"; do
     # copies every finished job's log into its own output: count the job logs only,
     # or every execution is counted twice.
     if ((jobs > 1)); then counted=(fuzz-*.log); else counted=("$log"); fi
-    n=$(cat "${counted[@]}" 2>/dev/null | sed -n 's/^stat::number_of_executed_units: *//p' | awk '{s+=$1} END {print s+0}')
+    n=$( { cat "${counted[@]}" 2>/dev/null || true; } | sed -n 's/^stat::number_of_executed_units: *//p' | awk '{s+=$1} END {print s+0}')
     rm -f fuzz-*.log
     total=$((total + n))
     printf 'FUZZ target=%s seconds=%s sanitizer=%s executions=%s status=%s\n' "$t" "$secs" "$sanitizer" "$n" "$status"
