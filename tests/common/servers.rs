@@ -319,6 +319,10 @@ local_root={root}
 secure_chroot_dir={empty}
 # The seccomp sandbox rejects syscalls that newer kernels/libcs use.
 seccomp_sandbox=NO
+# Else each session's unprivileged process runs in a private network namespace that
+# `ip netns pids` cannot see: teardown misses it and it outlives the test until
+# vsftpd's idle timeout (5 min).
+isolate_network=NO
 pasv_enable=YES
 connect_from_port_20=NO
 dirmessage_enable=NO
